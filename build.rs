@@ -1,0 +1,41 @@
+//! Compiles the CRI v1 API (proto/api.proto) into tonic services and stamps the git commit into the binary.
+
+use std::path::Path;
+use std::process::Command;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Debian's protoc is not on every build machine; the vendored one is the same release on all of them,
+    // so the generated code does not depend on what the host happens to have installed.
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded at this point; nothing else reads the environment concurrently.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+
+    println!("cargo:rerun-if-changed=proto/api.proto");
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&["proto/api.proto"], &["proto"])?;
+
+    println!("cargo:rustc-env=BERTH_GIT_COMMIT={}", git_commit().unwrap_or_else(|| "unknown".to_owned()));
+    for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
+        if Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    Ok(())
+}
+
+/// The short commit hash of the checkout, with `-dirty` when tracked files differ from it.
+fn git_commit() -> Option<String> {
+    let output = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let commit = String::from_utf8(output.stdout).ok()?.trim().to_owned();
+    let dirty = Command::new("git")
+        .args(["diff-index", "--quiet", "HEAD", "--"])
+        .status()
+        .map(|status| !status.success())
+        .unwrap_or(false);
+    Some(if dirty { format!("{commit}-dirty") } else { commit })
+}

@@ -1,0 +1,67 @@
+//! The kinds of failure berth's crates report.
+//!
+//! Every crate keeps its own error types (what failed, at which step, on which path); each of them also
+//! answers [`Kinded::kind`], and only that kind decides the gRPC status code the daemon returns. The mapping
+//! itself lives in one place, at the daemon's edge (`src/error.rs`), so no crate under `crates/` knows gRPC
+//! or CRI.
+
+/// What kind of failure an error is, from the caller's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The object asked for does not exist.
+    NotFound,
+    /// An object with that name or id already exists.
+    AlreadyExists,
+    /// The request itself is wrong and retrying it unchanged cannot help.
+    InvalidArgument,
+    /// The object is in a state that does not allow the operation.
+    FailedPrecondition,
+    /// A dependency (registry, plugin, the daemon itself while starting) cannot be reached now; retry later.
+    Unavailable,
+    /// The operation ran out of time.
+    DeadlineExceeded,
+    /// A limit was reached (disk, memory, process count).
+    ResourceExhausted,
+    /// berth does not do this (yet).
+    Unimplemented,
+    /// A failure of berth or the host that the caller cannot fix.
+    Internal,
+}
+
+/// An error that knows its [`ErrorKind`].
+pub trait Kinded {
+    fn kind(&self) -> ErrorKind;
+}
+
+impl ErrorKind {
+    /// The kind an I/O error most plausibly means when it comes from the host rather than from a request.
+    pub fn of_io(err: &std::io::Error) -> ErrorKind {
+        use std::io::ErrorKind as Io;
+        match err.kind() {
+            Io::NotFound => ErrorKind::NotFound,
+            Io::AlreadyExists => ErrorKind::AlreadyExists,
+            Io::TimedOut => ErrorKind::DeadlineExceeded,
+            Io::StorageFull | Io::QuotaExceeded | Io::OutOfMemory => ErrorKind::ResourceExhausted,
+            Io::ConnectionRefused | Io::ConnectionReset | Io::NotConnected => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_map_to_the_kind_a_caller_can_act_on() {
+        let cases = [
+            (std::io::ErrorKind::NotFound, ErrorKind::NotFound),
+            (std::io::ErrorKind::StorageFull, ErrorKind::ResourceExhausted),
+            (std::io::ErrorKind::ConnectionRefused, ErrorKind::Unavailable),
+            (std::io::ErrorKind::PermissionDenied, ErrorKind::Internal),
+        ];
+        for (io, want) in cases {
+            assert_eq!(ErrorKind::of_io(&std::io::Error::from(io)), want, "{io:?}");
+        }
+    }
+}

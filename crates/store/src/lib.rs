@@ -1,0 +1,414 @@
+//! berth's durable metadata: one redb database file under the root directory.
+//!
+//! This crate owns the file format and its schema version; it knows nothing about CRI or about what the
+//! records mean. Callers define record types (pods, containers, images, node settings) by implementing
+//! [`Record`], which names the table the record lives in and its key. Values are JSON, so an operator can
+//! read them with standard tools and new optional fields need no migration.
+//!
+//! The database is never re-created behind the operator's back: a file that is not a berth database, is
+//! damaged, or was written by a newer berth stops the daemon with an error, because replacing it would
+//! silently forget every pod and container on the node. A new file is built under a temporary name and
+//! renamed into place only once its schema version is committed, so a crash while creating it leaves no
+//! half-made database behind.
+
+use std::path::{Path, PathBuf};
+
+use berth_error_kind::{ErrorKind, Kinded};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The schema this build reads and writes. Raise it (and teach [`Store::open`] to migrate) whenever a change
+/// would make an older berth misread the file.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SCHEMA_KEY: &str = "schema_version";
+
+/// The tables records live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Pods,
+    Containers,
+    Images,
+    /// Node-wide settings that must survive a restart (for example the pod CIDR kubelet hands over).
+    Node,
+}
+
+impl Table {
+    pub const ALL: [Table; 4] = [Table::Pods, Table::Containers, Table::Images, Table::Node];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Pods => "pods",
+            Table::Containers => "containers",
+            Table::Images => "images",
+            Table::Node => "node",
+        }
+    }
+
+    fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(self.name())
+    }
+}
+
+/// A value stored in one of the [`Table`]s under a string key.
+pub trait Record: Serialize + DeserializeOwned {
+    const TABLE: Table;
+    fn key(&self) -> String;
+}
+
+/// Why the database could not be opened. Each one stops the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("state database {path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("cannot create the directory {path} for the state database")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state database {path} is in use by another process (is another berth daemon running with this root?)")]
+    InUse { path: PathBuf },
+    #[error(
+        "state database {path} is damaged or not a berth database ({reason}); berth never re-creates it \
+         automatically because that would forget every pod and container on this node: move it aside to \
+         start with an empty node state"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "state database {path} has schema version {found}, newer than the {supported} this berth supports; \
+         run the berth release that wrote it, or a newer one"
+    )]
+    NewerSchema { path: PathBuf, found: u64, supported: u64 },
+    #[error("cannot create the state database {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("cannot {step} the state database {path}")]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Kinded for OpenError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            OpenError::InUse { .. } => ErrorKind::Unavailable,
+            OpenError::NewerSchema { .. } | OpenError::Corrupt { .. } | OpenError::NotAFile { .. } => {
+                ErrorKind::FailedPrecondition
+            }
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+/// A failed read or write of a record.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot {step} {table} record {key:?} in the state database")]
+    Database {
+        step: &'static str,
+        table: &'static str,
+        key: String,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("{table} record {key:?} in the state database is not valid JSON for this berth")]
+    Decode {
+        table: &'static str,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot encode {table} record {key:?}")]
+    Encode {
+        table: &'static str,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Kinded for StoreError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Internal
+    }
+}
+
+/// The open state database. Cheap to share behind an `Arc`; every method is a short blocking transaction
+/// (writes are fsynced before they return), so async callers run them on a blocking thread.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens the database at `path`, creating it (and its directory, mode 0700) when no file exists.
+    pub fn open(path: &Path) -> Result<Store, OpenError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_file() => {
+                return Err(OpenError::NotAFile { path: path.to_owned() });
+            }
+            Ok(_) => Self::open_existing(path),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Self::create_new(path),
+            Err(source) => Err(OpenError::Io { step: "inspect", path: path.to_owned(), source }),
+        }
+    }
+
+    fn open_existing(path: &Path) -> Result<Store, OpenError> {
+        let db = Database::open(path).map_err(|err| match err {
+            redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse { path: path.to_owned() },
+            redb::DatabaseError::Storage(redb::StorageError::Io(source))
+                if source.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                OpenError::Io { step: "open", path: path.to_owned(), source }
+            }
+            other => OpenError::Corrupt { path: path.to_owned(), reason: other.to_string() },
+        })?;
+        let corrupt = |reason: String| OpenError::Corrupt { path: path.to_owned(), reason };
+        let found = {
+            let read = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
+            let meta = read.open_table(META).map_err(|e| match e {
+                redb::TableError::TableDoesNotExist(_) => corrupt("it has no schema version".into()),
+                other => corrupt(other.to_string()),
+            })?;
+            let version = meta.get(SCHEMA_KEY).map_err(|e| corrupt(e.to_string()))?;
+            version.map(|v| v.value()).ok_or_else(|| corrupt("it has no schema version".into()))?
+        };
+        if found > SCHEMA_VERSION {
+            return Err(OpenError::NewerSchema { path: path.to_owned(), found, supported: SCHEMA_VERSION });
+        }
+        let store = Store { db, path: path.to_owned() };
+        // Older schemas would be migrated here; version 1 is the first, so there is nothing to do yet. The
+        // tables are ensured anyway so a file written before a table was introduced gains it.
+        store.ensure_tables().map_err(|source| OpenError::Create { path: path.to_owned(), source })?;
+        Ok(store)
+    }
+
+    fn create_new(path: &Path) -> Result<Store, OpenError> {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        create_private_dir(dir).map_err(|source| OpenError::CreateDir { path: dir.to_owned(), source })?;
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let temporary = dir.join(format!(".{file_name}.creating-{}", std::process::id()));
+        let build = || -> Result<(), redb::Error> {
+            let db = Database::create(&temporary)?;
+            let store = Store { db, path: temporary.clone() };
+            store.ensure_tables()?;
+            let write = store.db.begin_write()?;
+            write.open_table(META)?.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
+            write.commit()?;
+            Ok(())
+        };
+        if let Err(source) = build() {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(OpenError::Create { path: path.to_owned(), source });
+        }
+        std::fs::rename(&temporary, path).map_err(|source| {
+            let _ = std::fs::remove_file(&temporary);
+            OpenError::Io { step: "rename into place", path: path.to_owned(), source }
+        })?;
+        fsync_dir(dir).map_err(|source| OpenError::Io {
+            step: "sync the directory of",
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::open_existing(path)
+    }
+
+    fn ensure_tables(&self) -> Result<(), redb::Error> {
+        let write = self.db.begin_write()?;
+        write.open_table(META)?;
+        for table in Table::ALL {
+            write.open_table(table.definition())?;
+        }
+        write.commit()?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version recorded in the file.
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        let db_err =
+            |source: redb::Error| StoreError::Database { step: "read", table: "meta", key: SCHEMA_KEY.into(), source };
+        let read = self.db.begin_read().map_err(|e| db_err(e.into()))?;
+        let meta = read.open_table(META).map_err(|e| db_err(e.into()))?;
+        let version = meta.get(SCHEMA_KEY).map_err(|e| db_err(e.into()))?;
+        Ok(version.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Inserts or replaces a record; durable when this returns.
+    pub fn put<R: Record>(&self, record: &R) -> Result<(), StoreError> {
+        let key = record.key();
+        let table = R::TABLE.name();
+        let value =
+            serde_json::to_vec(record).map_err(|source| StoreError::Encode { table, key: key.clone(), source })?;
+        let db_err = |source: redb::Error| StoreError::Database { step: "write", table, key: key.clone(), source };
+        let write = self.db.begin_write().map_err(|e| db_err(e.into()))?;
+        write
+            .open_table(R::TABLE.definition())
+            .map_err(|e| db_err(e.into()))?
+            .insert(key.as_str(), value.as_slice())
+            .map_err(|e| db_err(e.into()))?;
+        write.commit().map_err(|e| db_err(e.into()))
+    }
+
+    pub fn get<R: Record>(&self, key: &str) -> Result<Option<R>, StoreError> {
+        let table = R::TABLE.name();
+        let db_err = |source: redb::Error| StoreError::Database { step: "read", table, key: key.to_owned(), source };
+        let read = self.db.begin_read().map_err(|e| db_err(e.into()))?;
+        let opened = read.open_table(R::TABLE.definition()).map_err(|e| db_err(e.into()))?;
+        let Some(value) = opened.get(key).map_err(|e| db_err(e.into()))? else {
+            return Ok(None);
+        };
+        decode(table, key, value.value()).map(Some)
+    }
+
+    /// Removes a record; returns whether it existed.
+    pub fn delete<R: Record>(&self, key: &str) -> Result<bool, StoreError> {
+        let table = R::TABLE.name();
+        let db_err = |source: redb::Error| StoreError::Database { step: "delete", table, key: key.to_owned(), source };
+        let write = self.db.begin_write().map_err(|e| db_err(e.into()))?;
+        let existed = write
+            .open_table(R::TABLE.definition())
+            .map_err(|e| db_err(e.into()))?
+            .remove(key)
+            .map_err(|e| db_err(e.into()))?
+            .is_some();
+        write.commit().map_err(|e| db_err(e.into()))?;
+        Ok(existed)
+    }
+
+    /// Every record of one table, in key order.
+    pub fn list<R: Record>(&self) -> Result<Vec<R>, StoreError> {
+        let table = R::TABLE.name();
+        let db_err = |source: redb::Error| StoreError::Database { step: "list", table, key: String::new(), source };
+        let read = self.db.begin_read().map_err(|e| db_err(e.into()))?;
+        let opened = read.open_table(R::TABLE.definition()).map_err(|e| db_err(e.into()))?;
+        let mut records = Vec::new();
+        for entry in opened.iter().map_err(|e| db_err(e.into()))? {
+            let (key, value) = entry.map_err(|e| db_err(e.into()))?;
+            records.push(decode(table, key.value(), value.value())?);
+        }
+        Ok(records)
+    }
+}
+
+fn decode<R: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<R, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Decode { table, key: key.to_owned(), source })
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Pod {
+        id: String,
+        name: String,
+    }
+
+    impl Record for Pod {
+        const TABLE: Table = Table::Pods;
+        fn key(&self) -> String {
+            self.id.clone()
+        }
+    }
+
+    fn pod(id: &str) -> Pod {
+        Pod { id: id.into(), name: format!("name-{id}") }
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+            store.put(&pod("b")).unwrap();
+            store.put(&pod("a")).unwrap();
+            assert!(store.delete::<Pod>("b").unwrap());
+            assert!(!store.delete::<Pod>("b").unwrap());
+            store.put(&pod("c")).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.get::<Pod>("a").unwrap(), Some(pod("a")));
+        assert_eq!(store.get::<Pod>("b").unwrap(), None);
+        assert_eq!(store.list::<Pod>().unwrap(), vec![pod("a"), pod("c")]);
+        // No temporary file is left beside the database.
+        let names: Vec<_> =
+            std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.redb")]);
+    }
+
+    #[test]
+    fn a_garbage_file_is_reported_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let garbage = vec![0x5a_u8; 8192];
+        std::fs::write(&path, &garbage).unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(matches!(err, OpenError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("never re-creates"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), garbage);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        drop(Store::open(&path).unwrap());
+        {
+            let db = Database::open(&path).unwrap();
+            let write = db.begin_write().unwrap();
+            write.open_table(META).unwrap().insert(SCHEMA_KEY, SCHEMA_VERSION + 1).unwrap();
+            write.commit().unwrap();
+        }
+        let err = Store::open(&path).unwrap_err();
+        assert!(matches!(err, OpenError::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1), "{err:?}");
+    }
+
+    #[test]
+    fn a_redb_file_without_schema_is_not_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        drop(Database::create(&path).unwrap());
+        let err = Store::open(&path).unwrap_err();
+        assert!(err.to_string().contains("no schema version"), "{err}");
+    }
+
+    #[test]
+    fn a_second_opener_is_told_the_file_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let _first = Store::open(&path).unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(matches!(err, OpenError::InUse { .. }), "{err:?}");
+    }
+}

@@ -1,0 +1,27 @@
+//! What every RPC handler can reach: the configuration, the on-disk layout and the state database.
+
+use std::sync::Arc;
+
+use berth_store::Store;
+
+use crate::config::Config;
+use crate::error::RpcError;
+use crate::layout::Layout;
+
+#[derive(Debug)]
+pub struct Context {
+    pub config: Config,
+    pub layout: Layout,
+    pub store: Arc<Store>,
+}
+
+impl Context {
+    /// Runs blocking work (database transactions, filesystem walks) off the async worker threads.
+    pub async fn blocking<T, F>(&self, task: &'static str, work: F) -> Result<T, RpcError>
+    where
+        F: FnOnce() -> Result<T, RpcError> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::task::spawn_blocking(work).await.map_err(|source| RpcError::WorkerFailed { task, source })?
+    }
+}

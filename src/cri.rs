@@ -1,0 +1,8 @@
+//! The CRI v1 API, generated from `proto/api.proto` by `build.rs`.
+//!
+//! Only the `berth` package uses these types; the crates under `crates/` never see them.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("runtime.v1");
+}

@@ -1,0 +1,157 @@
+//! `berth serve`: the daemon's life from start to exit.
+//!
+//! Start: load the config, create the directories, refuse to start if another daemon serves the socket or
+//! holds the state lock, open the state database, bind the socket, serve. Exit (SIGTERM or SIGINT): stop
+//! accepting, give in-flight RPCs `daemon.shutdown_grace_seconds` to finish, remove the socket. Any failure
+//! before serving is one line naming what failed, and leaves nothing half made: the socket is bound last,
+//! after everything it would depend on exists.
+
+mod lock;
+mod socket;
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_error_kind::{ErrorKind, Kinded};
+use berth_store::Store;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::Config;
+use crate::context::Context;
+use crate::layout::Layout;
+use crate::server::Cri;
+use crate::server::trace::RpcTraceLayer;
+
+pub use socket::SocketError;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create {key} directory {path}")]
+    CreateDir {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error(transparent)]
+    Store(#[from] berth_store::OpenError),
+    #[error("cannot install the {signal} handler")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the gRPC server failed")]
+    Server(#[source] tonic::transport::Error),
+}
+
+impl Kinded for ServeError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ServeError::Lock(_) => ErrorKind::Unavailable,
+            ServeError::Socket(err) => err.kind(),
+            ServeError::Store(err) => err.kind(),
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let layout = Layout::new(&config);
+    for (key, path, mode) in layout.directories() {
+        create_dir(key, &path, mode)?;
+    }
+    // The socket check comes first: "a daemon is serving this socket" is the clearest answer when an operator
+    // starts a second one. The lock then closes the race between two daemons starting at once.
+    socket::check_not_served(&layout.socket)?;
+    let _lock = lock::StateLock::acquire(&layout.lock())?;
+    let store = Arc::new(Store::open(&layout.database())?);
+
+    let context = Arc::new(Context { config: config.clone(), layout: layout.clone(), store });
+    let cri = Cri::new(context);
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|source| ServeError::Signal { signal: "SIGTERM", source })?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|source| ServeError::Signal { signal: "SIGINT", source })?;
+
+    let (listener, socket_file) = socket::bind(&layout.socket)?;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(RpcTraceLayer)
+            .add_service(cri.runtime_service())
+            .add_service(cri.image_service())
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }),
+    );
+    tracing::info!(
+        socket = %layout.socket.display(),
+        root = %layout.root.display(),
+        state = %layout.state.display(),
+        version = %crate::version::RUNTIME_VERSION,
+        "berth is serving CRI"
+    );
+
+    let received = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+        finished = &mut server => {
+            socket_file.remove();
+            return match finished {
+                Ok(result) => result.map_err(ServeError::Server),
+                Err(join) => panic!("the gRPC server task panicked: {join}"),
+            };
+        }
+    };
+    let grace = Duration::from_secs(config.daemon.shutdown_grace_seconds.0);
+    tracing::info!(
+        signal = received,
+        grace_seconds = grace.as_secs(),
+        "stopping: no new RPCs; waiting for those in flight"
+    );
+    let _ = stop_accepting.send(());
+    let outcome = tokio::time::timeout(grace, &mut server).await;
+    socket_file.remove();
+    match outcome {
+        Ok(Ok(result)) => result.map_err(ServeError::Server)?,
+        Ok(Err(join)) => panic!("the gRPC server task panicked: {join}"),
+        Err(_) => {
+            server.abort();
+            tracing::warn!(grace_seconds = grace.as_secs(), "RPCs still in flight after the grace period were cut off");
+        }
+    }
+    tracing::info!("berth stopped");
+    Ok(())
+}
+
+/// Creates `path` (and missing parents) with `mode`, and checks an existing one is a directory we can write.
+fn create_dir(key: &'static str, path: &Path, mode: u32) -> Result<(), ServeError> {
+    let failed = |source: std::io::Error| ServeError::CreateDir { key, path: path.to_owned(), source };
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(failed(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "it exists and is not a directory",
+            )));
+        }
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new().recursive(true).mode(mode).create(path).map_err(failed)?;
+            // The umask may have narrowed the mode; the socket directory must be traversable by clients.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(failed)?;
+        }
+        Err(err) => return Err(failed(err)),
+    }
+    nix::unistd::access(path, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK)
+        .map_err(|errno| failed(std::io::Error::from(errno)))
+}

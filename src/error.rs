@@ -1,0 +1,104 @@
+//! The one place where berth's errors become gRPC statuses.
+//!
+//! Handlers return [`RpcError`]; [`into_status`] logs each failure once (inside the RPC's span, so the log
+//! line carries the method and object ids) and chooses the code from the error's [`ErrorKind`], never from
+//! its text. kubelet acts on `NotFound` and on the reason words that open pull failures, so both must be
+//! exact; everything else is for the operator reading the message.
+
+use berth_error_kind::{ErrorKind, Kinded};
+use tonic::{Code, Status};
+
+/// A failed RPC, whatever the layer it failed in.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("{rpc} is not implemented by berth yet")]
+    Unimplemented { rpc: &'static str },
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error(transparent)]
+    Store(#[from] berth_store::StoreError),
+    #[error("cannot measure disk usage of {path}")]
+    DiskUsage {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{task} did not finish: its worker thread failed")]
+    WorkerFailed {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl Kinded for RpcError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            RpcError::Unimplemented { .. } => ErrorKind::Unimplemented,
+            RpcError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            RpcError::Store(err) => err.kind(),
+            RpcError::DiskUsage { source, .. } => ErrorKind::of_io(source),
+            RpcError::WorkerFailed { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
+/// The gRPC code for a kind.
+pub fn code_of(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::Unimplemented => Code::Unimplemented,
+        ErrorKind::Internal => Code::Internal,
+    }
+}
+
+/// The error and its causes on one line, outermost first: `a: b: c`.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Converts a handler's error into the status the client sees, logging it once.
+pub fn into_status(err: RpcError) -> Status {
+    let code = code_of(err.kind());
+    let message = chain(&err);
+    match code {
+        // Expected answers (an object that is gone, a request we refuse) are not the operator's problem.
+        Code::NotFound | Code::AlreadyExists | Code::InvalidArgument | Code::Unimplemented => {
+            tracing::debug!(code = ?code, error = %message, "rpc failed")
+        }
+        _ => tracing::warn!(code = ?code, error = %message, "rpc failed"),
+    }
+    Status::new(code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_decides_the_code_and_the_message_carries_the_chain() {
+        let status = into_status(RpcError::Unimplemented { rpc: "RunPodSandbox" });
+        assert_eq!(status.code(), Code::Unimplemented);
+        assert_eq!(status.message(), "RunPodSandbox is not implemented by berth yet");
+
+        let status = into_status(RpcError::DiskUsage {
+            path: "/var/lib/berth/images".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        });
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "cannot measure disk usage of /var/lib/berth/images: permission denied");
+    }
+}

@@ -1,0 +1,17 @@
+//! berth: a Kubernetes container runtime implementing the CRI v1 API.
+//!
+//! This package is the daemon, the CLI and every use of CRI types; the libraries it drives live under
+//! `crates/`. See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod cri;
+pub mod daemon;
+pub mod disk_usage;
+pub mod error;
+pub mod layout;
+pub mod logging;
+pub mod records;
+pub mod server;
+pub mod version;

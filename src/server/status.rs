@@ -1,0 +1,98 @@
+//! Status: whether the runtime and the pod network are ready, which runtime handlers exist, and (verbose)
+//! how this daemon is configured.
+//!
+//! kubelet marks the node NotReady while either condition is false, and reports the reason and message to
+//! `kubectl describe node`, so both say exactly what is missing.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use crate::context::Context;
+use crate::cri::v1::{
+    RuntimeCondition, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StatusRequest,
+    StatusResponse,
+};
+use crate::error::{RpcError, chain};
+use crate::records::NodeSettings;
+use crate::version::{GIT_COMMIT, RUNTIME_API_VERSION, RUNTIME_NAME, RUNTIME_VERSION};
+
+/// The condition names and reason kubelet looks for (k8s.io/cri-api: RuntimeReady, NetworkReady).
+pub const RUNTIME_READY: &str = "RuntimeReady";
+pub const NETWORK_READY: &str = "NetworkReady";
+pub const NETWORK_PLUGIN_NOT_READY: &str = "NetworkPluginNotReady";
+
+pub async fn handle(context: &Context, request: StatusRequest) -> Result<StatusResponse, RpcError> {
+    let conf_dir = context.config.cni.conf_dir.to_path_buf();
+    let store = context.store.clone();
+    let (network, settings, schema_version) = context
+        .blocking("read runtime status", move || {
+            let network = berth_cni::find_network_config(&conf_dir);
+            let settings = store.get::<NodeSettings>("settings")?.unwrap_or_default();
+            Ok((network, settings, store.schema_version()?))
+        })
+        .await?;
+
+    let network_condition = match &network {
+        Ok(_) => condition(NETWORK_READY, true, "", ""),
+        Err(err) => condition(NETWORK_READY, false, NETWORK_PLUGIN_NOT_READY, &chain(err)),
+    };
+    let status = RuntimeStatus { conditions: vec![condition(RUNTIME_READY, true, "", ""), network_condition] };
+
+    let mut info = HashMap::new();
+    if request.verbose {
+        let network_info = match &network {
+            Ok(config) => json!({
+                "confDir": context.config.cni.conf_dir.as_path(),
+                "file": config.path,
+                "name": config.name,
+                "cniVersion": config.cni_version,
+                "plugins": config.plugin_types,
+            }),
+            Err(err) => json!({ "confDir": context.config.cni.conf_dir.as_path(), "error": chain(err) }),
+        };
+        let entries = [
+            (
+                "version",
+                json!({
+                    "runtimeName": RUNTIME_NAME,
+                    "runtimeVersion": RUNTIME_VERSION.to_owned(),
+                    "runtimeApiVersion": RUNTIME_API_VERSION,
+                    "gitCommit": GIT_COMMIT,
+                }),
+            ),
+            ("config", serde_json::to_value(context.config.redacted()).unwrap_or_default()),
+            ("network", network_info),
+            ("runtimeConfig", json!({ "podCIDR": settings.pod_cidr })),
+            ("store", json!({ "path": context.store.path(), "schemaVersion": schema_version })),
+        ];
+        for (key, value) in entries {
+            info.insert(key.to_owned(), value.to_string());
+        }
+    }
+
+    Ok(StatusResponse {
+        status: Some(status),
+        info,
+        runtime_handlers: runtime_handlers(context),
+        features: Some(RuntimeFeatures {
+            // Both need the container runtime work (user, supplemental groups from the image); until it
+            // lands berth must not claim them, or kubelet would schedule pods that rely on them.
+            supplemental_groups_policy: false,
+            user_namespaces_host_network: false,
+        }),
+    })
+}
+
+fn condition(kind: &str, ready: bool, reason: &str, message: &str) -> RuntimeCondition {
+    RuntimeCondition { r#type: kind.to_owned(), status: ready, reason: reason.to_owned(), message: message.to_owned() }
+}
+
+/// The default handler (empty name) and every configured one, in name order.
+fn runtime_handlers(context: &Context) -> Vec<RuntimeHandler> {
+    let features = RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false };
+    std::iter::once(String::new())
+        .chain(context.config.runtime_handlers.keys().cloned())
+        .map(|name| RuntimeHandler { name, features: Some(features) })
+        .collect()
+}
