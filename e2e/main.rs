@@ -1,1 +1,14 @@
+//! End-to-end tests: the built `berth` binary, started on a private socket and root directory, driven over
+//! its real gRPC socket (and, for images, a real docker-registry on 127.0.0.1).
+//!
+//! One test binary with a module per area keeps linking cheap; nextest still runs every test in its own
+//! process. `make test` runs them after the unit tests; `cargo nextest run --test e2e` runs just these.
 
+mod support;
+
+mod cli;
+mod compat;
+mod config;
+mod lifecycle;
+mod registry;
+mod runtime_service;

@@ -5,8 +5,9 @@
 #       apt-get, quietly; prints exactly one line saying what it found or did.
 # Why:  the e2e tests need a local OCI registry (docker-registry), a static busybox to build test images from
 #       without internet (busybox-static), the CNI plugins, runc/skopeo/umoci to cross-check our runtime and
-#       images against reference tools, and the usual network/mount utilities. protoc is NOT listed: the
-#       build vendors it.
+#       images against reference tools, and the usual network/mount utilities. protobuf-compiler is for the
+#       e2e tests' independent CRI client (the k8s-cri crate runs protoc from PATH); berth itself builds with
+#       a vendored protoc.
 # Idempotent: a second run installs nothing and only prints "all N packages present".
 # Side effect guard: Debian's docker-registry package tries to start its service (port 5000) on install. A
 #       policy-rc.d answering 101 ("action forbidden") is in place during the install so no daemon is left
@@ -24,6 +25,7 @@ PACKAGES=(
   iptables
   util-linux
   python3
+  protobuf-compiler
 )
 
 missing=()

@@ -1,7 +1,7 @@
 //! The `berth` command line: the daemon (`berth serve`) and the operator's client verbs, which talk CRI to
 //! a daemon over its socket exactly as crictl does.
 
-mod client;
+pub mod client;
 mod config_cmd;
 mod image_fs_info;
 mod info;

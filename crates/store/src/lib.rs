@@ -118,7 +118,7 @@ pub enum StoreError {
         table: &'static str,
         key: String,
         #[source]
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
     #[error("{table} record {key:?} in the state database is not valid JSON for this berth")]
     Decode {
@@ -159,9 +159,7 @@ impl Store {
     /// Opens the database at `path`, creating it (and its directory, mode 0700) when no file exists.
     pub fn open(path: &Path) -> Result<Store, OpenError> {
         match std::fs::symlink_metadata(path) {
-            Ok(meta) if !meta.file_type().is_file() => {
-                return Err(OpenError::NotAFile { path: path.to_owned() });
-            }
+            Ok(meta) if !meta.file_type().is_file() => Err(OpenError::NotAFile { path: path.to_owned() }),
             Ok(_) => Self::open_existing(path),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Self::create_new(path),
             Err(source) => Err(OpenError::Io { step: "inspect", path: path.to_owned(), source }),
@@ -244,8 +242,7 @@ impl Store {
 
     /// The schema version recorded in the file.
     pub fn schema_version(&self) -> Result<u64, StoreError> {
-        let db_err =
-            |source: redb::Error| StoreError::Database { step: "read", table: "meta", key: SCHEMA_KEY.into(), source };
+        let db_err = |source: redb::Error| database_error("read", "meta", SCHEMA_KEY, source);
         let read = self.db.begin_read().map_err(|e| db_err(e.into()))?;
         let meta = read.open_table(META).map_err(|e| db_err(e.into()))?;
         let version = meta.get(SCHEMA_KEY).map_err(|e| db_err(e.into()))?;
@@ -258,7 +255,7 @@ impl Store {
         let table = R::TABLE.name();
         let value =
             serde_json::to_vec(record).map_err(|source| StoreError::Encode { table, key: key.clone(), source })?;
-        let db_err = |source: redb::Error| StoreError::Database { step: "write", table, key: key.clone(), source };
+        let db_err = |source: redb::Error| database_error("write", table, &key, source);
         let write = self.db.begin_write().map_err(|e| db_err(e.into()))?;
         write
             .open_table(R::TABLE.definition())
@@ -270,7 +267,7 @@ impl Store {
 
     pub fn get<R: Record>(&self, key: &str) -> Result<Option<R>, StoreError> {
         let table = R::TABLE.name();
-        let db_err = |source: redb::Error| StoreError::Database { step: "read", table, key: key.to_owned(), source };
+        let db_err = |source: redb::Error| database_error("read", table, key, source);
         let read = self.db.begin_read().map_err(|e| db_err(e.into()))?;
         let opened = read.open_table(R::TABLE.definition()).map_err(|e| db_err(e.into()))?;
         let Some(value) = opened.get(key).map_err(|e| db_err(e.into()))? else {
@@ -282,7 +279,7 @@ impl Store {
     /// Removes a record; returns whether it existed.
     pub fn delete<R: Record>(&self, key: &str) -> Result<bool, StoreError> {
         let table = R::TABLE.name();
-        let db_err = |source: redb::Error| StoreError::Database { step: "delete", table, key: key.to_owned(), source };
+        let db_err = |source: redb::Error| database_error("delete", table, key, source);
         let write = self.db.begin_write().map_err(|e| db_err(e.into()))?;
         let existed = write
             .open_table(R::TABLE.definition())
@@ -297,7 +294,7 @@ impl Store {
     /// Every record of one table, in key order.
     pub fn list<R: Record>(&self) -> Result<Vec<R>, StoreError> {
         let table = R::TABLE.name();
-        let db_err = |source: redb::Error| StoreError::Database { step: "list", table, key: String::new(), source };
+        let db_err = |source: redb::Error| database_error("list", table, "", source);
         let read = self.db.begin_read().map_err(|e| db_err(e.into()))?;
         let opened = read.open_table(R::TABLE.definition()).map_err(|e| db_err(e.into()))?;
         let mut records = Vec::new();
@@ -307,6 +304,10 @@ impl Store {
         }
         Ok(records)
     }
+}
+
+fn database_error(step: &'static str, table: &'static str, key: &str, source: redb::Error) -> StoreError {
+    StoreError::Database { step, table, key: key.to_owned(), source: Box::new(source) }
 }
 
 fn decode<R: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<R, StoreError> {

@@ -1,0 +1,46 @@
+# berth — the two commands the README's quick start gives are `make run` and `make test`.
+
+CARGO ?= cargo
+# `make run CONFIG=path` uses that file; by default berth reads /etc/berth/config.toml if it exists.
+CONFIG ?=
+
+.PHONY: all deps build release run test lint fmt-check clippy unit e2e bench clean
+
+all: build
+
+deps:
+	@bash hack/install-deps.sh
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+# Build and start the daemon with the defaults (socket /run/berth/berth.sock); Ctrl-C stops it cleanly.
+run: deps release
+	./target/release/berth serve $(if $(CONFIG),--config $(CONFIG))
+
+# Everything CI runs: style, lints, unit tests, then end-to-end tests against the real binary and registry.
+test: deps lint
+	bash hack/test.sh
+
+lint: fmt-check clippy
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) nextest run --workspace --lib --bins
+
+e2e:
+	bash hack/test.sh --test e2e
+
+bench: release
+	bash hack/bench/idle-rss.sh
+
+clean:
+	$(CARGO) clean

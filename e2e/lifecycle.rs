@@ -1,0 +1,84 @@
+//! The daemon's socket, lock and signals: stale sockets replaced, live ones refused, clean exits.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::support::{Daemon, DaemonDirs};
+
+#[test]
+fn socket_and_directories_have_the_documented_modes() {
+    let (dirs, _daemon) = Daemon::start();
+    let mode = |path: std::path::PathBuf| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(dirs.socket()), 0o660);
+    assert_eq!(mode(dirs.state()), 0o711);
+    assert_eq!(mode(dirs.root()), 0o700);
+}
+
+#[test]
+fn a_stale_socket_is_replaced() {
+    let dirs = DaemonDirs::new();
+    dirs.write_config("");
+    std::fs::create_dir_all(dirs.state()).unwrap();
+    // A bound-then-dropped listener leaves the socket file with nobody listening: what a crash leaves.
+    drop(std::os::unix::net::UnixListener::bind(dirs.socket()).unwrap());
+    assert!(std::fs::symlink_metadata(dirs.socket()).unwrap().file_type().is_socket());
+    let daemon = Daemon::start_in(&dirs);
+    assert!(daemon.log_text().contains("removing the stale socket"), "{}", daemon.log_text());
+}
+
+#[test]
+fn a_socket_served_by_a_live_daemon_is_refused() {
+    let (dirs, daemon) = Daemon::start();
+    let started = Instant::now();
+    let output = dirs.serve_command().output().unwrap();
+    assert!(!output.status.success());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("is in use by a running daemon"), "{stderr}");
+    assert!(last.contains(&dirs.socket().display().to_string()), "{stderr}");
+    // The first daemon is unharmed.
+    assert!(std::os::unix::net::UnixStream::connect(&daemon.socket).is_ok());
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_directory_is_refused() {
+    let (dirs, _daemon) = Daemon::start();
+    let other = DaemonDirs::new();
+    let config = std::fs::read_to_string(dirs.config_path())
+        .unwrap()
+        .replace(&dirs.socket().display().to_string(), &other.path().join("other.sock").display().to_string());
+    std::fs::write(other.config_path(), config).unwrap();
+    let output = other.serve_command().output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("another berth daemon is running with this state directory"), "{stderr}");
+    assert!(!other.path().join("other.sock").exists(), "the refused daemon left its socket behind");
+}
+
+#[test]
+fn sigterm_and_sigint_exit_cleanly_and_remove_the_socket() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let (dirs, mut daemon) = Daemon::start();
+        let status = daemon.stop_with(signal);
+        assert!(status.success(), "{signal}: {status}\n{}", daemon.log_text());
+        assert!(!dirs.socket().exists(), "{signal}: socket left behind");
+        assert!(daemon.log_text().contains("berth stopped"), "{}", daemon.log_text());
+        // And the directories are reusable at once.
+        let mut again = Daemon::start_in(&dirs);
+        assert!(again.stop_with(Signal::SIGTERM).success());
+    }
+}
+
+#[test]
+fn shutdown_waits_for_open_connections_only_as_long_as_the_grace() {
+    let (_dirs, mut daemon) = Daemon::start();
+    // A client that opened a connection and went quiet must not hold the daemon past its grace (5 s here).
+    let _idle = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    let started = Instant::now();
+    let status = daemon.stop_with(Signal::SIGTERM);
+    assert!(status.success());
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+}

@@ -1,0 +1,150 @@
+//! A `berth serve` process on a private temporary root, state directory and socket.
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use berth::cli::client::{Client, Endpoint};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The directories one daemon uses; kept separate from [`Daemon`] so a test can restart on the same ones.
+pub struct DaemonDirs {
+    pub temp: tempfile::TempDir,
+}
+
+impl DaemonDirs {
+    pub fn new() -> DaemonDirs {
+        DaemonDirs { temp: tempfile::Builder::new().prefix("berth-e2e.").tempdir().expect("temp dir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.temp.path()
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.path().join("root")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.state().join("berth.sock")
+    }
+
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.path().join("cni")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("config.toml")
+    }
+
+    /// Writes the config file: the private directories, then `extra` TOML (whole tables, so it must not
+    /// repeat `[daemon]` or `[cni]`).
+    pub fn write_config(&self, extra: &str) -> PathBuf {
+        let text = format!(
+            "[daemon]\nroot = {root:?}\nstate = {state:?}\nsocket = {socket:?}\nshutdown_grace_seconds = 5\n\n\
+             [cni]\nconf_dir = {cni:?}\n\n{extra}",
+            root = self.root(),
+            state = self.state(),
+            socket = self.socket(),
+            cni = self.cni_conf_dir(),
+        );
+        std::fs::write(self.config_path(), text).expect("write config");
+        self.config_path()
+    }
+
+    /// `berth serve --config <this config>` as a command, for tests that watch it fail.
+    pub fn serve_command(&self) -> Command {
+        let mut command = Command::new(super::berth_bin());
+        command.arg("serve").arg("--config").arg(self.config_path()).env("BERTH_LOG", "info");
+        command
+    }
+}
+
+/// A running daemon. Dropping it kills the process (SIGKILL) so a failed test never leaves one behind.
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon with a default config on fresh directories.
+    pub fn start() -> (DaemonDirs, Daemon) {
+        let dirs = DaemonDirs::new();
+        dirs.write_config("");
+        let daemon = Daemon::start_in(&dirs);
+        (dirs, daemon)
+    }
+
+    /// Starts a daemon on `dirs` with the config already written there, and waits until it answers.
+    pub fn start_in(dirs: &DaemonDirs) -> Daemon {
+        let log = dirs.path().join(format!("daemon-{}.log", Instant::now().elapsed().as_nanos()));
+        let log_file = std::fs::File::create(&log).expect("daemon log");
+        let child = dirs
+            .serve_command()
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn berth serve");
+        let mut daemon = Daemon { child, socket: dirs.socket(), log };
+        daemon.wait_until_serving();
+        daemon
+    }
+
+    fn wait_until_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("berth serve exited early ({status}):\n{}", self.log_text());
+            }
+            let is_socket = std::fs::symlink_metadata(&self.socket).map(|m| m.file_type().is_socket()).unwrap_or(false);
+            if is_socket && std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "berth serve did not open its socket in time:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A CRI client over the daemon's socket.
+    pub async fn client(&self) -> Client {
+        Client::connect(Endpoint { path: self.socket.clone() }, Duration::from_secs(10)).await.expect("connect")
+    }
+
+    /// Sends `signal` and waits (up to 20 s) for the process to exit.
+    pub fn stop_with(&mut self, signal: Signal) -> ExitStatus {
+        kill(self.pid(), signal).expect("signal the daemon");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit after {signal}:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
