@@ -82,3 +82,28 @@ fn shutdown_waits_for_open_connections_only_as_long_as_the_grace() {
     assert!(status.success());
     assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn json_logs_carry_one_span_per_rpc_with_method_code_and_duration() {
+    let dirs = DaemonDirs::new();
+    dirs.write_config("[log]\nformat = \"json\"\nlevel = \"debug\"\n");
+    let mut daemon = Daemon::start_in(&dirs);
+    let mut client = daemon.client().await;
+    client.runtime.version(berth::cri::v1::VersionRequest::default()).await.unwrap();
+    let started = Instant::now();
+    assert!(daemon.stop(Signal::SIGTERM).await.success());
+    // The client's idle connection is closed at once, not waited on for the grace period.
+    assert!(started.elapsed() < Duration::from_secs(2), "shutdown took {:?}", started.elapsed());
+    let log = daemon.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}")))
+        .collect();
+    let finished = lines
+        .iter()
+        .find(|l| l["message"] == "rpc finished" && l["span"]["method"] == "Version")
+        .unwrap_or_else(|| panic!("no `rpc finished` line for Version in:\n{log}"));
+    assert_eq!(finished["code"], "Ok");
+    assert!(finished["elapsed_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(finished["level"], "DEBUG", "Version is read-only and logs at debug");
+}

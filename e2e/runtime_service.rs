@@ -105,8 +105,7 @@ async fn the_pod_cidr_survives_a_restart_and_bad_ones_are_refused() {
     let refused = client.runtime.update_runtime_config(pod_cidr_request("10.244.0.0/99")).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert!(refused.message().contains("10.244.0.0/99"), "{}", refused.message());
-    drop(client);
-    assert!(daemon.stop_with(nix::sys::signal::Signal::SIGTERM).success());
+    assert!(daemon.stop(nix::sys::signal::Signal::SIGTERM).await.success());
 
     let daemon = Daemon::start_in(&dirs);
     assert_eq!(reported_pod_cidr(&daemon).await, "10.244.0.0/24,fd00:10:244::/64");

@@ -61,7 +61,7 @@ impl DaemonDirs {
     /// `berth serve --config <this config>` as a command, for tests that watch it fail.
     pub fn serve_command(&self) -> Command {
         let mut command = Command::new(super::berth_bin());
-        command.arg("serve").arg("--config").arg(self.config_path()).env("BERTH_LOG", "info");
+        command.arg("serve").arg("--config").arg(self.config_path()).env_remove("BERTH_LOG");
         command
     }
 }
@@ -124,6 +124,20 @@ impl Daemon {
     /// A CRI client over the daemon's socket.
     pub async fn client(&self) -> Client {
         Client::connect(Endpoint { path: self.socket.clone() }, Duration::from_secs(10)).await.expect("connect")
+    }
+
+    /// [`Daemon::stop_with`] for async tests: it waits without blocking the test's runtime, so the test's
+    /// own gRPC connections keep running and can answer the daemon's shutdown.
+    pub async fn stop(&mut self, signal: Signal) -> ExitStatus {
+        kill(self.pid(), signal).expect("signal the daemon");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit after {signal}:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Sends `signal` and waits (up to 20 s) for the process to exit.
