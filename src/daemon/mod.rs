@@ -6,6 +6,7 @@
 //! before serving is one line naming what failed, and leaves nothing half made: the socket is bound last,
 //! after everything it would depend on exists.
 
+mod authority;
 mod lock;
 mod socket;
 
@@ -83,7 +84,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         signal(SignalKind::interrupt()).map_err(|source| ServeError::Signal { signal: "SIGINT", source })?;
 
     let (listener, socket_file) = socket::bind(&layout.socket)?;
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let incoming =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::UnixListenerStream::new(listener), |accepted| {
+            accepted.map(authority::AuthorityFix::new)
+        });
     let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()

@@ -1,0 +1,356 @@
+//! Control groups: finding the host's hierarchies, creating or joining a container's cgroup, applying
+//! `linux.resources`, reading stats, killing what is left and removing the cgroup.
+//!
+//! Hosts are either cgroup v2 only (`/sys/fs/cgroup` is cgroup2) or v1, often with a v2 mount beside the v1
+//! controllers ("hybrid", as on the Debian test machines). On v1 the container joins every mounted hierarchy
+//! (controllers and named ones like `name=systemd`) and the v2 mount if there is one, so each tool sees it
+//! where it looks; resources go to the v1 controllers.
+
+mod v1;
+mod v2;
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::LinuxResources;
+use serde::Serialize;
+
+use crate::error::{Result, RuntimeError};
+
+/// The cgroup layout of this host.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Layout {
+    /// v1 hierarchies (mount point and the controllers or `name=` it carries), plus the v2 mount in hybrid mode.
+    V1 { hierarchies: Vec<(PathBuf, Vec<String>)>, unified: Option<PathBuf> },
+    V2 { root: PathBuf },
+}
+
+impl Layout {
+    /// Reads the layout from /proc/self/mountinfo.
+    pub fn detect() -> Result<Layout> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(RuntimeError::io("read", "/proc/self/mountinfo"))?;
+        Ok(Layout::parse(&mountinfo))
+    }
+
+    fn parse(mountinfo: &str) -> Layout {
+        let mut hierarchies = Vec::new();
+        let mut unified = None;
+        for line in mountinfo.lines() {
+            let Some((before, after)) = line.split_once(" - ") else { continue };
+            let fields: Vec<&str> = before.split(' ').collect();
+            let rest: Vec<&str> = after.split(' ').collect();
+            let (Some(mount_point), Some(fs_type), Some(super_options)) = (fields.get(4), rest.first(), rest.get(2)) else {
+                continue;
+            };
+            let mount_point = PathBuf::from(unescape(mount_point));
+            match *fs_type {
+                "cgroup2" if mount_point == Path::new("/sys/fs/cgroup") => return Layout::V2 { root: mount_point },
+                "cgroup2" if unified.is_none() => unified = Some(mount_point),
+                "cgroup" => {
+                    let controllers: Vec<String> = super_options
+                        .split(',')
+                        .filter(|o| !matches!(*o, "rw" | "ro" | "relatime" | "noexec" | "nosuid" | "nodev" | "clone_children"))
+                        .map(str::to_owned)
+                        .collect();
+                    if !hierarchies.iter().any(|(_, c): &(PathBuf, Vec<String>)| *c == controllers) {
+                        hierarchies.push((mount_point, controllers));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Layout::V1 { hierarchies, unified }
+    }
+
+    pub fn is_v2(&self) -> bool {
+        matches!(self, Layout::V2 { .. })
+    }
+
+    /// The mount point of the v1 hierarchy carrying `controller`.
+    fn v1_controller(&self, controller: &str) -> Option<&Path> {
+        match self {
+            Layout::V1 { hierarchies, .. } => {
+                hierarchies.iter().find(|(_, c)| c.iter().any(|x| x == controller)).map(|(p, _)| p.as_path())
+            }
+            Layout::V2 { .. } => None,
+        }
+    }
+}
+
+/// Mount points escape spaces and such as octal (`\040`).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Usage figures of a cgroup, as `stats` reports them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    pub cpu_usage_ns: u64,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    pub memory_usage_bytes: u64,
+    /// usage minus inactive file cache, as kubelet defines it.
+    pub memory_working_set_bytes: u64,
+    pub memory_rss_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+    pub page_faults: u64,
+    pub major_page_faults: u64,
+    pub pids_current: u64,
+    pub pids_limit: Option<u64>,
+    pub oom_kills: u64,
+}
+
+/// One container's cgroup.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    pub layout: Layout,
+    /// Path below each hierarchy's root, starting with `/`.
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(layout: Layout, path: PathBuf) -> Cgroup {
+        Cgroup { layout, path }
+    }
+
+    /// The cgroup path for a spec's `linux.cgroupsPath`: cgroupfs paths are used as given (relative ones from
+    /// the root); systemd's `slice:prefix:name` form is expanded to the directories systemd would create.
+    pub fn path_for(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf> {
+        let Some(given) = cgroups_path else {
+            return Ok(PathBuf::from(format!("/berth/{id}")));
+        };
+        let text = given.to_string_lossy();
+        let path = match text.split(':').collect::<Vec<_>>().as_slice() {
+            [slice, prefix, name] if !text.starts_with('/') => expand_systemd(slice, prefix, name)?,
+            _ => Path::new("/").join(given),
+        };
+        if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(RuntimeError::CgroupSetup(format!("cgroupsPath {text:?} must not contain \"..\"")));
+        }
+        Ok(path)
+    }
+
+    /// Every directory of this cgroup (one per hierarchy).
+    pub fn directories(&self) -> Vec<PathBuf> {
+        let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
+        match &self.layout {
+            Layout::V2 { root } => vec![root.join(relative)],
+            Layout::V1 { hierarchies, unified } => {
+                hierarchies.iter().map(|(mount, _)| mount.join(relative)).chain(unified.iter().map(|u| u.join(relative))).collect()
+            }
+        }
+    }
+
+    /// Creates the cgroup (and missing parents); existing ones are joined as they are.
+    pub fn create(&self) -> Result<()> {
+        match &self.layout {
+            Layout::V2 { root } => v2::create(root, &self.path),
+            Layout::V1 { .. } => {
+                for dir in self.directories() {
+                    std::fs::create_dir_all(&dir).map_err(|source| cgroup_error(&dir, "create", source))?;
+                }
+                if let Some(cpuset) = self.layout.v1_controller("cpuset") {
+                    v1::inherit_cpuset(cpuset, &self.path)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves a process into the cgroup in every hierarchy.
+    pub fn add_process(&self, pid: i32) -> Result<()> {
+        for dir in self.directories() {
+            write(&dir, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Applies `linux.resources`.
+    pub fn apply(&self, resources: &LinuxResources) -> Result<()> {
+        match &self.layout {
+            Layout::V2 { root } => v2::apply(&root.join(self.path.strip_prefix("/").unwrap_or(&self.path)), resources),
+            Layout::V1 { .. } => v1::apply(self, resources),
+        }
+    }
+
+    /// The processes in the cgroup.
+    pub fn pids(&self) -> Result<Vec<i32>> {
+        let dir = match &self.layout {
+            Layout::V2 { .. } => self.directories().remove(0),
+            Layout::V1 { .. } => {
+                let mount = self
+                    .layout
+                    .v1_controller("pids")
+                    .or_else(|| self.layout.v1_controller("memory"))
+                    .ok_or_else(|| RuntimeError::CgroupSetup("no pids or memory hierarchy mounted".into()))?;
+                mount.join(self.path.strip_prefix("/").unwrap_or(&self.path))
+            }
+        };
+        let procs = match std::fs::read_to_string(dir.join("cgroup.procs")) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(cgroup_error(&dir, "read cgroup.procs", source)),
+        };
+        Ok(procs.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// Sends `signal` to every process in the cgroup, with the cgroup frozen so none can fork away meanwhile.
+    pub fn signal_all(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        let freezer = self.freezer_dir();
+        if let Some(dir) = &freezer {
+            let _ = v1::set_frozen(dir, &self.layout, true);
+        }
+        let mut result = Ok(());
+        for pid in self.pids()? {
+            match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(errno) => result = Err(RuntimeError::sys(format!("kill {pid} with {signal}"))(errno)),
+            }
+        }
+        if let Some(dir) = &freezer {
+            let _ = v1::set_frozen(dir, &self.layout, false);
+        }
+        result
+    }
+
+    fn freezer_dir(&self) -> Option<PathBuf> {
+        let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
+        match &self.layout {
+            Layout::V2 { root } => Some(root.join(relative)).filter(|d| d.join("cgroup.freeze").exists()),
+            Layout::V1 { .. } => self.layout.v1_controller("freezer").map(|m| m.join(relative)),
+        }
+    }
+
+    /// Usage figures.
+    pub fn stats(&self) -> Result<Stats> {
+        match &self.layout {
+            Layout::V2 { root } => v2::stats(&root.join(self.path.strip_prefix("/").unwrap_or(&self.path))),
+            Layout::V1 { .. } => v1::stats(self),
+        }
+    }
+
+    /// Kills what is left and removes the cgroup in every hierarchy. Missing directories are fine.
+    pub fn delete(&self) -> Result<()> {
+        let _ = self.signal_all(nix::sys::signal::Signal::SIGKILL);
+        for dir in self.directories().into_iter().rev() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => break,
+                    // EBUSY while the last processes finish dying.
+                    Err(err) if err.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < deadline => {
+                        let _ = self.signal_all(nix::sys::signal::Signal::SIGKILL);
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(source) => return Err(cgroup_error(&dir, "remove", source)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `kubepods-burstable-pod12.slice` → `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12.slice`,
+/// plus `<prefix>-<name>.scope` (systemd.slice(5): dashes in a slice name denote its parents).
+fn expand_systemd(slice: &str, prefix: &str, name: &str) -> Result<PathBuf> {
+    let slice = if slice.is_empty() { "system.slice" } else { slice };
+    let Some(stem) = slice.strip_suffix(".slice") else {
+        return Err(RuntimeError::CgroupSetup(format!("systemd cgroup parent {slice:?} is not a .slice")));
+    };
+    let mut path = PathBuf::from("/");
+    if stem != "-" {
+        let mut parent = String::new();
+        for part in stem.split('-') {
+            if part.is_empty() {
+                return Err(RuntimeError::CgroupSetup(format!("invalid systemd slice name {slice:?}")));
+            }
+            if !parent.is_empty() {
+                parent.push('-');
+            }
+            parent.push_str(part);
+            path.push(format!("{parent}.slice"));
+        }
+    }
+    let unit = if prefix.is_empty() { format!("{name}.scope") } else { format!("{prefix}-{name}.scope") };
+    path.push(unit);
+    Ok(path)
+}
+
+pub(crate) fn cgroup_error(path: &Path, step: impl Into<String>, source: std::io::Error) -> RuntimeError {
+    RuntimeError::Cgroup { path: path.to_owned(), step: step.into(), source }
+}
+
+pub(crate) fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
+    let path = dir.join(file);
+    std::fs::write(&path, value).map_err(|source| cgroup_error(&path, format!("write {value:?}"), source))
+}
+
+pub(crate) fn read(dir: &Path, file: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(file)).ok().map(|s| s.trim().to_owned())
+}
+
+pub(crate) fn read_u64(dir: &Path, file: &str) -> Option<u64> {
+    read(dir, file).and_then(|s| s.parse().ok())
+}
+
+/// A `key value` line of a flat-keyed file such as memory.stat.
+pub(crate) fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hybrid_mountinfo_is_v1_with_unified_beside() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+32 30 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+33 30 0:29 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd
+34 30 0:30 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+";
+        let layout = Layout::parse(mountinfo);
+        let Layout::V1 { hierarchies, unified } = &layout else { panic!("{layout:?}") };
+        assert_eq!(hierarchies.len(), 3);
+        assert_eq!(unified.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
+        assert_eq!(layout.v1_controller("memory"), Some(Path::new("/sys/fs/cgroup/memory")));
+        let v2 = Layout::parse("30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n");
+        assert!(v2.is_v2());
+    }
+
+    #[test]
+    fn cgroup_paths_from_specs() {
+        assert_eq!(Cgroup::path_for(None, "c1").unwrap(), PathBuf::from("/berth/c1"));
+        assert_eq!(Cgroup::path_for(Some(Path::new("/kubepods/pod1/c1")), "c1").unwrap(), PathBuf::from("/kubepods/pod1/c1"));
+        assert_eq!(Cgroup::path_for(Some(Path::new("rel/c1")), "c1").unwrap(), PathBuf::from("/rel/c1"));
+        assert_eq!(
+            Cgroup::path_for(Some(Path::new("kubepods-burstable-pod1.slice:cri-berth:abc")), "abc").unwrap(),
+            PathBuf::from("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-berth-abc.scope")
+        );
+        assert!(Cgroup::path_for(Some(Path::new("/a/../../etc")), "c").is_err());
+    }
+
+    #[test]
+    fn keyed_files_parse() {
+        let stat = "cache 10\ntotal_inactive_file 4096\ninactive_file 7\n";
+        assert_eq!(keyed(stat, "total_inactive_file"), Some(4096));
+        assert_eq!(keyed(stat, "inactive_file"), Some(7));
+        assert_eq!(keyed(stat, "missing"), None);
+        assert_eq!(unescape("/a\\040b"), "/a b");
+    }
+}

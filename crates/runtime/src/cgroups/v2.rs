@@ -1,0 +1,139 @@
+//! cgroup v2: one unified tree; controllers enabled per level through cgroup.subtree_control.
+
+use std::path::Path;
+
+use oci_spec::runtime::LinuxResources;
+
+use super::{Stats, cgroup_error, keyed, read, read_u64, write};
+use crate::error::{Result, RuntimeError};
+
+/// Creates the cgroup, enabling every available controller on the way down so the leaf can use them.
+pub(super) fn create(root: &Path, path: &Path) -> Result<()> {
+    let mut current = root.to_path_buf();
+    let components: Vec<_> = path.strip_prefix("/").unwrap_or(path).components().collect();
+    for component in components {
+        let controllers = read(&current, "cgroup.controllers").unwrap_or_default();
+        let enable: Vec<String> = controllers.split_whitespace().map(|c| format!("+{c}")).collect();
+        if !enable.is_empty() {
+            // Best effort: a controller the parent cannot delegate (busy with threads, say) is simply absent below.
+            let _ = write(&current, "cgroup.subtree_control", &enable.join(" "));
+        }
+        current.push(component);
+        match std::fs::create_dir(&current) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(cgroup_error(&current, "create", source)),
+        }
+    }
+    Ok(())
+}
+
+/// cpu.shares (2..262144) to cpu.weight (1..10000), the conversion runc and crun use.
+fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 { 0 } else { 1 + (shares.saturating_sub(2) * 9999) / 262_142 }
+}
+
+/// blkio.weight (10..1000) to io.weight (1..10000).
+fn blkio_to_io_weight(weight: u16) -> u64 {
+    if weight == 0 { 0 } else { 1 + (u64::from(weight).saturating_sub(10) * 9999) / 990 }
+}
+
+fn max_or(value: i64) -> String {
+    if value < 0 { "max".to_owned() } else { value.to_string() }
+}
+
+pub(super) fn apply(dir: &Path, resources: &LinuxResources) -> Result<()> {
+    if let Some(memory) = resources.memory() {
+        if let Some(reservation) = memory.reservation() {
+            write(dir, "memory.low", &max_or(reservation))?;
+        }
+        if let Some(limit) = memory.limit() {
+            write(dir, "memory.max", &max_or(limit))?;
+        }
+        if let Some(swap) = memory.swap() {
+            // The spec's swap is memory+swap (v1 semantics); v2 limits swap alone.
+            let value = match (swap, memory.limit()) {
+                (s, _) if s < 0 => "max".to_owned(),
+                (s, Some(l)) if l > 0 => s.saturating_sub(l).max(0).to_string(),
+                (s, _) => s.to_string(),
+            };
+            write(dir, "memory.swap.max", &value)?;
+        }
+    }
+    if let Some(cpu) = resources.cpu() {
+        if let Some(shares) = cpu.shares() {
+            write(dir, "cpu.weight", &shares_to_weight(shares).to_string())?;
+        }
+        if cpu.quota().is_some() || cpu.period().is_some() {
+            let quota = cpu.quota().map(max_or).unwrap_or_else(|| "max".to_owned());
+            let period = cpu.period().unwrap_or(100_000);
+            write(dir, "cpu.max", &format!("{quota} {period}"))?;
+        }
+        if let Some(cpus) = cpu.cpus().as_deref().filter(|c| !c.is_empty()) {
+            write(dir, "cpuset.cpus", cpus)?;
+        }
+        if let Some(mems) = cpu.mems().as_deref().filter(|m| !m.is_empty()) {
+            write(dir, "cpuset.mems", mems)?;
+        }
+    }
+    if let Some(pids) = resources.pids() {
+        write(dir, "pids.max", &if pids.limit() > 0 { pids.limit().to_string() } else { "max".to_owned() })?;
+    }
+    if let Some(limits) = resources.hugepage_limits() {
+        for limit in limits {
+            write(dir, &format!("hugetlb.{}.max", limit.page_size()), &limit.limit().to_string())?;
+        }
+    }
+    if let Some(blkio) = resources.block_io()
+        && let Some(weight) = blkio.weight()
+    {
+        write(dir, "io.weight", &format!("default {}", blkio_to_io_weight(weight)))?;
+    }
+    if resources.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        // The v2 device controller is an eBPF program attached to the cgroup; berth does not load one yet.
+        // Device nodes are still limited to those the spec creates in the container's /dev.
+        tracing::warn!(cgroup = %dir.display(), "device cgroup rules are not enforced on cgroup v2 yet");
+    }
+    if let Some(unified) = resources.unified() {
+        for (key, value) in unified {
+            if key.contains('/') || key.starts_with('.') {
+                return Err(RuntimeError::CgroupSetup(format!("invalid unified key {key:?}")));
+            }
+            write(dir, key, value)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn stats(dir: &Path) -> Result<Stats> {
+    let mut stats = Stats::default();
+    if let Some(cpu) = read(dir, "cpu.stat") {
+        stats.cpu_usage_ns = keyed(&cpu, "usage_usec").unwrap_or(0) * 1000;
+        stats.cpu_user_ns = keyed(&cpu, "user_usec").unwrap_or(0) * 1000;
+        stats.cpu_system_ns = keyed(&cpu, "system_usec").unwrap_or(0) * 1000;
+    }
+    stats.memory_usage_bytes = read_u64(dir, "memory.current").unwrap_or(0);
+    let memory = read(dir, "memory.stat").unwrap_or_default();
+    stats.memory_working_set_bytes =
+        stats.memory_usage_bytes.saturating_sub(keyed(&memory, "inactive_file").unwrap_or(0));
+    stats.memory_rss_bytes = keyed(&memory, "anon").unwrap_or(0);
+    stats.page_faults = keyed(&memory, "pgfault").unwrap_or(0);
+    stats.major_page_faults = keyed(&memory, "pgmajfault").unwrap_or(0);
+    stats.memory_limit_bytes = read_u64(dir, "memory.max");
+    stats.oom_kills = read(dir, "memory.events").and_then(|t| keyed(&t, "oom_kill")).unwrap_or(0);
+    stats.pids_current = read_u64(dir, "pids.current").unwrap_or(0);
+    stats.pids_limit = read_u64(dir, "pids.max");
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn weights_convert_like_other_runtimes() {
+        assert_eq!(super::shares_to_weight(2), 1);
+        assert_eq!(super::shares_to_weight(1024), 39);
+        assert_eq!(super::shares_to_weight(262_144), 10_000);
+        assert_eq!(super::blkio_to_io_weight(10), 1);
+        assert_eq!(super::blkio_to_io_weight(1000), 10_000);
+    }
+}

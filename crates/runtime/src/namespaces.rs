@@ -1,0 +1,60 @@
+//! Linux namespaces as the spec names them: which to create, which to join by path, and in what order.
+
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
+
+/// The clone flag of a namespace type.
+pub fn flag(kind: LinuxNamespaceType) -> CloneFlags {
+    match kind {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        // CLONE_NEWTIME (kernel 5.6) is not in every libc/nix release; the value is fixed by the kernel ABI.
+        LinuxNamespaceType::Time => CloneFlags::from_bits_retain(0x0000_0080),
+    }
+}
+
+/// The file name under /proc/<pid>/ns/ of a namespace type.
+pub fn proc_name(kind: LinuxNamespaceType) -> &'static str {
+    match kind {
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+/// All namespace types, user first: joining or creating the user namespace decides what the rest may do.
+pub const ALL: [LinuxNamespaceType; 8] = [
+    LinuxNamespaceType::User,
+    LinuxNamespaceType::Pid,
+    LinuxNamespaceType::Network,
+    LinuxNamespaceType::Ipc,
+    LinuxNamespaceType::Uts,
+    LinuxNamespaceType::Mount,
+    LinuxNamespaceType::Cgroup,
+    LinuxNamespaceType::Time,
+];
+
+/// The spec's namespace list (empty when absent).
+pub fn of(spec: &Spec) -> Vec<LinuxNamespace> {
+    spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default()
+}
+
+/// Whether the spec lists a namespace of this type (new or joined).
+pub fn has(spec: &Spec, kind: LinuxNamespaceType) -> bool {
+    of(spec).iter().any(|ns| ns.typ() == kind)
+}
+
+/// Whether the spec creates a new namespace of this type (listed without a path).
+pub fn creates(spec: &Spec, kind: LinuxNamespaceType) -> bool {
+    of(spec).iter().any(|ns| ns.typ() == kind && ns.path().is_none())
+}
