@@ -6,6 +6,7 @@ mod config_cmd;
 mod image_fs_info;
 mod info;
 mod output;
+mod runtime;
 mod version;
 
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ enum Command {
         #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// The OCI runtime (runc-compatible verbs: create, start, state, kill, delete, run, exec, ps, update, ...).
+    Runtime(Box<runtime::RuntimeArgs>),
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -64,7 +67,11 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let timeout = Duration::from_secs(cli.timeout.max(1));
+    if let Command::Runtime(args) = cli.command {
+        return ExitCode::from(runtime::run(*args));
+    }
     let outcome: Result<(), String> = match cli.command {
+        Command::Runtime(_) => unreachable!("handled above"),
         Command::Serve { config } => serve(config),
         Command::Config(command) => config_cmd::run(command),
         Command::Version { output } => {

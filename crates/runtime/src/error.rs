@@ -38,6 +38,8 @@ pub enum RuntimeError {
     },
     #[error("container {id}: {message}")]
     Init { id: String, message: String },
+    #[error("{0}")]
+    Setup(String),
     #[error("cgroup {path}: {step}")]
     Cgroup {
         path: PathBuf,

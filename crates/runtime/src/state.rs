@@ -100,7 +100,8 @@ impl StateDir {
 
     pub fn load(&self) -> Result<ContainerState> {
         let path = self.state_file();
-        let text = std::fs::read(&path).map_err(|source| RuntimeError::State { step: "read", path: path.clone(), source })?;
+        let text =
+            std::fs::read(&path).map_err(|source| RuntimeError::State { step: "read", path: path.clone(), source })?;
         serde_json::from_slice(&text).map_err(|err| RuntimeError::State {
             step: "parse",
             path,

@@ -28,6 +28,8 @@ pub struct InitConfig {
     pub rootfs: std::path::PathBuf,
     /// The start gate a created container waits on (create only).
     pub exec_fifo: Option<std::path::PathBuf>,
+    /// The container's cgroup, relative to each hierarchy's root (for cgroup mounts).
+    pub cgroup_path: std::path::PathBuf,
     /// Joining a running container (exec): its init's pid, whose namespaces are entered.
     pub join_pid: Option<i32>,
     /// Which of the fds that follow this message are present.
@@ -76,10 +78,6 @@ impl Channel {
 
     pub fn into_fd(self) -> OwnedFd {
         self.socket
-    }
-
-    pub fn raw_fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
     }
 
     pub fn send(&self, message: &Message) -> Result<()> {

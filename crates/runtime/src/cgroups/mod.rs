@@ -20,8 +20,13 @@ use crate::error::{Result, RuntimeError};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Layout {
     /// v1 hierarchies (mount point and the controllers or `name=` it carries), plus the v2 mount in hybrid mode.
-    V1 { hierarchies: Vec<(PathBuf, Vec<String>)>, unified: Option<PathBuf> },
-    V2 { root: PathBuf },
+    V1 {
+        hierarchies: Vec<(PathBuf, Vec<String>)>,
+        unified: Option<PathBuf>,
+    },
+    V2 {
+        root: PathBuf,
+    },
 }
 
 impl Layout {
@@ -39,7 +44,8 @@ impl Layout {
             let Some((before, after)) = line.split_once(" - ") else { continue };
             let fields: Vec<&str> = before.split(' ').collect();
             let rest: Vec<&str> = after.split(' ').collect();
-            let (Some(mount_point), Some(fs_type), Some(super_options)) = (fields.get(4), rest.first(), rest.get(2)) else {
+            let (Some(mount_point), Some(fs_type), Some(super_options)) = (fields.get(4), rest.first(), rest.get(2))
+            else {
                 continue;
             };
             let mount_point = PathBuf::from(unescape(mount_point));
@@ -49,7 +55,9 @@ impl Layout {
                 "cgroup" => {
                     let controllers: Vec<String> = super_options
                         .split(',')
-                        .filter(|o| !matches!(*o, "rw" | "ro" | "relatime" | "noexec" | "nosuid" | "nodev" | "clone_children"))
+                        .filter(|o| {
+                            !matches!(*o, "rw" | "ro" | "relatime" | "noexec" | "nosuid" | "nodev" | "clone_children")
+                        })
                         .map(str::to_owned)
                         .collect();
                     if !hierarchies.iter().any(|(_, c): &(PathBuf, Vec<String>)| *c == controllers) {
@@ -147,9 +155,11 @@ impl Cgroup {
         let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
         match &self.layout {
             Layout::V2 { root } => vec![root.join(relative)],
-            Layout::V1 { hierarchies, unified } => {
-                hierarchies.iter().map(|(mount, _)| mount.join(relative)).chain(unified.iter().map(|u| u.join(relative))).collect()
-            }
+            Layout::V1 { hierarchies, unified } => hierarchies
+                .iter()
+                .map(|(mount, _)| mount.join(relative))
+                .chain(unified.iter().map(|u| u.join(relative)))
+                .collect(),
         }
     }
 
@@ -336,7 +346,10 @@ mod tests {
     #[test]
     fn cgroup_paths_from_specs() {
         assert_eq!(Cgroup::path_for(None, "c1").unwrap(), PathBuf::from("/berth/c1"));
-        assert_eq!(Cgroup::path_for(Some(Path::new("/kubepods/pod1/c1")), "c1").unwrap(), PathBuf::from("/kubepods/pod1/c1"));
+        assert_eq!(
+            Cgroup::path_for(Some(Path::new("/kubepods/pod1/c1")), "c1").unwrap(),
+            PathBuf::from("/kubepods/pod1/c1")
+        );
         assert_eq!(Cgroup::path_for(Some(Path::new("rel/c1")), "c1").unwrap(), PathBuf::from("/rel/c1"));
         assert_eq!(
             Cgroup::path_for(Some(Path::new("kubepods-burstable-pod1.slice:cri-berth:abc")), "abc").unwrap(),

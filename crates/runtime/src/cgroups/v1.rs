@@ -25,7 +25,10 @@ pub(super) fn inherit_cpuset(mount: &Path, path: &Path) -> Result<()> {
 }
 
 fn dir_of(cgroup: &Cgroup, controller: &str) -> Option<std::path::PathBuf> {
-    cgroup.layout.v1_controller(controller).map(|mount| mount.join(cgroup.path.strip_prefix("/").unwrap_or(&cgroup.path)))
+    cgroup
+        .layout
+        .v1_controller(controller)
+        .map(|mount| mount.join(cgroup.path.strip_prefix("/").unwrap_or(&cgroup.path)))
 }
 
 fn require(cgroup: &Cgroup, controller: &str) -> Result<std::path::PathBuf> {

@@ -1,0 +1,125 @@
+//! The container process, from its clone to execve: root filesystem, stdio, process attributes, the start
+//! gate, and the exec itself.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use oci_spec::runtime::LinuxNamespaceType;
+
+use super::{Never, console, fail, process, rootfs};
+use crate::error::{Result, RuntimeError};
+use crate::sync::{Channel, InitConfig, Message};
+use crate::{hooks, namespaces};
+
+pub(super) fn run(channel: &Channel, config: InitConfig, fds: Vec<OwnedFd>) -> ! {
+    match setup(channel, &config, fds) {
+        Ok(never) => match never {},
+        Err(err) => fail(channel, &err),
+    }
+}
+
+fn setup(channel: &Channel, config: &InitConfig, fds: Vec<OwnedFd>) -> Result<Never> {
+    let spec = &config.spec;
+    let process_spec = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| RuntimeError::InvalidSpec { path: "config.json".into(), reason: "no process".into() })?;
+    let mut fds = fds.into_iter();
+    let stdio: Option<Vec<OwnedFd>> = if config.stdio_fds { Some(fds.by_ref().take(3).collect()) } else { None };
+    let console_socket = if config.console_fd { fds.next() } else { None };
+    nix::unistd::setsid().map_err(RuntimeError::sys("setsid"))?;
+
+    if config.join_pid.is_none() {
+        // Devices and directories get exactly the modes the spec asks for; process.user.umask applies later.
+        nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let gate = match &config.exec_fifo {
+            Some(path) => Some(
+                nix::fcntl::open(
+                    path,
+                    nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .map_err(RuntimeError::sys(format!("open the start gate {}", path.display())))?,
+            ),
+            None => None,
+        };
+        let has_mount_namespace = namespaces::has(spec, LinuxNamespaceType::Mount);
+        rootfs::prepare(spec, &config.rootfs, has_mount_namespace, &config.cgroup_path)?;
+        let spec_hooks = spec.hooks().clone().unwrap_or_default();
+        if spec_hooks.create_runtime().as_ref().is_some_and(|h| !h.is_empty())
+            || spec_hooks.prestart().as_ref().is_some_and(|h| !h.is_empty())
+        {
+            channel.send(&Message::RunHooks)?;
+            match channel.receive()? {
+                Some((Message::HooksDone, _)) => {}
+                _ => {
+                    return Err(RuntimeError::Init {
+                        id: config.id.clone(),
+                        message: "the runtime did not run the hooks".into(),
+                    });
+                }
+            }
+        }
+        if let Some(create_container) = spec_hooks.create_container() {
+            let state = serde_json::json!({"ociVersion": spec.version(), "id": config.id, "status": "created",
+                "pid": std::process::id(), "bundle": config.rootfs.parent()});
+            hooks::run("createContainer", create_container, &state)?;
+        }
+        rootfs::enter(&config.rootfs, has_mount_namespace)?;
+        rootfs::finish(spec)?;
+        connect_stdio(stdio, console_socket, process_spec)?;
+        let prepared = process::prepare(spec)?;
+        channel.send(&Message::Ready)?;
+        if let Some(gate) = gate {
+            wait_for_start(&gate)?;
+        }
+        if let Some(start_container) = spec_hooks.start_container() {
+            let state = serde_json::json!({"ociVersion": spec.version(), "id": config.id, "status": "running",
+                "pid": std::process::id(), "bundle": config.rootfs.parent()});
+            hooks::run("startContainer", start_container, &state)?;
+        }
+        process::exec(prepared)
+    } else {
+        // exec into a running container: its namespaces were entered by the helper; the channel closes on
+        // a successful execve (close-on-exec), which is how the runtime learns it worked.
+        connect_stdio(stdio, console_socket, process_spec)?;
+        let prepared = process::prepare(spec)?;
+        process::exec(prepared)
+    }
+}
+
+fn connect_stdio(
+    stdio: Option<Vec<OwnedFd>>,
+    console_socket: Option<OwnedFd>,
+    process_spec: &oci_spec::runtime::Process,
+) -> Result<()> {
+    if process_spec.terminal() == Some(true) {
+        let socket = console_socket.ok_or_else(|| RuntimeError::InvalidSpec {
+            path: "config.json".into(),
+            reason: "process.terminal is true but no console socket was given".into(),
+        })?;
+        return console::setup(&socket, process_spec.console_size().as_ref());
+    }
+    if let Some(fds) = stdio {
+        for (target, fd) in fds.iter().enumerate() {
+            let mut target_fd = super::unsafe_target(target as i32);
+            let result = nix::unistd::dup2(fd, &mut target_fd);
+            std::mem::forget(target_fd);
+            result.map_err(RuntimeError::sys(format!("dup2 the container's stdio onto fd {target}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Blocks until `start` opens the gate for reading, then tells it we are through.
+fn wait_for_start(gate: &OwnedFd) -> Result<()> {
+    let path = format!("/proc/self/fd/{}", gate.as_raw_fd());
+    let opened = nix::fcntl::open(
+        Path::new(&path),
+        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(RuntimeError::sys("wait at the start gate"))?;
+    nix::unistd::write(&opened, b"0").map_err(RuntimeError::sys("pass the start gate"))?;
+    Ok(())
+}
