@@ -11,4 +11,5 @@ mod compat;
 mod config;
 mod lifecycle;
 mod registry;
+mod runtime_oci;
 mod runtime_service;

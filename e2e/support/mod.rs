@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests: a daemon under test, prerequisites, the test registry.
 
+pub mod bundle;
 pub mod daemon;
 pub mod http;
 pub mod registry;

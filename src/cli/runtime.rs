@@ -103,7 +103,7 @@ enum Verb {
     Update {
         id: String,
         /// runtime-spec linux.resources JSON ("-" for stdin).
-        #[arg(long, short = 'r')]
+        #[arg(long)]
         resources: Option<PathBuf>,
         #[arg(long)]
         memory: Option<i64>,

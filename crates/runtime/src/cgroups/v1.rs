@@ -140,9 +140,30 @@ pub(super) fn apply(cgroup: &Cgroup, resources: &LinuxResources) -> Result<()> {
             let file = if rule.allow() { "devices.allow" } else { "devices.deny" };
             write(&dir, file, &device_rule(rule))?;
         }
+        // The devices every container gets (config-linux.md, "Default Devices") stay usable whatever the
+        // rules above deny, as with runc: without them not even /dev/null opens.
+        for rule in DEFAULT_ALLOWED {
+            write(&dir, "devices.allow", rule)?;
+        }
     }
     Ok(())
 }
+
+/// Always allowed: mknod of any device (creating is harmless; opening is what the rules guard), the default
+/// devices, /dev/console, /dev/ptmx and the pseudo-terminals.
+const DEFAULT_ALLOWED: [&str; 11] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
 
 /// `c 1:3 rwm`; a rule with no type or numbers means all devices (`a *:* rwm`).
 fn device_rule(rule: &LinuxDeviceCgroup) -> String {

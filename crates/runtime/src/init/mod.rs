@@ -28,7 +28,7 @@ pub fn main() -> ! {
     let channel = match take_channel() {
         Ok(channel) => channel,
         Err(err) => {
-            eprintln!("berth init: {err}");
+            eprintln!("berth init: {}", error_chain(&err));
             std::process::exit(1);
         }
     };
@@ -191,8 +191,7 @@ fn join_namespaces_of(pid: i32) -> Result<()> {
 
 /// Clones the container process as a sibling of this helper (a child of the runtime): fork semantics.
 fn clone_parent() -> Result<i32> {
-    ensure_single_threaded()?;
-    // SAFETY: the process is single-threaded (checked just above), so the child gets a consistent copy of
+    // SAFETY: the process is single-threaded (checked when the helper started, and it starts no thread), so the child gets a consistent copy of
     // all memory with no lock held by a vanished thread. A null stack makes the child continue on its own
     // copy of the current stack, exactly like fork(2); no other argument points into our memory.
     let result = unsafe {

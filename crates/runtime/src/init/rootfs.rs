@@ -441,6 +441,17 @@ pub(super) fn enter(rootfs: &Path, has_mount_namespace: bool) -> Result<()> {
 /// After pivot_root: masked and read-only paths, sysctls, hostname, read-only root, root propagation.
 pub(super) fn finish(spec: &Spec) -> Result<()> {
     let linux = spec.linux().clone().unwrap_or_default();
+    // Sysctls first: /proc/sys is usually among the read-only paths.
+    for (key, value) in linux.sysctl().clone().unwrap_or_default() {
+        if key.split(['.', '/']).any(|part| part.is_empty() || part == "..") {
+            return Err(RuntimeError::InvalidSpec {
+                path: "config.json".into(),
+                reason: format!("invalid sysctl name {key:?}"),
+            });
+        }
+        let file = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&file, value.as_bytes()).map_err(RuntimeError::io("write sysctl", &file))?;
+    }
     for path in linux.masked_paths().iter().flatten() {
         mask(Path::new(path))?;
     }
@@ -453,16 +464,6 @@ pub(super) fn finish(spec: &Spec) -> Result<()> {
         }
         remount_bind(path, MsFlags::MS_RDONLY | MsFlags::MS_REC)
             .map_err(mount_error(format!("remount {} read-only", path.display())))?;
-    }
-    for (key, value) in linux.sysctl().clone().unwrap_or_default() {
-        if key.split(['.', '/']).any(|part| part.is_empty() || part == "..") {
-            return Err(RuntimeError::InvalidSpec {
-                path: "config.json".into(),
-                reason: format!("invalid sysctl name {key:?}"),
-            });
-        }
-        let file = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&file, value.as_bytes()).map_err(RuntimeError::io("write sysctl", &file))?;
     }
     if let Some(hostname) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         nix::unistd::sethostname(hostname).map_err(RuntimeError::sys(format!("sethostname {hostname:?}")))?;

@@ -1,0 +1,273 @@
+//! `berth runtime` on busybox bundles, observed from inside the container and compared with Debian's runc
+//! running the very same bundle where the runtime spec fixes the outcome.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::bundle::{Bundle, describe, stdout};
+
+fn assert_same(bundle: &Bundle, id: &str) -> String {
+    let (berth, runc) = bundle.run_both(id);
+    assert!(runc.status.success(), "runc failed on the test bundle:\n{}", describe(&runc));
+    assert!(berth.status.success(), "berth failed:\n{}", describe(&berth));
+    assert_eq!(stdout(&berth), stdout(&runc), "berth and runc disagree");
+    stdout(&berth)
+}
+
+#[test]
+fn user_groups_capabilities_hostname_and_rlimits_match_runc() {
+    let bundle = Bundle::busybox();
+    bundle.set_args(&[
+        "sh",
+        "-c",
+        "hostname; id; grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status; ulimit -n; umask; \
+         grep NoNewPrivs /proc/self/status; pwd; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /dev",
+    ]);
+    bundle.edit(|spec| {
+        spec["hostname"] = json!("berth-test");
+        spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 20]});
+        spec["process"]["cwd"] = json!("/tmp");
+        spec["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 2048, "soft": 512}]);
+        spec["process"]["capabilities"]["bounding"] = json!(["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_CHOWN"]);
+    });
+    let out = assert_same(&bundle, "ids");
+    assert!(out.starts_with("berth-test\nuid=1000 gid=1000 groups=10,20"), "{out}");
+    assert!(out.contains("512\n0022\nNoNewPrivs:\t1\n/tmp\n"), "{out}");
+    assert!(out.contains("CapBnd:\t0000000000000421"), "bounding set is CHOWN+KILL+NET_BIND_SERVICE: {out}");
+    for device in ["null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "mqueue", "fd", "stdin"] {
+        assert!(out.lines().any(|l| l == device), "/dev/{device} missing: {out}");
+    }
+}
+
+#[test]
+fn masked_paths_read_only_paths_and_a_read_only_root_match_runc() {
+    let bundle = Bundle::busybox();
+    bundle.set_args(&[
+        "sh",
+        "-c",
+        "for p in /proc/keys /proc/timer_list /proc/kcore /sys/firmware; do [ -e $p ] && \
+         echo masked=$(grep -c \" $p \" /proc/self/mountinfo); done; ls -A /proc/acpi | wc -l; \
+         echo 1 > /proc/sys/kernel/ostype 2>&1 || echo sysctl-refused; touch /newfile 2>&1 || echo root-refused; \
+         grep -c ' /proc/sys ro,' /proc/self/mountinfo",
+    ]);
+    let out = assert_same(&bundle, "masked");
+    let masked: Vec<&str> = out.lines().filter(|l| l.starts_with("masked=")).collect();
+    assert!(!masked.is_empty() && masked.iter().all(|l| *l == "masked=1"), "each masked path is a mount: {out}");
+    assert!(out.contains("\n0\nsysctl-refused"), "/proc/acpi is empty: {out}");
+    assert!(out.contains("sysctl-refused") && out.contains("root-refused"), "{out}");
+}
+
+#[test]
+fn seccomp_refuses_a_syscall_with_the_profiles_errno_like_runc() {
+    let bundle = Bundle::busybox();
+    bundle.set_args(&["sh", "-c", "mkdir /tmp/x; echo exit=$?"]);
+    bundle.edit(|spec| {
+        spec["root"]["readonly"] = json!(false);
+        spec["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38},
+                // Argument conditions: refuse personality(0xffffffff) only.
+                {"names": ["personality"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 0, "value": 4294967295u64, "op": "SCMP_CMP_EQ"}]}
+            ]
+        });
+    });
+    let (berth, runc) = bundle.run_both("seccomp");
+    let berth_text = String::from_utf8_lossy(&berth.stderr).to_string() + &stdout(&berth);
+    let runc_text = String::from_utf8_lossy(&runc.stderr).to_string() + &stdout(&runc);
+    assert!(berth_text.contains("Function not implemented") && berth_text.contains("exit=1"), "{}", describe(&berth));
+    assert_eq!(berth_text, runc_text);
+    assert!(!bundle.rootfs().join("tmp/x").exists());
+}
+
+#[test]
+fn namespaced_sysctls_are_set_like_runc() {
+    let bundle = Bundle::busybox();
+    bundle.set_args(&[
+        "sh",
+        "-c",
+        "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/msgmax /proc/sys/kernel/hostname",
+    ]);
+    bundle.edit(|spec| {
+        spec["hostname"] = json!("sysctl-box");
+        spec["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1", "kernel.msgmax": "4242"});
+    });
+    assert_eq!(assert_same(&bundle, "sysctl"), "1\n4242\nsysctl-box\n");
+}
+
+fn wait_status(bundle: &Bundle, id: &str, want: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let output = bundle.berth(&["state", id]);
+        assert!(output.status.success(), "{}", describe(&output));
+        let state: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        if state["status"] == want {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "{id} never became {want}: {state}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cgroup_dir(controller: &str, id: &str) -> std::path::PathBuf {
+    Path::new("/sys/fs/cgroup").join(controller).join("berth").join(id)
+}
+
+#[test]
+fn create_start_kill_delete_leave_nothing_behind() {
+    let bundle = Bundle::busybox();
+    let out = bundle.add_out_dir();
+    bundle.set_args(&["sh", "-c", "echo started > /out/flag; exec sleep 60"]);
+    bundle.edit(|spec| {
+        spec["linux"]["resources"] = json!({"cpu": {"shares": 512, "quota": 50000, "period": 100000}, "pids": {"limit": 64},
+            "memory": {"limit": 67108864}});
+    });
+    let id = "life";
+    let created = bundle.berth(&["create", "--pid-file", "pid", id]);
+    assert!(created.status.success(), "{}", describe(&created));
+    let state = wait_status(&bundle, id, "created");
+    let pid = state["pid"].as_i64().unwrap();
+    assert!(pid > 0);
+    assert_eq!(std::fs::read_to_string(bundle.path().join("pid")).unwrap(), pid.to_string());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!out.join("flag").exists(), "the process ran before start");
+    let layout = berth_runtime::cgroups::Layout::detect().unwrap();
+    if !layout.is_v2() {
+        let read = |c: &str, f: &str| std::fs::read_to_string(cgroup_dir(c, id).join(f)).unwrap().trim().to_owned();
+        assert_eq!(read("cpu", "cpu.shares"), "512");
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(read("pids", "pids.max"), "64");
+        assert_eq!(read("memory", "memory.limit_in_bytes"), "67108864");
+        let procs = read("memory", "cgroup.procs");
+        assert!(procs.lines().any(|p| p == pid.to_string()), "container not in its cgroup: {procs}");
+    }
+
+    assert!(bundle.berth(&["start", id]).status.success());
+    wait_status(&bundle, id, "running");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !out.join("flag").exists() {
+        assert!(Instant::now() < deadline, "the process did not run after start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ps = bundle.berth(&["ps", "--format", "json", id]);
+    let pids: Vec<i64> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert!(pids.contains(&pid), "{pids:?}");
+    let refused = bundle.berth(&["delete", id]);
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("is running"),
+        "{}",
+        describe(&refused)
+    );
+
+    assert!(bundle.berth(&["kill", id, "KILL"]).status.success());
+    wait_status(&bundle, id, "stopped");
+    let deleted = bundle.berth(&["delete", id]);
+    assert!(deleted.status.success(), "{}", describe(&deleted));
+    assert!(!bundle.state.path().join("berth").join(id).exists(), "state directory left behind");
+    for controller in ["cpu", "memory", "pids", "unified"] {
+        assert!(!cgroup_dir(controller, id).exists(), "{controller} cgroup left behind");
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&bundle.rootfs().display().to_string()), "mount left on the host");
+    let gone = bundle.berth(&["state", id]);
+    assert!(!gone.status.success() && String::from_utf8_lossy(&gone.stderr).contains("does not exist"));
+    // Deleting again with --force is not an error (idempotent removal).
+    assert!(bundle.berth(&["delete", "--force", id]).status.success());
+}
+
+#[test]
+fn a_failing_create_names_the_step_and_leaves_nothing_behind() {
+    let bundle = Bundle::busybox();
+    bundle.edit(|spec| {
+        spec["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/broken", "type": "no-such-fs", "source": "none"}));
+    });
+    let output = bundle.berth(&["create", "broken"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("mount none (no-such-fs) on") && stderr.contains("/broken") && stderr.contains("ENODEV"),
+        "{stderr}"
+    );
+    assert!(!bundle.state.path().join("berth/broken").exists(), "state left behind");
+    for controller in ["cpu", "memory", "pids"] {
+        assert!(!cgroup_dir(controller, "broken").exists(), "{controller} cgroup left behind");
+    }
+    let missing_program = Bundle::busybox();
+    missing_program.set_args(&["/no/such/program"]);
+    let output = missing_program.berth(&["create", "noprog"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/program"), "{}", describe(&output));
+    assert!(!missing_program.state.path().join("berth/noprog").exists());
+}
+
+#[test]
+fn a_memory_hog_is_oom_killed_and_counted() {
+    let bundle = Bundle::busybox();
+    bundle.set_args(&["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"]);
+    bundle.edit(|spec| {
+        spec["linux"]["resources"] = json!({"memory": {"limit": 33554432, "swap": 33554432}});
+    });
+    let id = "hog";
+    assert!(bundle.berth(&["create", id]).status.success());
+    assert!(bundle.berth(&["start", id]).status.success());
+    wait_status(&bundle, id, "stopped");
+    let stats: serde_json::Value = serde_json::from_slice(&bundle.berth(&["stats", id]).stdout).unwrap();
+    assert!(stats["oom_kills"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(stats["memory_limit_bytes"], 33554432);
+    assert!(bundle.berth(&["delete", id]).status.success());
+}
+
+#[test]
+fn a_container_joins_another_containers_namespaces_and_exec_enters_them() {
+    let bundle = Bundle::busybox();
+    bundle.set_args(&["sleep", "60"]);
+    bundle.edit(|spec| spec["hostname"] = json!("alpha"));
+    assert!(bundle.berth(&["run", "--detach", "alpha"]).status.success());
+    let alpha = wait_status(&bundle, "alpha", "running");
+    let pid = alpha["pid"].as_i64().unwrap();
+
+    let exec = bundle.berth(&["exec", "alpha", "hostname"]);
+    assert_eq!(stdout(&exec), "alpha\n", "{}", describe(&exec));
+    let exit = bundle.berth(&["exec", "alpha", "sh", "-c", "exit 7"]);
+    assert_eq!(exit.status.code(), Some(7));
+
+    let joiner = Bundle::busybox();
+    joiner.set_args(&["sh", "-c", "hostname; readlink /proc/self/ns/net"]);
+    joiner.edit(|spec| {
+        spec.as_object_mut().unwrap().remove("hostname");
+        for ns in spec["linux"]["namespaces"].as_array_mut().unwrap() {
+            if ns["type"] == "network" || ns["type"] == "uts" {
+                let name = if ns["type"] == "network" { "net" } else { "uts" };
+                ns["path"] = json!(format!("/proc/{pid}/ns/{name}"));
+            }
+        }
+    });
+    let joined = joiner.berth(&["run", "beta"]);
+    let their_net = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_eq!(stdout(&joined), format!("alpha\n{}\n", their_net.display()), "{}", describe(&joined));
+    assert!(bundle.berth(&["delete", "--force", "alpha"]).status.success());
+}
+
+#[test]
+fn update_changes_the_limits_of_a_running_container() {
+    let bundle = Bundle::busybox();
+    bundle.set_args(&["sleep", "60"]);
+    assert!(bundle.berth(&["run", "--detach", "upd"]).status.success());
+    let updated = bundle.berth(&["update", "--pids-limit", "42", "--memory", "50331648", "upd"]);
+    assert!(updated.status.success(), "{}", describe(&updated));
+    if !berth_runtime::cgroups::Layout::detect().unwrap().is_v2() {
+        assert_eq!(std::fs::read_to_string(cgroup_dir("pids", "upd").join("pids.max")).unwrap().trim(), "42");
+        assert_eq!(
+            std::fs::read_to_string(cgroup_dir("memory", "upd").join("memory.limit_in_bytes")).unwrap().trim(),
+            "50331648"
+        );
+    }
+    assert!(bundle.berth(&["delete", "--force", "upd"]).status.success());
+    let features: serde_json::Value = serde_json::from_slice(&bundle.berth(&["features"]).stdout).unwrap();
+    assert_eq!(features["linux"]["seccomp"]["enabled"], true);
+}
