@@ -9,6 +9,7 @@ mod support;
 mod cli;
 mod compat;
 mod config;
+mod images;
 mod lifecycle;
 mod registry;
 mod runtime_service;

@@ -2,6 +2,7 @@
 
 pub mod daemon;
 pub mod http;
+pub mod oci;
 pub mod registry;
 
 pub use daemon::{Daemon, DaemonDirs};
