@@ -10,6 +10,7 @@ mod cli;
 mod compat;
 mod config;
 mod images;
+mod images_rootfs;
 mod lifecycle;
 mod registry;
 mod runtime_service;

@@ -26,8 +26,9 @@ pub enum RpcError {
     #[error("{}: cannot pull image {reference}", .source.reason())]
     Pull {
         reference: String,
+        // Boxed: a pull error is large and every handler's Result carries RpcError.
         #[source]
-        source: berth_image::PullError,
+        source: Box<berth_image::PullError>,
     },
     #[error(
         "DeadlineExceeded: pull of image {reference} cancelled after {seconds:.1} s: the request's deadline expired"

@@ -40,7 +40,7 @@ pub async fn handle(
         }
         None => pull.await,
     };
-    let record = pulled.map_err(|source| RpcError::Pull { reference: image.clone(), source })?;
+    let record = pulled.map_err(|source| RpcError::Pull { reference: image.clone(), source: Box::new(source) })?;
     tracing::info!(image = %image, id = %record.id, elapsed_ms = started.elapsed().as_millis() as u64, "image pulled");
     Ok(PullImageResponse { image_ref: record.id.to_string() })
 }

@@ -78,7 +78,7 @@ pub fn unpack<R: Read>(reader: R, dir: &Path) -> Result<(UnpackStats, R), Unpack
             .map_err(|e| UnpackError::Open { path: dir.to_owned(), source: e.into() })?;
     let mut archive = tar::Archive::new(reader);
     let mut stats = UnpackStats::default();
-    let mut directories: Vec<(Vec<u8>, i64, u32)> = Vec::new();
+    let mut directories: Vec<(Vec<u8>, i64)> = Vec::new();
     let mut buffer = vec![0u8; 256 * 1024];
     {
         let entries = archive.entries().map_err(UnpackError::Read)?;
@@ -89,8 +89,8 @@ pub fn unpack<R: Read>(reader: R, dir: &Path) -> Result<(UnpackStats, R), Unpack
         }
     }
     // Directory mtimes last, deepest first: creating entries inside a directory changes its mtime.
-    directories.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-    for (path, mtime, _) in directories {
+    directories.sort_by_key(|d| std::cmp::Reverse(d.0.len()));
+    for (path, mtime) in directories {
         if let Ok(fd) = open_beneath(&root, &path, OFlags::DIRECTORY | OFlags::RDONLY) {
             let _ = rustix::fs::futimens(&fd, &timestamps(mtime));
         }
@@ -291,7 +291,7 @@ fn set_owner_mode_xattrs(fd: &OwnedFd, meta: &Meta, ctx: &Ctx, set_mode: bool) -
 fn apply<R: Read>(
     root: &OwnedFd,
     entry: &mut tar::Entry<R>,
-    directories: &mut Vec<(Vec<u8>, i64, u32)>,
+    directories: &mut Vec<(Vec<u8>, i64)>,
     buffer: &mut [u8],
     stats: &mut UnpackStats,
 ) -> Result<(), UnpackError> {
@@ -355,7 +355,7 @@ fn apply<R: Read>(
             )
             .map_err(ctx.errno("open the directory"))?;
             set_owner_mode_xattrs(&fd, &meta, &ctx, true)?;
-            directories.push((path, meta.mtime, meta.mode));
+            directories.push((path, meta.mtime));
         }
         tar::EntryType::Regular | tar::EntryType::Continuous => {
             remove_existing(&dir, name_os).map_err(ctx.fail("replace an earlier entry"))?;
@@ -538,7 +538,7 @@ mod tests {
         assert!(null.file_type().is_char_device());
         assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
         assert!(std::fs::metadata(root.join("run/fifo")).unwrap().file_type().is_fifo());
-        let cap = rustix::fs::getxattr(&root.join("bin/ping"), "security.capability", &mut [0u8; 64]).unwrap();
+        let cap = rustix::fs::getxattr(root.join("bin/ping"), "security.capability", &mut [0u8; 64]).unwrap();
         assert_eq!(cap, 20, "file capability kept");
         assert_eq!(
             std::fs::metadata(root.join("etc")).unwrap().mtime(),
@@ -561,7 +561,7 @@ mod tests {
         assert!(motd.file_type().is_char_device() && motd.rdev() == 0);
         assert!(!dir.path().join("var/cache/.wh..wh..opq").exists());
         let mut value = [0u8; 4];
-        let n = rustix::fs::getxattr(&dir.path().join("var/cache"), "trusted.overlay.opaque", &mut value).unwrap();
+        let n = rustix::fs::getxattr(dir.path().join("var/cache"), "trusted.overlay.opaque", &mut value).unwrap();
         assert_eq!(&value[..n], b"y");
     }
 
