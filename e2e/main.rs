@@ -11,6 +11,7 @@ mod compat;
 mod config;
 mod images;
 mod images_rootfs;
+mod images_tls;
 mod lifecycle;
 mod registry;
 mod runtime_service;

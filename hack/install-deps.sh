@@ -7,7 +7,7 @@
 #       without internet (busybox-static), the CNI plugins, runc/skopeo/umoci to cross-check our runtime and
 #       images against reference tools, and the usual network/mount utilities. protobuf-compiler is for the
 #       e2e tests' independent CRI client (the k8s-cri crate runs protoc from PATH); berth itself builds with
-#       a vendored protoc.
+#       a vendored protoc. apache2-utils (htpasswd) and openssl make the TLS + basic-auth test registry.
 # Idempotent: a second run installs nothing and only prints "all N packages present".
 # Side effect guard: Debian's docker-registry package tries to start its service (port 5000) on install. A
 #       policy-rc.d answering 101 ("action forbidden") is in place during the install so no daemon is left
@@ -26,6 +26,8 @@ PACKAGES=(
   util-linux
   python3
   protobuf-compiler
+  apache2-utils
+  openssl
 )
 
 missing=()
