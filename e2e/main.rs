@@ -10,6 +10,7 @@ mod cli;
 mod compat;
 mod config;
 mod images;
+mod images_faults;
 mod images_rootfs;
 mod images_tls;
 mod lifecycle;

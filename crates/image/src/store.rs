@@ -326,7 +326,23 @@ impl ImageStore {
     }
 
     /// Pulls `reference` (if its content is not all here already) and records it. Returns the record.
+    /// A failed pull collects the layers it completed, so nothing of a half image stays on disk.
     pub async fn pull(
+        &self,
+        reference: &str,
+        credentials: Option<Credentials>,
+        progress: Option<tokio::sync::mpsc::UnboundedSender<PullEvent>>,
+    ) -> Result<ImageRecord, PullError> {
+        let result = self.pull_inner(reference, credentials, progress).await;
+        if result.is_err()
+            && let Err(err) = self.collect_garbage().await
+        {
+            tracing::warn!(error = %crate::chain(&err), "collecting a failed pull's content failed");
+        }
+        result
+    }
+
+    async fn pull_inner(
         &self,
         reference: &str,
         credentials: Option<Credentials>,
