@@ -41,6 +41,7 @@ e2e:
 
 bench: release
 	bash hack/bench/idle-rss.sh
+	bash hack/bench/pull.sh
 
 clean:
 	$(CARGO) clean

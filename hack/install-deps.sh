@@ -8,7 +8,8 @@
 #       images against reference tools, and the usual network/mount utilities. protobuf-compiler is for the
 #       e2e tests' independent CRI client (the k8s-cri crate runs protoc from PATH); berth itself builds with
 #       a vendored protoc. libseccomp-dev and pkg-config build the runtime crate's seccomp support (the
-#       libseccomp crate links the system library, as runc and youki do).
+#       libseccomp crate links the system library, as runc and youki do). apache2-utils (htpasswd) and openssl
+#       make the TLS + basic-auth test registry.
 # Idempotent: a second run installs nothing and only prints "all N packages present".
 # Side effect guard: Debian's docker-registry package tries to start its service (port 5000) on install. A
 #       policy-rc.d answering 101 ("action forbidden") is in place during the install so no daemon is left
@@ -29,6 +30,8 @@ PACKAGES=(
   protobuf-compiler
   libseccomp-dev
   pkg-config
+  apache2-utils
+  openssl
 )
 
 missing=()

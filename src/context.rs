@@ -13,6 +13,8 @@ pub struct Context {
     pub config: Config,
     pub layout: Layout,
     pub store: Arc<Store>,
+    /// Pulled images, their content and layer snapshots.
+    pub images: Arc<berth_image::ImageStore>,
 }
 
 impl Context {

@@ -23,6 +23,19 @@ pub enum RpcError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{}: cannot pull image {reference}", .source.reason())]
+    Pull {
+        reference: String,
+        // Boxed: a pull error is large and every handler's Result carries RpcError.
+        #[source]
+        source: Box<berth_image::PullError>,
+    },
+    #[error(
+        "DeadlineExceeded: pull of image {reference} cancelled after {seconds:.1} s: the request's deadline expired"
+    )]
+    PullDeadline { reference: String, seconds: f64 },
+    #[error(transparent)]
+    Image(#[from] berth_image::ImageError),
     #[error("{task} did not finish: its worker thread failed")]
     WorkerFailed {
         task: &'static str,
@@ -39,6 +52,9 @@ impl Kinded for RpcError {
             RpcError::Store(err) => err.kind(),
             RpcError::DiskUsage { source, .. } => ErrorKind::of_io(source),
             RpcError::WorkerFailed { .. } => ErrorKind::Internal,
+            RpcError::Pull { source, .. } => source.kind(),
+            RpcError::PullDeadline { .. } => ErrorKind::DeadlineExceeded,
+            RpcError::Image(err) => err.kind(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod cri;
 pub mod daemon;
 pub mod disk_usage;
 pub mod error;
+pub mod images;
 pub mod layout;
 pub mod logging;
 pub mod records;

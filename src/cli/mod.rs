@@ -4,6 +4,7 @@
 pub mod client;
 mod config_cmd;
 mod image_fs_info;
+mod images;
 mod info;
 mod output;
 mod runtime;
@@ -58,6 +59,30 @@ enum Command {
     },
     /// The OCI runtime (runc-compatible verbs: create, start, state, kill, delete, run, exec, ps, update, ...).
     Runtime(Box<runtime::RuntimeArgs>),
+    /// Pull an image (like `crictl pull`).
+    Pull {
+        image: String,
+        /// Registry credentials as USER:PASSWORD (default: those configured for the registry).
+        #[arg(long)]
+        creds: Option<String>,
+    },
+    /// List images, or those matching IMAGE.
+    Images {
+        image: Option<String>,
+        #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Remove images (by ID, tag or digest), with all their tags.
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Show an image's status and config.
+    Inspecti {
+        image: String,
+        #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Json)]
+        output: OutputFormat,
+    },
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -83,6 +108,25 @@ pub fn main() -> ExitCode {
         }
         Command::Imagefsinfo { output } => client_command(&cli.runtime_endpoint, timeout, |endpoint| async move {
             image_fs_info::run(endpoint, output).await
+        }),
+        // A pull takes as long as the image takes: at least ten minutes before the client gives up.
+        Command::Pull { image, creds } => {
+            client_command(&cli.runtime_endpoint, timeout.max(Duration::from_secs(600)), |client| async move {
+                images::pull(client, image, creds).await
+            })
+        }
+        Command::Images { image, output } => {
+            client_command(
+                &cli.runtime_endpoint,
+                timeout,
+                |client| async move { images::list(client, image, output).await },
+            )
+        }
+        Command::Rmi { images: names } => {
+            client_command(&cli.runtime_endpoint, timeout, |client| async move { images::remove(client, names).await })
+        }
+        Command::Inspecti { image, output } => client_command(&cli.runtime_endpoint, timeout, |client| async move {
+            images::inspect(client, image, output).await
         }),
         Command::Info { output } => {
             client_command(&cli.runtime_endpoint, timeout, |endpoint| async move { info::run(endpoint, output).await })

@@ -30,6 +30,7 @@ pub struct Config {
     pub cgroup: CgroupConfig,
     pub cni: CniConfig,
     pub streaming: StreamingConfig,
+    pub images: ImagesConfig,
     pub registries: BTreeMap<String, RegistryConfig>,
     pub runtime_handlers: BTreeMap<String, RuntimeHandlerConfig>,
 }
@@ -122,6 +123,57 @@ impl TryFrom<StreamingConfigFields> for StreamingConfig {
             return Err("tls_cert and tls_key must be set together".into());
         }
         Ok(StreamingConfig { address: fields.address, tls_cert: fields.tls_cert, tls_key: fields.tls_key })
+    }
+}
+
+/// How images are pulled and collected (`[images]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, try_from = "ImagesConfigFields")]
+pub struct ImagesConfig {
+    pub stall_timeout_seconds: u64,
+    pub max_concurrent_downloads: u64,
+    pub gc_interval_seconds: u64,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig { stall_timeout_seconds: 30, max_concurrent_downloads: 4, gc_interval_seconds: 300 }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ImagesConfigFields {
+    stall_timeout_seconds: u64,
+    max_concurrent_downloads: u64,
+    gc_interval_seconds: u64,
+}
+
+impl Default for ImagesConfigFields {
+    fn default() -> Self {
+        let ImagesConfig { stall_timeout_seconds, max_concurrent_downloads, gc_interval_seconds } =
+            ImagesConfig::default();
+        ImagesConfigFields { stall_timeout_seconds, max_concurrent_downloads, gc_interval_seconds }
+    }
+}
+
+impl TryFrom<ImagesConfigFields> for ImagesConfig {
+    type Error = String;
+    fn try_from(f: ImagesConfigFields) -> Result<Self, String> {
+        if !(1..=3600).contains(&f.stall_timeout_seconds) {
+            return Err(format!("stall_timeout_seconds must be between 1 and 3600, got {}", f.stall_timeout_seconds));
+        }
+        if !(1..=64).contains(&f.max_concurrent_downloads) {
+            return Err(format!(
+                "max_concurrent_downloads must be between 1 and 64, got {}",
+                f.max_concurrent_downloads
+            ));
+        }
+        Ok(ImagesConfig {
+            stall_timeout_seconds: f.stall_timeout_seconds,
+            max_concurrent_downloads: f.max_concurrent_downloads,
+            gc_interval_seconds: f.gc_interval_seconds,
+        })
     }
 }
 
@@ -347,6 +399,8 @@ mod tests {
                 "registries.\"r.io\".mirrors: mirror must be an http:// or https:// URL",
             ),
             ("[registries.\"r.io\"]\nusername = \"u\"\n", "username and password must be set together"),
+            ("[images]\nstall_timeout_seconds = 0\n", "stall_timeout_seconds must be between 1 and 3600"),
+            ("[images]\nmax_concurrent_downloads = 100\n", "max_concurrent_downloads must be between 1 and 64"),
         ];
         for (text, want) in cases {
             let err = parse(text).unwrap_err();

@@ -49,6 +49,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open the image store")]
+    Images(#[source] berth_image::ImageError),
     #[error("the gRPC server failed")]
     Server(#[source] tonic::transport::Error),
 }
@@ -59,6 +61,7 @@ impl Kinded for ServeError {
             ServeError::Lock(_) => ErrorKind::Unavailable,
             ServeError::Socket(err) => err.kind(),
             ServeError::Store(err) => err.kind(),
+            ServeError::Images(err) => err.kind(),
             _ => ErrorKind::Internal,
         }
     }
@@ -76,7 +79,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _lock = lock::StateLock::acquire(&layout.lock())?;
     let store = Arc::new(Store::open(&layout.database())?);
 
-    let context = Arc::new(Context { config: config.clone(), layout: layout.clone(), store });
+    let images = Arc::new(crate::images::open(&config, &layout, store.clone()).map_err(ServeError::Images)?);
+    // What a crash left (a pull that never recorded its image, a removal that never collected) goes now,
+    // before anything can use it.
+    if let Err(err) = images.collect_garbage().await {
+        tracing::warn!(error = %crate::error::chain(&err), "garbage collection at start failed");
+    }
+    let _periodic_gc = (config.images.gc_interval_seconds > 0)
+        .then(|| images.spawn_periodic_gc(Duration::from_secs(config.images.gc_interval_seconds)));
+    let context = Arc::new(Context { config: config.clone(), layout: layout.clone(), store, images });
     let cri = Cri::new(context);
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|source| ServeError::Signal { signal: "SIGTERM", source })?;

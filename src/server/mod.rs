@@ -6,6 +6,10 @@
 //! RPC, so kubelet and critest see an honest answer rather than a wrong one.
 
 mod image_fs_info;
+mod image_status;
+mod list_images;
+mod pull_image;
+mod remove_image;
 mod runtime_config;
 mod status;
 pub mod trace;
@@ -141,11 +145,39 @@ impl ImageService for Cri {
         answer(image_fs_info::handle(&self.context, request.into_inner()).await)
     }
 
-    not_built_yet! {
-        list_images(ListImagesRequest) -> ListImagesResponse = "ListImages";
-        stream_images(StreamImagesRequest) -> Self::StreamImagesStream = "StreamImages";
-        image_status(ImageStatusRequest) -> ImageStatusResponse = "ImageStatus";
-        pull_image(PullImageRequest) -> PullImageResponse = "PullImage";
-        remove_image(RemoveImageRequest) -> RemoveImageResponse = "RemoveImage";
+    async fn list_images(&self, request: Request<ListImagesRequest>) -> Result<Response<ListImagesResponse>, Status> {
+        answer(list_images::handle(&self.context, request.into_inner()).await)
+    }
+
+    async fn stream_images(
+        &self,
+        request: Request<StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        // The list, in messages of at most 100 images (the stream exists so huge lists need not be one
+        // message).
+        let filter = request.into_inner().filter.and_then(|f| f.image).map(|s| s.image);
+        let images = list_images::list(&self.context, filter).await.map_err(into_status)?;
+        let chunks: Vec<Result<StreamImagesResponse, Status>> =
+            images.chunks(100).map(|chunk| Ok(StreamImagesResponse { images: chunk.to_vec() })).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn image_status(
+        &self,
+        request: Request<ImageStatusRequest>,
+    ) -> Result<Response<ImageStatusResponse>, Status> {
+        answer(image_status::handle(&self.context, request.into_inner()).await)
+    }
+
+    async fn pull_image(&self, request: Request<PullImageRequest>) -> Result<Response<PullImageResponse>, Status> {
+        let deadline = pull_image::grpc_deadline(request.metadata());
+        answer(pull_image::handle(&self.context, request.into_inner(), deadline).await)
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        answer(remove_image::handle(&self.context, request.into_inner()).await)
     }
 }

@@ -1,0 +1,37 @@
+//! berth's image store: everything between an image reference and a container's root filesystem.
+//!
+//! Owns: parsing references ([`reference`]), the OCI distribution client ([`registry`]), manifests and
+//! platform selection ([`manifest`]), the verified content store and layer snapshots ([`store`]), applying
+//! untrusted layer tarballs ([`unpack`]), overlay root filesystems for containers ([`rootfs`]) and garbage
+//! collection. Leaves to others: CRI types (the `berth` package translates), and everything about running
+//! containers. Image metadata lives in the daemon's state database (`berth_store`, table `images`).
+
+pub mod digest;
+pub mod manifest;
+pub mod reference;
+pub mod unpack;
+
+pub mod layer;
+pub mod registry;
+pub mod rootfs;
+pub mod store;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_tar;
+
+pub use digest::Digest;
+pub use reference::Reference;
+pub use registry::{Credentials, HostConfig, RegistryOptions};
+pub use rootfs::RootfsError;
+pub use store::{GcStats, ImageError, ImageRecord, ImageStore, PullError, PullEvent, StoreOptions};
+
+/// An error and its causes on one line, outermost first, for logs.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,178 @@
+//! Pulling over TLS from a registry with a self-signed CA and htpasswd (basic) authentication: the
+//! per-registry CA file, credentials from the request and from the config, refusals with the right codes,
+//! and no credential in the daemon's log.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth::cri::v1::{AuthConfig, ImageSpec, PullImageRequest};
+use tonic::Code;
+
+use crate::support::registry::TestRegistry;
+use crate::support::{Daemon, DaemonDirs, require_tool};
+
+const USER: &str = "puller";
+const PASSWORD: &str = "s3cret-pa55word";
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A CA, a server certificate for 127.0.0.1 signed by it, and an htpasswd file, in `dir`.
+fn make_credentials(dir: &Path) {
+    require_tool("openssl");
+    require_tool("htpasswd");
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(Command::new("openssl").current_dir(dir).args(["req", "-x509"]).args(ec).args([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=berth test CA",
+    ]));
+    run(Command::new("openssl").current_dir(dir).arg("req").args(ec).args([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]));
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(Command::new("openssl").current_dir(dir).args([
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]));
+    let output = Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]).output().unwrap();
+    assert!(output.status.success());
+    std::fs::write(dir.join("htpasswd"), output.stdout).unwrap();
+}
+
+/// docker-registry with TLS and htpasswd on a free loopback port.
+fn start_tls_registry(dir: &Path) -> (String, KillOnDrop) {
+    require_tool("docker-registry");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let d = dir.display();
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {d}/storage\n\
+         http:\n  addr: {address}\n  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\n\
+         auth:\n  htpasswd:\n    realm: berth-test\n    path: {d}/htpasswd\n"
+    );
+    std::fs::write(dir.join("config.yml"), config).unwrap();
+    let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start docker-registry");
+    let guard = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "TLS registry did not listen: {}",
+            std::fs::read_to_string(dir.join("registry.log")).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (address, guard)
+}
+
+fn pull_request(image: &str, auth: Option<AuthConfig>) -> PullImageRequest {
+    PullImageRequest {
+        image: Some(ImageSpec { image: image.to_owned(), ..Default::default() }),
+        auth,
+        sandbox_config: None,
+    }
+}
+
+#[tokio::test]
+async fn tls_registry_with_a_private_ca_and_basic_auth() {
+    let plain = TestRegistry::get();
+    let busybox = plain.image("busybox");
+    let temp = tempfile::Builder::new().prefix("berth-tls.").tempdir().unwrap();
+    make_credentials(temp.path());
+    let (address, _registry) = start_tls_registry(temp.path());
+    let certs = temp.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::copy(temp.path().join("ca.crt"), certs.join("ca.crt")).unwrap();
+    let image = format!("{address}/{}:latest", busybox.repository);
+    require_tool("skopeo");
+    run(Command::new("skopeo").args(["copy", "-q", "--src-tls-verify=false", "--dest-cert-dir"]).arg(&certs).args([
+        "--dest-creds",
+        &format!("{USER}:{PASSWORD}"),
+        &format!("docker://{}", busybox.reference),
+        &format!("docker://{image}"),
+    ]));
+
+    let ca = temp.path().join("ca.crt");
+    let dirs = DaemonDirs::new();
+    dirs.write_config(&format!("[registries.\"{address}\"]\nca_file = {ca:?}\n"));
+    let daemon = Daemon::start_in(&dirs);
+    let mut client = daemon.client().await;
+
+    let err = client.image.pull_image(pull_request(&image, None)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("401 Unauthorized: credentials are needed"), "{}", err.message());
+    let wrong = AuthConfig { username: USER.into(), password: "wrong".into(), ..Default::default() };
+    let err = client.image.pull_image(pull_request(&image, Some(wrong))).await.unwrap_err();
+    assert!(err.message().contains("the credentials were refused"), "{}", err.message());
+    let right = AuthConfig { username: USER.into(), password: PASSWORD.into(), ..Default::default() };
+    let pulled = client.image.pull_image(pull_request(&image, Some(right))).await.expect("pull with credentials");
+    assert_eq!(pulled.into_inner().image_ref, busybox.config_digest);
+
+    // Credentials from the config, for pulls that carry none; without the CA the certificate is refused.
+    let config_dirs = DaemonDirs::new();
+    config_dirs.write_config(&format!(
+        "[registries.\"{address}\"]\nca_file = {ca:?}\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
+    ));
+    let config_daemon = Daemon::start_in(&config_dirs);
+    let mut config_client = config_daemon.client().await;
+    config_client.image.pull_image(pull_request(&image, None)).await.expect("pull with configured credentials");
+
+    let (_no_ca_dirs, no_ca_daemon) = Daemon::start();
+    let mut no_ca = no_ca_daemon.client().await;
+    let err = no_ca.image.pull_image(pull_request(&image, None)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().starts_with("RegistryUnavailable: "), "{}", err.message());
+
+    for log in [daemon.log_text(), config_daemon.log_text()] {
+        assert!(!log.contains(PASSWORD), "a password reached the log:\n{log}");
+    }
+}
