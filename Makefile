@@ -42,6 +42,7 @@ e2e:
 bench: release
 	bash hack/bench/idle-rss.sh
 	bash hack/bench/pull.sh
+	python3 hack/bench/runtime-run.py
 
 clean:
 	$(CARGO) clean

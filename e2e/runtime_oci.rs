@@ -271,3 +271,107 @@ fn update_changes_the_limits_of_a_running_container() {
     let features: serde_json::Value = serde_json::from_slice(&bundle.berth(&["features"]).stdout).unwrap();
     assert_eq!(features["linux"]["seccomp"]["enabled"], true);
 }
+
+#[test]
+fn hooks_run_at_their_points_with_the_state_and_a_failing_one_undoes_create() {
+    let bundle = Bundle::busybox();
+    let out = bundle.add_out_dir();
+    bundle.set_args(&["true"]);
+    let host_hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}/{name}.json", out.display())], "timeout": 5});
+    bundle.edit(|spec| {
+        spec["hooks"] = json!({
+            "createRuntime": [host_hook("createRuntime")],
+            "prestart": [host_hook("prestart")],
+            "createContainer": [host_hook("createContainer")],
+            // Runs inside the container, after pivot_root: the container's own /bin/sh and /out.
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /out/startContainer.json"]}],
+            "poststart": [host_hook("poststart")],
+            "poststop": [host_hook("poststop")],
+        });
+    });
+    let run = bundle.berth(&["run", "hooked"]);
+    assert!(run.status.success(), "{}", describe(&run));
+    for (hook, status) in [
+        ("createRuntime", "creating"),
+        ("prestart", "creating"),
+        ("createContainer", "created"),
+        ("startContainer", "running"),
+        ("poststart", "running"),
+        ("poststop", "stopped"),
+    ] {
+        let text =
+            std::fs::read_to_string(out.join(format!("{hook}.json"))).unwrap_or_else(|_| panic!("{hook} did not run"));
+        let state: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{hook}: {e}: {text}"));
+        assert_eq!(state["id"], "hooked", "{hook}");
+        assert_eq!(state["status"], status, "{hook}");
+    }
+
+    let failing = Bundle::busybox();
+    failing.edit(|spec| {
+        spec["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no >&2; exit 3"]}]})
+    });
+    let output = failing.berth(&["create", "refused"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("prestart hook /bin/sh failed") && stderr.contains("no"),
+        "{stderr}"
+    );
+    assert!(!failing.state.path().join("berth/refused").exists());
+    assert!(!cgroup_dir("pids", "refused").exists());
+}
+
+#[test]
+fn a_user_namespace_maps_ids_like_runc() {
+    let bundle = Bundle::busybox();
+    bundle.set_args(&["sh", "-c", "id -u; cat /proc/self/uid_map /proc/self/gid_map; stat -c %u /bin/busybox"]);
+    bundle.edit(|spec| {
+        spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+        spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    });
+    let out = assert_same(&bundle, "userns");
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words, ["0", "0", "100000", "65536", "0", "100000", "65536", "65534"], "{out}");
+}
+
+#[test]
+fn a_terminal_is_sent_to_the_console_socket() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    let bundle = Bundle::busybox();
+    bundle.set_args(&["sh", "-c", "tty; echo hello-from-the-terminal"]);
+    bundle.edit(|spec| spec["process"]["terminal"] = json!(true));
+    let socket_path = bundle.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket_path).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut name = [0u8; 128];
+        let mut control = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let mut iov = [std::io::IoSliceMut::new(&mut name)];
+        let message = nix::sys::socket::recvmsg::<()>(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            &mut iov,
+            Some(&mut control),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
+        let fd = message
+            .cmsgs()
+            .unwrap()
+            .find_map(|c| match c {
+                nix::sys::socket::ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                _ => None,
+            })
+            .expect("a terminal fd");
+        // SAFETY: the kernel just gave this descriptor to this process.
+        let master = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let mut text = Vec::new();
+        let _ = (&master).read_to_end(&mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let run = bundle.berth(&["run", "--console-socket", socket_path.to_str().unwrap(), "tty"]);
+    assert!(run.status.success(), "{}", describe(&run));
+    let seen = receiver.join().unwrap();
+    assert!(seen.contains("/dev/pts/0") && seen.contains("hello-from-the-terminal"), "{seen:?}");
+}

@@ -110,6 +110,13 @@ impl Runtime {
         dir.save(&state)?;
         nix::unistd::mkfifo(&dir.exec_fifo(), nix::sys::stat::Mode::from_bits_truncate(0o622))
             .map_err(RuntimeError::sys(format!("mkfifo {}", dir.exec_fifo().display())))?;
+        // Writable by anyone (the umask took that away): a container's root in a user namespace is not the
+        // host's root, yet must open the gate.
+        std::fs::set_permissions(
+            dir.exec_fifo(),
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o622),
+        )
+        .map_err(RuntimeError::io("chmod", dir.exec_fifo()))?;
 
         let cgroup = Cgroup::new(Layout::detect()?, cgroup_path.clone());
         cgroup.create()?;

@@ -3,7 +3,7 @@
 //! bundle is gone) and `<root>/<id>/exec.fifo` (the start gate: the container's init blocks opening it for
 //! writing until `start` opens it for reading).
 //!
-//! Files are replaced atomically (write to a temporary name, fsync, rename), so a crash leaves either the old
+//! Files are replaced atomically (write to a temporary name, rename), so a crash leaves either the old
 //! or the new state, never a torn one. The process is identified by pid *and* its start time, so a recycled
 //! pid is never mistaken for the container.
 
@@ -116,11 +116,15 @@ impl StateDir {
 }
 
 /// Writes `bytes` to `path` so readers see the old or the new content, never a mix.
+///
+/// No fsync: runtime state is volatile by design (it lives under /run and describes processes that a
+/// reboot ends anyway), so it must survive a crash of the writer, which the rename guarantees, not a power
+/// loss. Syncing would cost milliseconds per container on hosts where /run is on disk.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let temporary = path.with_extension(format!("tmp{}", std::process::id()));
     let failed = |step, source| RuntimeError::State { step, path: path.to_owned(), source };
     let mut file = std::fs::File::create(&temporary).map_err(|e| failed("create", e))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| {
+    file.write_all(bytes).map_err(|e| {
         let _ = std::fs::remove_file(&temporary);
         failed("write", e)
     })?;

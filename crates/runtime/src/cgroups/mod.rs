@@ -218,6 +218,10 @@ impl Cgroup {
 
     /// Sends `signal` to every process in the cgroup, with the cgroup frozen so none can fork away meanwhile.
     pub fn signal_all(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        // An empty cgroup (the common case at delete) needs no freezing: nothing in it can fork.
+        if self.pids()?.is_empty() {
+            return Ok(());
+        }
         let freezer = self.freezer_dir();
         if let Some(dir) = &freezer {
             let _ = v1::set_frozen(dir, &self.layout, true);

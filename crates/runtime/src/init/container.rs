@@ -71,6 +71,12 @@ fn setup(channel: &Channel, config: &InitConfig, fds: Vec<OwnedFd>) -> Result<Ne
         let prepared = process::prepare(spec)?;
         channel.send(&Message::Ready)?;
         if let Some(gate) = gate {
+            if namespaces::creates(spec, LinuxNamespaceType::User) {
+                // A non-dumpable process's /proc/self/fd belongs to the host's root, which a new user namespace
+                // cannot reach; the gate is reopened through it. Nothing else runs in a fresh user namespace
+                // yet, so no container process can use the window before execve.
+                nix::sys::prctl::set_dumpable(true).map_err(RuntimeError::sys("prctl(PR_SET_DUMPABLE, 1)"))?;
+            }
             wait_for_start(&gate)?;
         }
         if let Some(start_container) = spec_hooks.start_container() {

@@ -212,7 +212,12 @@ fn clone_parent() -> Result<i32> {
 
 /// Sends a failure to the runtime and ends the container process.
 fn fail(channel: &Channel, err: &RuntimeError) -> ! {
-    let _ = channel.send(&Message::Error { message: error_chain(err) });
+    let message = error_chain(err);
+    if channel.send(&Message::Error { message: message.clone() }).is_err() {
+        // Nobody listens any more (a failure after the start gate): the container's stderr is where its
+        // owner will look.
+        eprintln!("berth init: {message}");
+    }
     // SAFETY: _exit only ends the process; skipping atexit handlers is intended in a cloned child.
     unsafe { libc::_exit(1) }
 }

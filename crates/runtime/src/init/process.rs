@@ -41,14 +41,14 @@ fn cstring(text: &[u8], what: &str) -> Result<CString> {
     CString::new(text).map_err(|_| invalid(format!("{what} contains a NUL byte")))
 }
 
-fn capability_set(names: &Option<oci_spec::runtime::Capabilities>) -> Result<HashSet<Cap>> {
+fn capability_set(names: &Option<oci_spec::runtime::Capabilities>, supported: &HashSet<Cap>) -> Result<HashSet<Cap>> {
     let mut set = HashSet::new();
     for capability in names.iter().flatten() {
         let name =
             serde_json::to_value(capability).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         let parsed = Cap::from_str(&name).map_err(|_| invalid(format!("unknown capability {name}")))?;
         // Capabilities newer than this kernel cannot be granted; runc skips them the same way.
-        if caps::runtime::thread_all_supported().contains(&parsed) {
+        if supported.contains(&parsed) {
             set.insert(parsed);
         }
     }
@@ -137,6 +137,8 @@ pub(super) fn prepare(spec: &Spec) -> Result<Prepared> {
         apply_selinux(label)?;
     }
     let capabilities = process.capabilities().clone().unwrap_or_default();
+    // Probing costs one prctl per capability: once, not per set.
+    let supported = caps::runtime::thread_all_supported();
     let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(profile) => Some(seccomp::build(profile)?),
         None => None,
@@ -148,11 +150,11 @@ pub(super) fn prepare(spec: &Spec) -> Result<Prepared> {
         uid: process.user().uid(),
         gid: process.user().gid(),
         groups: process.user().additional_gids().clone().unwrap_or_default(),
-        bounding: capability_set(capabilities.bounding())?,
-        effective: capability_set(capabilities.effective())?,
-        permitted: capability_set(capabilities.permitted())?,
-        inheritable: capability_set(capabilities.inheritable())?,
-        ambient: capability_set(capabilities.ambient())?,
+        bounding: capability_set(capabilities.bounding(), &supported)?,
+        effective: capability_set(capabilities.effective(), &supported)?,
+        permitted: capability_set(capabilities.permitted(), &supported)?,
+        inheritable: capability_set(capabilities.inheritable(), &supported)?,
+        ambient: capability_set(capabilities.ambient(), &supported)?,
         no_new_privileges: process.no_new_privileges() == Some(true),
         seccomp,
     })
@@ -210,7 +212,8 @@ pub(super) fn exec(prepared: Prepared) -> Result<Never> {
     {
         seccomp::load(filter)?;
     }
-    for capability in caps::all() {
+    let current_bounding = caps::read(None, CapSet::Bounding).map_err(caps_error("read the bounding set"))?;
+    for capability in current_bounding {
         if !prepared.bounding.contains(&capability) {
             match caps::drop(None, CapSet::Bounding, capability) {
                 Ok(()) => {}
