@@ -375,3 +375,40 @@ fn a_terminal_is_sent_to_the_console_socket() {
     let seen = receiver.join().unwrap();
     assert!(seen.contains("/dev/pts/0") && seen.contains("hello-from-the-terminal"), "{seen:?}");
 }
+
+#[test]
+fn a_time_namespace_applies_its_offsets() {
+    let bundle = Bundle::busybox();
+    bundle.set_args(&["sh", "-c", "cat /proc/self/timens_offsets"]);
+    bundle.edit(|spec| {
+        spec["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "time"}));
+        spec["linux"]["timeOffsets"] =
+            json!({"monotonic": {"secs": 86400, "nanosecs": 0}, "boottime": {"secs": 3600, "nanosecs": 0}});
+    });
+    let run = bundle.berth(&["run", "timens"]);
+    assert!(run.status.success(), "{}", describe(&run));
+    let text = stdout(&run);
+    assert!(text.contains("monotonic") && text.contains("86400") && text.contains("3600"), "{text}");
+}
+
+#[test]
+fn an_lsm_label_the_host_cannot_apply_is_a_clear_error() {
+    let bundle = Bundle::busybox();
+    let host_has_apparmor =
+        std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y");
+    if host_has_apparmor {
+        // On a host with AppArmor the profile would be applied; this test is about hosts without it.
+        return assert!(Path::new("/sys/module/apparmor").exists());
+    }
+    bundle.edit(|spec| spec["process"]["apparmorProfile"] = json!("berth-test-profile"));
+    let output = bundle.berth(&["create", "lsm"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "AppArmor profile \"berth-test-profile\" was asked for, but AppArmor is not supported on this host"
+        ),
+        "{stderr}"
+    );
+    assert!(!bundle.state.path().join("berth/lsm").exists());
+}

@@ -223,3 +223,13 @@ fn fail(channel: &Channel, err: &RuntimeError) -> ! {
 }
 
 pub(crate) type Never = Infallible;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cloning_is_refused_once_a_second_thread_exists() {
+        // The test harness runs each test on its own thread, so the process is already multi-threaded here.
+        let err = super::ensure_single_threaded().unwrap_err();
+        assert!(matches!(err, crate::RuntimeError::NotSingleThreaded { threads } if threads >= 2), "{err}");
+    }
+}
