@@ -281,6 +281,39 @@ async fn zstd_and_uncompressed_layers_and_users_are_read() {
     assert_eq!((image.uid, image.username.as_str()), (None, "nobody"));
 }
 
+/// Regression: layers unpack separately and in parallel, so a hard link to a file of a lower layer (some
+/// image builders write these when a file is added under a second name in a later step) used to fail the
+/// pull with "find its hard link target in this layer". Overlayfs would copy the target up; berth copies it.
+#[tokio::test]
+async fn a_hard_link_to_a_lower_layers_file_is_completed() {
+    let registry = TestRegistry::get();
+    let mut base = TarBuilder::new();
+    base.dir("bin", 0o755).file("bin/tool", b"the tool", 0o4755);
+    let mut upper = TarBuilder::new();
+    upper.dir("usr", 0o755).hardlink("usr/tool", "bin/tool");
+    let pushed = oci::push_image(
+        &registry.address,
+        "berth-test/crosslink",
+        "v1",
+        &[Layer::gzip(base.finish()), Layer::gzip(upper.finish())],
+        oci::host_architecture(),
+        "",
+    );
+    let (dirs, daemon) = start(&insecure(&registry.address));
+    let mut client = daemon.client().await;
+    assert_eq!(
+        pull(&mut client, &pushed.reference).await.expect("pull with a cross-layer hard link"),
+        pushed.config_digest.to_string()
+    );
+    let snapshots = dirs.root().join("images/snapshots");
+    let copies: Vec<_> =
+        entries(&snapshots).into_iter().map(|s| snapshots.join(s).join("usr/tool")).filter(|p| p.exists()).collect();
+    let [copy] = copies.as_slice() else { panic!("exactly one snapshot holds usr/tool: {copies:?}") };
+    assert_eq!(std::fs::read(copy).unwrap(), b"the tool");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(copy).unwrap().permissions().mode() & 0o7777, 0o4755);
+}
+
 /// Pushes an image whose one layer is `tar` and expects its pull to be refused naming `entry`.
 async fn assert_layer_refused(client: &mut Client, registry: &TestRegistry, tag: &str, tar: Vec<u8>, entry: &str) {
     let pushed =

@@ -30,6 +30,11 @@ pub struct LayerJob {
     pub blob: PathBuf,
     pub unpack_dir: PathBuf,
     pub snapshot: PathBuf,
+    /// The snapshot directories of the layers below, nearest first: hard links to their files are
+    /// completed from them once they exist.
+    pub lower: Vec<PathBuf>,
+    /// Set when the pull this layer belongs to has failed or was dropped: stop waiting for lower layers.
+    pub cancelled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,8 @@ pub enum LayerError {
     },
     #[error("layer {digest}: the registry sent {actual} bytes, the manifest says {expected} (truncated or wrong blob)")]
     Size { digest: Digest, expected: u64, actual: u64 },
+    #[error("layer {digest}: the pull ended before the lower layers its hard links need were complete")]
+    Cancelled { digest: Digest },
     #[error("layer {expected}: the registry sent content with digest {actual} (corrupt or wrong blob)")]
     Digest { expected: Digest, actual: Digest },
     #[error("layer {digest}: uncompressed content has digest {actual}, the image config says {expected}")]
@@ -71,6 +78,7 @@ impl Kinded for LayerError {
                 other => other.io().map(ErrorKind::of_io).unwrap_or(ErrorKind::Internal),
             },
             // A blob that does not match its digest may be a transfer fault: retrying can help.
+            LayerError::Cancelled { .. } => ErrorKind::Unavailable,
             LayerError::Size { .. } | LayerError::Digest { .. } | LayerError::Decompress { .. } => {
                 ErrorKind::Unavailable
             }
@@ -155,6 +163,18 @@ impl BufRead for Shared<'_> {
     }
 }
 
+/// Waits until every lower snapshot exists (they appear by rename, complete): layers of one image are
+/// unpacked in parallel, lower ones started first, so this only waits for work already under way.
+fn wait_for_lower(job: &LayerJob) -> Result<(), LayerError> {
+    while !job.lower.iter().all(|dir| dir.exists()) {
+        if job.cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(LayerError::Cancelled { digest: job.digest.clone() });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 /// Runs the layer to completion (see the module docs). Removes its temporary paths on failure.
 pub fn run(rx: mpsc::Receiver<Chunk>, job: &LayerJob) -> Result<UnpackStats, LayerError> {
     let result = run_inner(rx, job);
@@ -217,6 +237,11 @@ fn run_inner(rx: mpsc::Receiver<Chunk>, job: &LayerJob) -> Result<UnpackStats, L
         return Err(LayerError::DiffId { digest: job.digest.clone(), expected: job.diff_id.clone(), actual: diff_id });
     }
     drop(file);
+    if !stats.deferred_links.is_empty() {
+        wait_for_lower(job)?;
+        crate::unpack::resolve_deferred_links(&job.unpack_dir, &job.lower, &stats.deferred_links)
+            .map_err(|source| LayerError::Unpack { digest: job.digest.clone(), source })?;
+    }
     std::fs::rename(&job.ingest, &job.blob).map_err(io_err("cannot move the verified blob to", &job.blob))?;
     std::fs::rename(&job.unpack_dir, &job.snapshot)
         .map_err(io_err("cannot move the unpacked layer to", &job.snapshot))?;

@@ -176,6 +176,37 @@ pub struct GcStats {
     pub snapshots: usize,
 }
 
+/// One layer of a pull: what to fetch and where it sits in the stack.
+struct LayerSpec {
+    digest: Digest,
+    size: u64,
+    diff_id: Digest,
+    chain_id: Digest,
+    lower: Vec<PathBuf>,
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Sets its flag when dropped unless disarmed (the pull succeeded).
+#[derive(Default)]
+struct CancelOnDrop {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+    disarmed: bool,
+}
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.disarmed = true;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.disarmed {
+            self.flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// Progress of a pull, for whoever wants to show it.
 #[derive(Debug, Clone)]
 pub enum PullEvent {
@@ -459,16 +490,28 @@ impl ImageStore {
             .map(|((layer, diff_id), chain)| (layer.digest.clone(), layer.size, diff_id.clone(), chain.clone()))
             .collect();
         let reference_ref = &reference;
+        // Tells layer workers (blocking threads that outlive a dropped future) to stop waiting for lower
+        // layers once this pull has failed or was abandoned.
+        let cancel = CancelOnDrop::default();
         let jobs: Vec<_> = specs
             .into_iter()
-            .map(|(digest, size, diff_id, chain)| {
-                self.layer(reference_ref, credentials, digest, size, diff_id, chain, progress.clone())
+            .enumerate()
+            .map(|(index, (digest, size, diff_id, chain))| {
+                let lower: Vec<PathBuf> = chains[..index].iter().rev().map(|c| self.snapshot_path(c)).collect();
+                let cancelled = cancel.flag.clone();
+                self.layer(
+                    reference_ref,
+                    credentials,
+                    LayerSpec { digest, size, diff_id, chain_id: chain, lower, cancelled },
+                    progress.clone(),
+                )
             })
             .collect();
         futures_util::stream::iter(jobs)
             .buffer_unordered(self.options.max_concurrent_layers.max(1))
             .try_collect::<Vec<()>>()
             .await?;
+        cancel.disarm();
 
         let blobs: Vec<Digest> = small_blobs
             .iter()
@@ -563,17 +606,14 @@ impl ImageStore {
         .await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn layer(
         &self,
         reference: &Reference,
         credentials: Option<&Credentials>,
-        digest: Digest,
-        size: u64,
-        diff_id: Digest,
-        chain_id: Digest,
+        spec: LayerSpec,
         progress: Option<tokio::sync::mpsc::UnboundedSender<PullEvent>>,
     ) -> Result<(), PullError> {
+        let LayerSpec { digest, size, diff_id, chain_id, lower, cancelled } = spec;
         let lock = self.key_lock(&snapshot_name(&chain_id));
         let _guard = lock.lock().await;
         let snapshot = self.snapshot_path(&chain_id);
@@ -594,6 +634,8 @@ impl ImageStore {
             digest: digest.clone(),
             size,
             diff_id,
+            lower,
+            cancelled,
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<layer::Chunk>(64);
         let worker = tokio::task::spawn_blocking(move || layer::run(rx, &job));

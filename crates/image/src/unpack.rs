@@ -64,10 +64,22 @@ impl UnpackError {
 }
 
 /// What applying a layer did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct UnpackStats {
     pub entries: u64,
     pub file_bytes: u64,
+    /// Hard links whose target is not in this layer but (presumably) in a lower one; see
+    /// [`resolve_deferred_links`].
+    pub deferred_links: Vec<DeferredLink>,
+}
+
+/// A hard link to a file of a lower layer: `path` should have the content of `target` as the layers below
+/// show it. Paths are cleaned and relative to the snapshot root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredLink {
+    pub entry: String,
+    pub path: Vec<u8>,
+    pub target: Vec<u8>,
 }
 
 /// Applies the tar stream `reader` to the empty directory `dir`. The reader is returned so the caller can
@@ -403,31 +415,43 @@ fn apply<R: Read>(
             let Some((target_name, target_parents)) = target.split_last() else {
                 return Err(ctx.escape("its hard link target is the root"));
             };
-            let target_dir =
-                open_beneath(root, &join(target_parents), OFlags::DIRECTORY | OFlags::RDONLY).map_err(|e| {
-                    if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) {
-                        UnpackError::Entry {
-                            entry: entry_name.clone(),
-                            step: "find its hard link target in this layer",
-                            source: e,
-                        }
-                    } else {
-                        match walk_refusal(e, &ctx) {
-                            UnpackError::Escape { entry, .. } => UnpackError::Escape {
-                                entry,
-                                why: "its hard link target is reached through a symlink or outside the snapshot",
-                            },
-                            other => other,
-                        }
-                    }
-                })?;
             if target == parts {
                 return Ok(()); // a link to itself: GNU tar writes these for repeated names
             }
+            // A target missing from this layer lives in a lower one (layers are unpacked apart, in
+            // parallel); the caller copies it in once the lower layers are complete, as overlayfs would
+            // copy it up when the link is made on a mounted stack.
+            let defer = |stats: &mut UnpackStats| {
+                stats.deferred_links.push(DeferredLink {
+                    entry: entry_name.clone(),
+                    path: join(&parts),
+                    target: join(&target),
+                });
+            };
+            let target_dir = match open_beneath(root, &join(target_parents), OFlags::DIRECTORY | OFlags::RDONLY) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
+                    remove_existing(&dir, name_os).map_err(ctx.fail("replace an earlier entry"))?;
+                    defer(stats);
+                    return Ok(());
+                }
+                Err(e) => {
+                    return Err(match walk_refusal(e, &ctx) {
+                        UnpackError::Escape { entry, .. } => UnpackError::Escape {
+                            entry,
+                            why: "its hard link target is reached through a symlink or outside the snapshot",
+                        },
+                        other => other,
+                    });
+                }
+            };
             remove_existing(&dir, name_os).map_err(ctx.fail("replace an earlier entry"))?;
             // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never what it points to.
-            rustix::fs::linkat(&target_dir, OsStr::from_bytes(target_name), &dir, name_os, AtFlags::empty())
-                .map_err(ctx.errno("create the hard link"))?;
+            match rustix::fs::linkat(&target_dir, OsStr::from_bytes(target_name), &dir, name_os, AtFlags::empty()) {
+                Ok(()) => {}
+                Err(Errno::NOENT) => defer(stats),
+                Err(errno) => return Err(ctx.errno("create the hard link")(errno)),
+            }
         }
         tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
             let (file_type, dev) = match kind {
@@ -493,6 +517,97 @@ impl<R: Read> Read for ZeroPadded<R> {
     }
 }
 
+/// Completes the hard links a layer made to files of lower layers: each `path` gets a copy of `target` as
+/// the topmost of `lower` (snapshot directories, nearest first) has it, with owner, mode, mtime and xattrs.
+/// A whiteout of the target on the way down, a target that is not a regular file, or no target at all fails
+/// the layer naming the entry. Every path is opened beneath its snapshot, never through a symlink.
+pub fn resolve_deferred_links(dir: &Path, lower: &[PathBuf], links: &[DeferredLink]) -> Result<(), UnpackError> {
+    let open_root = |path: &Path| {
+        rustix::fs::open(path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| UnpackError::Open { path: path.to_owned(), source: e.into() })
+    };
+    let root = open_root(dir)?;
+    let lower_roots = lower.iter().map(|p| open_root(p)).collect::<Result<Vec<_>, _>>()?;
+    for link in links {
+        let ctx = Ctx { entry: &link.entry };
+        let missing = || UnpackError::Entry {
+            entry: link.entry.clone(),
+            step: "find its hard link target in this or a lower layer",
+            source: io::Error::from_raw_os_error(Errno::NOENT.raw_os_error()),
+        };
+        let Some(source) = find_in_lower(&lower_roots, &link.target).map_err(|e| walk_refusal(e, &ctx))? else {
+            return Err(missing());
+        };
+        let stat = rustix::fs::fstat(&source).map_err(ctx.errno("inspect its hard link target"))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(missing());
+        }
+        let parts = clean(&link.path).ok_or_else(|| ctx.escape("its path climbs above the root"))?;
+        let Some((name, parents)) = parts.split_last() else { return Err(ctx.escape("it is the root")) };
+        let parent = parent_dir(&root, parents, &ctx)?;
+        let name = OsStr::from_bytes(name);
+        // A later entry of this layer at the same path wins over the link.
+        if rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+            continue;
+        }
+        let target = rustix::fs::openat(
+            &parent,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(ctx.errno("create the copy of its hard link target"))?;
+        let mut from = std::fs::File::from(source);
+        let mut to = std::fs::File::from(target);
+        io::copy(&mut from, &mut to).map_err(ctx.fail("copy its hard link target"))?;
+        copy_xattrs(&from, &to, &ctx)?;
+        rustix::fs::fchown(&to, Some(Uid::from_raw(stat.st_uid)), Some(Gid::from_raw(stat.st_gid)))
+            .map_err(ctx.errno("set its owner"))?;
+        // After chown, which clears setuid/setgid.
+        rustix::fs::fchmod(&to, Mode::from_raw_mode(stat.st_mode & 0o7777)).map_err(ctx.errno("set its mode"))?;
+        rustix::fs::futimens(&to, &timestamps(stat.st_mtime)).map_err(ctx.errno("set its mtime"))?;
+    }
+    Ok(())
+}
+
+/// The file at `path` in the topmost lower layer that has it; `None` if absent or whited out first.
+fn find_in_lower(lower: &[OwnedFd], path: &[u8]) -> io::Result<Option<OwnedFd>> {
+    for layer in lower {
+        match open_beneath(layer, path, OFlags::RDONLY) {
+            Ok(fd) => {
+                let stat = rustix::fs::fstat(&fd)?;
+                // An overlay whiteout (0/0 character device): the file was deleted at this layer.
+                if FileType::from_raw_mode(stat.st_mode) == FileType::CharacterDevice && stat.st_rdev == 0 {
+                    return Ok(None);
+                }
+                return Ok(Some(fd));
+            }
+            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+fn copy_xattrs(from: &std::fs::File, to: &std::fs::File, ctx: &Ctx) -> Result<(), UnpackError> {
+    let mut names = vec![0u8; 4096];
+    let length = match rustix::fs::flistxattr(from, &mut names) {
+        Ok(length) => length,
+        Err(Errno::NOTSUP) => return Ok(()),
+        Err(errno) => return Err(ctx.errno("list the xattrs of its hard link target")(errno)),
+    };
+    for name in names[..length].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = OsStr::from_bytes(name);
+        let mut value = vec![0u8; 64 * 1024];
+        let Ok(size) = rustix::fs::fgetxattr(from, name, &mut value) else { continue };
+        match rustix::fs::fsetxattr(to, name, &value[..size], XattrFlags::empty()) {
+            Ok(()) | Err(Errno::NOTSUP) | Err(Errno::PERM) => {}
+            Err(errno) => return Err(ctx.errno("copy an xattr of its hard link target")(errno)),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,6 +618,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = unpack(ZeroPadded::new(tar), dir.path()).map(|(stats, _)| stats);
         (dir, out)
+    }
+
+    #[test]
+    fn hard_links_to_lower_layers_are_completed_from_the_nearest_one() {
+        let mut base = TarBuilder::new();
+        base.file("bin/tool", b"old", 0o755).file("bin/gone", b"x", 0o644);
+        let (bottom, out) = unpack_bytes(&base.finish());
+        out.unwrap();
+        let mut middle = TarBuilder::new();
+        middle.file("bin/tool", b"newer", 0o4755).file("bin/.wh.gone", b"", 0o644);
+        let (middle_dir, out) = unpack_bytes(&middle.finish());
+        out.unwrap();
+        let mut top = TarBuilder::new();
+        top.hardlink("usr/bin/tool", "bin/tool").hardlink("bin/again", "bin/gone").file("bin/own", b"o", 0o644);
+        let (top_dir, out) = unpack_bytes(&top.finish());
+        let stats = out.unwrap();
+        let paths: Vec<_> =
+            stats.deferred_links.iter().map(|l| String::from_utf8_lossy(&l.path).into_owned()).collect();
+        assert_eq!(paths, ["usr/bin/tool", "bin/again"]);
+        let lower = [middle_dir.path().to_path_buf(), bottom.path().to_path_buf()];
+
+        // The whited-out target fails, naming the entry.
+        let err = resolve_deferred_links(top_dir.path(), &lower, &stats.deferred_links).unwrap_err();
+        assert!(err.to_string().contains("bin/again"), "{err}");
+        // The other link takes the nearest layer's content and mode.
+        resolve_deferred_links(top_dir.path(), &lower, &stats.deferred_links[..1]).unwrap();
+        let copied = top_dir.path().join("usr/bin/tool");
+        assert_eq!(std::fs::read(&copied).unwrap(), b"newer");
+        assert_eq!(std::fs::metadata(&copied).unwrap().permissions().mode() & 0o7777, 0o4755);
     }
 
     #[test]
