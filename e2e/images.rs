@@ -314,6 +314,40 @@ async fn a_hard_link_to_a_lower_layers_file_is_completed() {
     assert_eq!(std::fs::metadata(copy).unwrap().permissions().mode() & 0o7777, 0o4755);
 }
 
+#[tokio::test]
+async fn berth_pull_reports_every_layer_then_the_image() {
+    let registry = TestRegistry::get();
+    let big = registry.image("big").clone();
+    let (_dirs, daemon) = start(&insecure(&registry.address));
+    let pull_cli = || {
+        let out = tempfile::tempfile().unwrap();
+        let err = tempfile::tempfile().unwrap();
+        let status = std::process::Command::new(crate::support::berth_bin())
+            .args(["pull", &big.reference])
+            .env("CONTAINER_RUNTIME_ENDPOINT", format!("unix://{}", daemon.socket.display()))
+            .stdout(out.try_clone().unwrap())
+            .stderr(err.try_clone().unwrap())
+            .status()
+            .unwrap();
+        let read = |mut f: std::fs::File| {
+            use std::io::{Read, Seek};
+            let mut text = String::new();
+            f.seek(std::io::SeekFrom::Start(0)).unwrap();
+            f.read_to_string(&mut text).unwrap();
+            text
+        };
+        (status, read(out), read(err))
+    };
+    let (status, stdout, stderr) = pull_cli();
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains(&format!("Image is up to date for {}", big.config_digest)), "{stdout}");
+    let done = stderr.lines().filter(|l| l.contains(": done, ")).count();
+    assert_eq!(done, 5, "one line per finished layer of the five:\n{stderr}");
+    let (status, _, stderr) = pull_cli();
+    assert!(status.success());
+    assert_eq!(stderr.lines().filter(|l| l.ends_with(": already present")).count(), 5, "{stderr}");
+}
+
 /// Pushes an image whose one layer is `tar` and expects its pull to be refused naming `entry`.
 async fn assert_layer_refused(client: &mut Client, registry: &TestRegistry, tag: &str, tar: Vec<u8>, entry: &str) {
     let pushed =

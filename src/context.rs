@@ -15,6 +15,8 @@ pub struct Context {
     pub store: Arc<Store>,
     /// Pulled images, their content and layer snapshots.
     pub images: Arc<berth_image::ImageStore>,
+    /// Progress of the pulls in flight, for `berth pull`.
+    pub pulls: Arc<crate::pulls::PullHub>,
 }
 
 impl Context {

@@ -6,3 +6,9 @@
 pub mod v1 {
     tonic::include_proto!("runtime.v1");
 }
+
+/// berth's own API beside CRI (proto/berth.proto): pull progress for the CLI.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod berth {
+    tonic::include_proto!("berth.v1");
+}

@@ -45,6 +45,8 @@ impl Endpoint {
 pub struct Client {
     pub runtime: RuntimeServiceClient<Channel>,
     pub image: ImageServiceClient<Channel>,
+    /// berth's own API (pull progress), on the same connection.
+    pub pulls: crate::cri::berth::pulls_client::PullsClient<Channel>,
 }
 
 impl Client {
@@ -60,7 +62,11 @@ impl Client {
             }))
             .await
             .map_err(|source| ClientError::Connect { path: endpoint.path.clone(), source })?;
-        Ok(Client { runtime: RuntimeServiceClient::new(channel.clone()), image: ImageServiceClient::new(channel) })
+        Ok(Client {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            image: ImageServiceClient::new(channel.clone()),
+            pulls: crate::cri::berth::pulls_client::PullsClient::new(channel),
+        })
     }
 }
 

@@ -1,7 +1,8 @@
 //! The image verbs, like crictl's: `berth pull`, `berth images`, `berth rmi`, `berth inspecti`.
 //!
-//! `berth pull` prints one line when the pull is done (image ID, bytes, time, MB/s). The CRI's PullImage is
-//! one unary call with no progress messages, so per-layer progress is not shown (see README).
+//! `berth pull` shows per-layer progress while the pull runs (berth's own `Pulls.Watch` beside the CRI's
+//! PullImage, which has no progress messages): bars redrawn in place on a terminal, a line per layer start
+//! and end otherwise. Then one line with the image ID, bytes, time and MB/s.
 
 use std::time::Instant;
 
@@ -9,6 +10,7 @@ use serde::Serialize;
 
 use super::client::{Client, rpc_failed};
 use super::output::{OutputFormat, print, table};
+use super::progress;
 use crate::cri::v1::{
     AuthConfig, Image, ImageFilter, ImageSpec, ImageStatusRequest, ListImagesRequest, PullImageRequest,
     RemoveImageRequest,
@@ -28,12 +30,11 @@ pub async fn pull(mut client: Client, image: String, creds: Option<String>) -> R
         None => None,
     };
     let started = Instant::now();
-    let pulled = client
-        .image
-        .pull_image(PullImageRequest { image: spec(&image), auth, sandbox_config: None })
-        .await
-        .map_err(|s| rpc_failed("PullImage", s))?
-        .into_inner();
+    let watcher = tokio::spawn(progress::show(client.pulls.clone(), image.clone()));
+    let pulled = client.image.pull_image(PullImageRequest { image: spec(&image), auth, sandbox_config: None }).await;
+    // The watcher ends with the pull; give it a moment to print the last state, no more.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), watcher).await;
+    let pulled = pulled.map_err(|s| rpc_failed("PullImage", s))?.into_inner();
     let elapsed = started.elapsed();
     let size = client
         .image

@@ -7,6 +7,7 @@ mod image_fs_info;
 mod images;
 mod info;
 mod output;
+mod progress;
 mod runtime;
 mod version;
 

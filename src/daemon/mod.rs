@@ -87,7 +87,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     let _periodic_gc = (config.images.gc_interval_seconds > 0)
         .then(|| images.spawn_periodic_gc(Duration::from_secs(config.images.gc_interval_seconds)));
-    let context = Arc::new(Context { config: config.clone(), layout: layout.clone(), store, images });
+    let context =
+        Arc::new(Context { config: config.clone(), layout: layout.clone(), store, images, pulls: Default::default() });
     let cri = Cri::new(context);
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|source| ServeError::Signal { signal: "SIGTERM", source })?;
@@ -105,6 +106,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             .layer(RpcTraceLayer)
             .add_service(cri.runtime_service())
             .add_service(cri.image_service())
+            .add_service(cri.pulls_service())
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
             }),

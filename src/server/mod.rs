@@ -9,6 +9,7 @@ mod image_fs_info;
 mod image_status;
 mod list_images;
 mod pull_image;
+mod pull_progress;
 mod remove_image;
 mod runtime_config;
 mod status;
@@ -44,6 +45,11 @@ impl Cri {
 
     pub fn image_service(&self) -> ImageServiceServer<Cri> {
         ImageServiceServer::new(self.clone())
+    }
+
+    /// berth's own `berth.v1.Pulls` (pull progress for the CLI), on the same socket.
+    pub fn pulls_service(&self) -> crate::cri::berth::pulls_server::PullsServer<Cri> {
+        crate::cri::berth::pulls_server::PullsServer::new(self.clone())
     }
 }
 
@@ -179,5 +185,17 @@ impl ImageService for Cri {
         request: Request<RemoveImageRequest>,
     ) -> Result<Response<RemoveImageResponse>, Status> {
         answer(remove_image::handle(&self.context, request.into_inner()).await)
+    }
+}
+
+#[tonic::async_trait]
+impl crate::cri::berth::pulls_server::Pulls for Cri {
+    type WatchStream = BoxStream<crate::cri::berth::PullProgress>;
+
+    async fn watch(
+        &self,
+        request: Request<crate::cri::berth::WatchPullRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        answer(pull_progress::handle(&self.context, request.into_inner()).await)
     }
 }

@@ -27,7 +27,8 @@ pub async fn handle(
     record_id("image", &image);
     let credentials = request.auth.and_then(credentials);
     let started = Instant::now();
-    let pull = context.images.pull(&image, credentials, None);
+    let progress = context.pulls.track(image.clone());
+    let pull = context.images.pull(&image, credentials, Some(progress));
     let pulled = match deadline {
         // Answer a little before the client's deadline so our DeadlineExceeded, not tonic's Cancelled,
         // is what it sees.
