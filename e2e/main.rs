@@ -13,6 +13,7 @@ mod images;
 mod images_faults;
 mod images_rootfs;
 mod images_tls;
+mod images_token;
 mod lifecycle;
 mod registry;
 mod runtime_oci;
