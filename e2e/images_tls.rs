@@ -3,26 +3,16 @@
 //! and no credential in the daemon's log.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use berth::cri::v1::{AuthConfig, ImageSpec, PullImageRequest};
 use tonic::Code;
 
-use crate::support::registry::TestRegistry;
+use crate::support::registry::{KillOnDrop, TestRegistry, start_custom_registry};
 use crate::support::{Daemon, DaemonDirs, require_tool};
 
 const USER: &str = "puller";
 const PASSWORD: &str = "s3cret-pa55word";
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn run(command: &mut Command) {
     let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
@@ -81,37 +71,12 @@ fn make_credentials(dir: &Path) {
 
 /// docker-registry with TLS and htpasswd on a free loopback port.
 fn start_tls_registry(dir: &Path) -> (String, KillOnDrop) {
-    require_tool("docker-registry");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let address = format!("127.0.0.1:{port}");
     let d = dir.display();
-    let config = format!(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {d}/storage\n\
-         http:\n  addr: {address}\n  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\n\
-         auth:\n  htpasswd:\n    realm: berth-test\n    path: {d}/htpasswd\n"
-    );
-    std::fs::write(dir.join("config.yml"), config).unwrap();
-    let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(dir.join("config.yml"))
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start docker-registry");
-    let guard = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&address).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "TLS registry did not listen: {}",
-            std::fs::read_to_string(dir.join("registry.log")).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (address, guard)
+    start_custom_registry(
+        dir,
+        &format!("  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\n"),
+        &format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {d}/htpasswd\n"),
+    )
 }
 
 fn pull_request(image: &str, auth: Option<AuthConfig>) -> PullImageRequest {

@@ -9,14 +9,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use berth::cri::v1::{AuthConfig, ImageSpec, PullImageRequest};
 use tonic::Code;
 
-use crate::support::registry::TestRegistry;
+use crate::support::registry::{KillOnDrop, TestRegistry, start_custom_registry};
 use crate::support::{DaemonDirs, require_tool};
 
 const USER: &str = "tokenuser";
@@ -118,46 +118,14 @@ fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<
 
 /// docker-registry on plain HTTP with token authentication against `realm`.
 fn start_token_registry(dir: &Path, realm: &str) -> (String, KillOnDrop) {
-    require_tool("docker-registry");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let address = format!("127.0.0.1:{port}");
     let d = dir.display();
-    let config = format!(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {d}/storage\n\
-         http:\n  addr: {address}\n  secret: berth-test-secret\n\
-         auth:\n  token:\n    realm: {realm}\n    service: berth-test\n    issuer: berth-test-issuer\n    rootcertbundle: {d}/token.crt\n"
-    );
-    std::fs::write(dir.join("config.yml"), config).unwrap();
-    let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(dir.join("config.yml"))
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start docker-registry");
-    let guard = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(&address).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "registry did not listen: {}",
-            std::fs::read_to_string(dir.join("registry.log")).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (address, guard)
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    start_custom_registry(
+        dir,
+        "  secret: berth-test-secret\n",
+        &format!(
+            "auth:\n  token:\n    realm: {realm}\n    service: berth-test\n    issuer: berth-test-issuer\n    rootcertbundle: {d}/token.crt\n"
+        ),
+    )
 }
 
 fn pull_request(image: &str, auth: Option<AuthConfig>) -> PullImageRequest {

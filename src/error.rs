@@ -74,17 +74,7 @@ pub fn code_of(kind: ErrorKind) -> Code {
     }
 }
 
-/// The error and its causes on one line, outermost first: `a: b: c`.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use berth_error_kind::chain;
 
 /// Converts a handler's error into the status the client sees, logging it once.
 pub fn into_status(err: RpcError) -> Status {

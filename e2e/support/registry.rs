@@ -98,3 +98,49 @@ fn registry_address(images: &BTreeMap<String, TestImage>) -> String {
     let any = images.values().next().expect("at least one test image");
     any.reference.split('/').next().unwrap().to_owned()
 }
+
+/// Kills a child process (a registry a test started itself) when the test ends, however it ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts docker-registry with storage in `dir/storage` on a free loopback port, with `extra` YAML appended
+/// to its config (`http:` keys such as tls, and `auth:`), and waits until it accepts connections.
+/// `http_extra` goes under `http:` (indented by the caller), `extra` at the top level.
+pub fn start_custom_registry(dir: &std::path::Path, http_extra: &str, extra: &str) -> (String, KillOnDrop) {
+    super::require_tool("docker-registry");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}/storage\n\
+         http:\n  addr: {address}\n{http_extra}{extra}",
+        dir.display()
+    );
+    std::fs::write(dir.join("config.yml"), config).unwrap();
+    let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start docker-registry");
+    let guard = KillOnDrop(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "registry did not listen: {}",
+            std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (address, guard)
+}

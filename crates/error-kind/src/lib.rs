@@ -48,6 +48,18 @@ impl ErrorKind {
     }
 }
 
+/// An error and its causes on one line, outermost first (`a: b: c`), for logs and error messages.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

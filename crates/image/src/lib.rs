@@ -24,14 +24,4 @@ pub use registry::{Credentials, HostConfig, RegistryOptions};
 pub use rootfs::RootfsError;
 pub use store::{GcStats, ImageError, ImageRecord, ImageStore, PullError, PullEvent, StoreOptions};
 
-/// An error and its causes on one line, outermost first, for logs.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use berth_error_kind::chain;

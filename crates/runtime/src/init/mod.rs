@@ -42,14 +42,7 @@ pub fn main() -> ! {
 }
 
 pub(crate) fn error_chain(err: &RuntimeError) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    berth_error_kind::chain(err)
 }
 
 /// Moves the channel off stdin (close-on-exec, above 2) and puts /dev/null on stdin until the container's
