@@ -6,8 +6,26 @@
 //! (controllers and named ones like `name=systemd`) and the v2 mount if there is one, so each tool sees it
 //! where it looks; resources go to the v1 controllers.
 
+pub mod devices_bpf;
 mod v1;
 mod v2;
+
+/// Always allowed, whatever the spec's device rules say (as with runc): mknod of any device (creating is
+/// harmless; opening is what the rules guard), the default devices, /dev/console, /dev/ptmx and the
+/// pseudo-terminals.
+pub(crate) const DEFAULT_ALLOWED: [&str; 11] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
 
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 
-use super::{Cgroup, Layout, Stats, cgroup_error, keyed, read, read_u64, write};
+use super::{Cgroup, DEFAULT_ALLOWED, Layout, Stats, cgroup_error, keyed, read, read_u64, write};
 use crate::error::{Result, RuntimeError};
 
 /// A new cpuset cgroup starts with empty cpus and mems and accepts no task until they are set, so each
@@ -149,24 +149,8 @@ pub(super) fn apply(cgroup: &Cgroup, resources: &LinuxResources) -> Result<()> {
     Ok(())
 }
 
-/// Always allowed: mknod of any device (creating is harmless; opening is what the rules guard), the default
-/// devices, /dev/console, /dev/ptmx and the pseudo-terminals.
-const DEFAULT_ALLOWED: [&str; 11] = [
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:1 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
-];
-
 /// `c 1:3 rwm`; a rule with no type or numbers means all devices (`a *:* rwm`).
-fn device_rule(rule: &LinuxDeviceCgroup) -> String {
+pub(super) fn device_rule(rule: &LinuxDeviceCgroup) -> String {
     let kind = rule.typ().map(|t| t.as_str().to_owned()).unwrap_or_else(|| "a".to_owned());
     let number = |n: Option<i64>| n.filter(|n| *n >= 0).map(|n| n.to_string()).unwrap_or_else(|| "*".to_owned());
     let access = rule.access().clone().unwrap_or_else(|| "rwm".to_owned());

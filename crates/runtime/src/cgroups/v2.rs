@@ -4,6 +4,7 @@ use std::path::Path;
 
 use oci_spec::runtime::LinuxResources;
 
+use super::devices_bpf::DeviceRule;
 use super::{Stats, cgroup_error, keyed, read, read_u64, write};
 use crate::error::{Result, RuntimeError};
 
@@ -89,10 +90,11 @@ pub(super) fn apply(dir: &Path, resources: &LinuxResources) -> Result<()> {
     {
         write(dir, "io.weight", &format!("default {}", blkio_to_io_weight(weight)))?;
     }
-    if resources.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-        // The v2 device controller is an eBPF program attached to the cgroup; berth does not load one yet.
-        // Device nodes are still limited to those the spec creates in the container's /dev.
-        tracing::warn!(cgroup = %dir.display(), "device cgroup rules are not enforced on cgroup v2 yet");
+    if let Some(devices) = resources.devices().as_ref().filter(|d| !d.is_empty()) {
+        let mut rules: Vec<DeviceRule> =
+            devices.iter().filter_map(|rule| DeviceRule::parse(&super::v1::device_rule(rule), rule.allow())).collect();
+        rules.extend(super::DEFAULT_ALLOWED.iter().filter_map(|text| DeviceRule::parse(text, true)));
+        super::devices_bpf::apply(dir, &rules)?;
     }
     if let Some(unified) = resources.unified() {
         for (key, value) in unified {
