@@ -98,7 +98,7 @@ pub enum CniError {
         plugin: String,
         index: usize,
         #[source]
-        source: PluginError,
+        source: Box<PluginError>,
     },
     #[error("CNI ADD of network {network:?} for container {container_id} failed and was rolled back with DEL")]
     AddRolledBack {

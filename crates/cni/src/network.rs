@@ -235,7 +235,7 @@ impl Cni {
             ifname: request.ifname.clone(),
             index: network.plugin_types.iter().position(|p| *p == plugin).unwrap_or(0),
             plugin,
-            source,
+            source: Box::new(source),
         })?;
         std::fs::metadata(&request.netns).map_err(|source| CniError::Netns {
             network: network_name.clone(),
@@ -351,14 +351,15 @@ impl Cni {
                 }
             }
         }
-        if !handled_any && first_error.is_none() {
-            if let Some(network) = fallback {
-                validate(Command::Del, container_id, &attachment.ifname, Some(&network.name), &PodIdentity::default())?;
-                let entry = self.fallback_entry(network, attachment);
-                let path = cache::entry_path(&self.options.cache_dir, container_id, &network.name, &attachment.ifname);
-                self.del_entry(&path, &entry, &netns, &mut timings)?;
-                networks.push(entry.network);
-            }
+        if !handled_any
+            && first_error.is_none()
+            && let Some(network) = fallback
+        {
+            validate(Command::Del, container_id, &attachment.ifname, Some(&network.name), &PodIdentity::default())?;
+            let entry = self.fallback_entry(network, attachment);
+            let path = cache::entry_path(&self.options.cache_dir, container_id, &network.name, &attachment.ifname);
+            self.del_entry(&path, &entry, &netns, &mut timings)?;
+            networks.push(entry.network);
         }
         if let Some(err) = first_error {
             return Err(err);
@@ -404,7 +405,7 @@ impl Cni {
                 ifname: entry.ifname.clone(),
                 plugin,
                 index,
-                source,
+                source: Box::new(source),
             })?;
             self.run_chain(Command::Check, &entry, &binaries, &netns, Some(result), &mut timings)?;
         }
@@ -451,7 +452,7 @@ impl Cni {
                     ifname: entry.ifname.clone(),
                     plugin: plugin_type,
                     index,
-                    source,
+                    source: Box::new(source),
                 });
             }
         }
@@ -512,7 +513,7 @@ impl Cni {
                         ifname: entry.ifname.clone(),
                         plugin: plugin.get("type").and_then(Value::as_str).unwrap_or("").to_owned(),
                         index,
-                        source,
+                        source: Box::new(source),
                     });
                 }
             }
