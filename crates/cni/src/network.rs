@@ -42,7 +42,8 @@ pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct CniOptions {
     /// Searched in order for each plugin type (`/opt/cni/bin`, then `/usr/lib/cni` by default).
     pub bin_dirs: Vec<PathBuf>,
-    /// The result cache (durable: it must survive daemon restarts; under `<root>/cni/results`).
+    /// The result cache. Keep it on a persistent filesystem (e.g. `<root>/cni/results`, not `/run`): after
+    /// a reboot DEL still has to release host-local's leases, which live on disk.
     pub cache_dir: PathBuf,
     pub plugin_timeout: Duration,
 }
