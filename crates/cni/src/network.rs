@@ -699,6 +699,66 @@ mod tests {
         assert_eq!(plugin_config(&list, &bridge, None, &runtime_config).get("runtimeConfig"), None);
     }
 
+    /// A `Cni` whose only plugin, `recorder`, appends its command and stdin to `log` and succeeds.
+    fn recording_cni(dir: &Path) -> (Cni, NetworkConfig, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let log = dir.join("calls.log");
+        let plugin = dir.join("recorder");
+        std::fs::write(
+            &plugin,
+            format!("#!/bin/sh\n{{ echo \"$CNI_COMMAND $CNI_NETNS\"; cat; echo; }} >> {}\n", log.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let list = json!({"cniVersion": "1.0.0", "name": "current", "plugins": [{"type": "recorder"}]});
+        let network = NetworkConfig {
+            path: dir.join("10-current.conflist"),
+            name: "current".into(),
+            cni_version: "1.0.0".into(),
+            plugin_types: vec!["recorder".into()],
+            list,
+        };
+        let options = CniOptions {
+            bin_dirs: vec![dir.to_owned()],
+            cache_dir: dir.join("cache"),
+            plugin_timeout: Duration::from_secs(10),
+        };
+        (Cni::new(options), network, log)
+    }
+
+    #[test]
+    fn a_corrupt_cache_entry_is_reported_or_deleted_with_the_current_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cni, network, log) = recording_cni(dir.path());
+        let entry = dir.path().join("cache/c1/old-eth0.json");
+        std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
+        std::fs::write(&entry, "").unwrap();
+        let reference = AttachmentRef { container_id: "c1".into(), ifname: "eth0".into(), netns: None };
+
+        let err = cni.del(&reference, None).unwrap_err();
+        assert!(matches!(err, CniError::CacheCorrupt { .. }), "{err:?}");
+        assert!(entry.exists(), "without a fallback the entry must stay for the caller to decide");
+
+        let detached = cni.del(&reference, Some(&network)).unwrap();
+        assert_eq!(detached.networks, ["current"]);
+        assert!(!entry.exists() && !entry.parent().unwrap().exists());
+        let calls = std::fs::read_to_string(&log).unwrap();
+        // The netns was not given: DEL runs with an empty CNI_NETNS.
+        assert!(calls.starts_with("DEL \n{"), "{calls}");
+        assert!(calls.contains("\"name\":\"current\""), "{calls}");
+    }
+
+    #[test]
+    fn del_with_nothing_cached_runs_nothing_unless_a_fallback_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cni, network, log) = recording_cni(dir.path());
+        let reference = AttachmentRef { container_id: "c2".into(), ifname: "eth0".into(), netns: None };
+        assert!(cni.del(&reference, None).unwrap().networks.is_empty());
+        assert!(!log.exists());
+        assert_eq!(cni.del(&reference, Some(&network)).unwrap().networks, ["current"]);
+        assert!(std::fs::read_to_string(&log).unwrap().starts_with("DEL "));
+    }
+
     #[test]
     fn cni_args_carry_the_pod_and_bad_ids_are_refused() {
         let pod = PodIdentity { namespace: "default".into(), name: "web".into(), uid: "u-1".into() };
