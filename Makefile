@@ -43,6 +43,7 @@ bench: release
 	bash hack/bench/idle-rss.sh
 	bash hack/bench/pull.sh
 	python3 hack/bench/runtime-run.py
+	bash hack/bench/cni-add.sh
 
 clean:
 	$(CARGO) clean
