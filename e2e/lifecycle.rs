@@ -107,3 +107,60 @@ async fn json_logs_carry_one_span_per_rpc_with_method_code_and_duration() {
     assert!(finished["elapsed_ms"].as_f64().unwrap() >= 0.0);
     assert_eq!(finished["level"], "DEBUG", "Version is read-only and logs at debug");
 }
+
+/// Forwards 127.0.0.1:<port> to `upstream`, passing the upstream's answers on slowly (16 KiB per 20 ms), so a
+/// pull through it takes a while.
+fn slow_proxy(upstream: String) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(&upstream) else { continue };
+            let (mut client_read, mut server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client_read, &mut server_write);
+            });
+            let (mut server_read, mut client_write) = (server, client);
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 16 * 1024];
+                while let Ok(n) = server_read.read(&mut buffer) {
+                    if n == 0 || client_write.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = client_write.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn an_rpc_in_flight_at_sigterm_completes_before_the_daemon_exits() {
+    let registry = crate::support::registry::TestRegistry::get();
+    let busybox = registry.image("busybox").clone();
+    let proxy = slow_proxy(registry.address.clone());
+    let dirs = DaemonDirs::new();
+    dirs.write_config(&format!("[registries.\"{proxy}\"]\ninsecure = true\n"));
+    let mut daemon = Daemon::start_in(&dirs);
+    let mut client = daemon.client().await;
+    let image = format!("{proxy}/{}:{}", busybox.repository, busybox.tag);
+    let started = Instant::now();
+    let pull = tokio::spawn(async move {
+        let request = berth::cri::v1::PullImageRequest {
+            image: Some(berth::cri::v1::ImageSpec { image, ..Default::default() }),
+            ..Default::default()
+        };
+        client.image.pull_image(request).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pull.is_finished(), "the pull finished before SIGTERM; the proxy is not slow enough");
+    let status = daemon.stop(Signal::SIGTERM).await;
+    let pulled = pull.await.unwrap().expect("the in-flight pull completes");
+    assert_eq!(pulled.into_inner().image_ref, busybox.config_digest);
+    assert!(status.success(), "{}", daemon.log_text());
+    assert!(started.elapsed() < Duration::from_secs(5), "it should not need the whole grace period");
+    assert!(!dirs.socket().exists());
+}
