@@ -16,5 +16,6 @@ mod images_tls;
 mod images_token;
 mod lifecycle;
 mod registry;
+mod runtime_containerd;
 mod runtime_oci;
 mod runtime_service;

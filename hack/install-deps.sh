@@ -9,7 +9,8 @@
 #       e2e tests' independent CRI client (the k8s-cri crate runs protoc from PATH); berth itself builds with
 #       a vendored protoc. libseccomp-dev and pkg-config build the runtime crate's seccomp support (the
 #       libseccomp crate links the system library, as runc and youki do). apache2-utils (htpasswd) and openssl
-#       make the TLS + basic-auth test registry.
+#       make the TLS + basic-auth test registry. containerd (with ctr and containerd-shim-runc-v2) drives
+#       `berth runtime` as its runc in an e2e test, and is the peer of the idle-RSS benchmark.
 # Idempotent: a second run installs nothing and only prints "all N packages present".
 # Side effect guard: Debian's docker-registry package tries to start its service (port 5000) on install. A
 #       policy-rc.d answering 101 ("action forbidden") is in place during the install so no daemon is left
@@ -32,6 +33,7 @@ PACKAGES=(
   pkg-config
   apache2-utils
   openssl
+  containerd
 )
 
 missing=()
