@@ -537,3 +537,41 @@ async fn images_survive_a_restart_and_a_crash_mid_pull_leaves_nothing() {
     // And the interrupted pull succeeds now.
     assert_eq!(pull(&mut client, &big.reference).await.unwrap(), big.config_digest);
 }
+
+/// Unmounts a test's tmpfs however the test ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_the_pull_cleanly_and_a_smaller_image_still_fits() {
+    let registry = TestRegistry::get();
+    let dirs = DaemonDirs::new();
+    // The image store on a 24 MiB filesystem: the ~106 MB image cannot fit, busybox (~2 MB unpacked) can.
+    std::fs::create_dir_all(dirs.root()).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &dirs.root(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=24m,mode=0700"),
+    )
+    .expect("mount a small tmpfs as the root directory");
+    let _unmount = Unmount(dirs.root());
+    dirs.write_config(&insecure(&registry.address));
+    let daemon = Daemon::start_in(&dirs);
+    let mut client = daemon.client().await;
+
+    let err = pull(&mut client, &registry.image("big").reference).await.expect_err("a 106 MB image in 24 MiB");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("No space left on device"), "{}", err.message());
+    assert!(list(&mut client).await.is_empty(), "a half image is listed");
+    assert_store_empty(&dirs);
+
+    let busybox = registry.image("busybox");
+    assert_eq!(pull(&mut client, &busybox.reference).await.expect("busybox fits"), busybox.config_digest);
+}
