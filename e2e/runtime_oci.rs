@@ -412,3 +412,60 @@ fn an_lsm_label_the_host_cannot_apply_is_a_clear_error() {
     );
     assert!(!bundle.state.path().join("berth/lsm").exists());
 }
+
+#[test]
+fn pinned_namespaces_outlive_their_helper_are_joined_by_containers_and_unpin_cleanly() {
+    use berth_runtime::pin::{PinRequest, PinnedKind, pin, unpin};
+
+    let bundle = Bundle::busybox();
+    let dir = bundle.state.path().join("pod-ns");
+    let request = PinRequest {
+        dir: dir.clone(),
+        kinds: vec![PinnedKind::Net, PinnedKind::Ipc, PinnedKind::Uts],
+        hostname: Some("pinned-pod".into()),
+        sysctls: [("net.ipv4.ip_unprivileged_port_start".to_owned(), "80".to_owned())].into(),
+    };
+    let binary = Path::new(crate::support::berth_bin());
+    pin(binary, &request).expect("pin");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for kind in ["net", "ipc", "uts"] {
+        assert!(mountinfo.contains(&dir.join(kind).display().to_string()), "{kind} is not pinned");
+    }
+
+    // A container joins them by path, as a pod's containers will.
+    bundle.set_args(&[
+        "sh",
+        "-c",
+        "hostname; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; readlink /proc/self/ns/net",
+    ]);
+    bundle.edit(|spec| {
+        spec.as_object_mut().unwrap().remove("hostname");
+        for ns in spec["linux"]["namespaces"].as_array_mut().unwrap() {
+            let file = match ns["type"].as_str().unwrap() {
+                "network" => "net",
+                "ipc" => "ipc",
+                "uts" => "uts",
+                _ => continue,
+            };
+            ns["path"] = json!(dir.join(file));
+        }
+    });
+    let first = bundle.berth(&["run", "pod-a"]);
+    let second = bundle.berth(&["run", "pod-b"]);
+    assert!(first.status.success(), "{}", describe(&first));
+    let lines: Vec<String> = stdout(&first).lines().map(str::to_owned).collect();
+    assert_eq!(lines[..2], ["pinned-pod", "80"], "{lines:?}");
+    assert_eq!(stdout(&first), stdout(&second), "two containers of one pod share its namespaces");
+
+    unpin(&dir).expect("unpin");
+    unpin(&dir).expect("unpin again is a no-op");
+    assert!(!dir.exists());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&dir.display().to_string()), "a pin mount is left");
+
+    // A request that cannot be honoured fails cleanly, naming the problem, and pins nothing.
+    let bad = PinRequest { sysctls: [("net.no.such.knob".to_owned(), "1".to_owned())].into(), ..request };
+    let err = pin(binary, &bad).unwrap_err().to_string();
+    assert!(err.contains("net/no/such/knob"), "{err}");
+    assert!(!dir.exists(), "a failed pin left {}", dir.display());
+}

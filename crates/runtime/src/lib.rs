@@ -11,6 +11,7 @@ pub mod error;
 pub mod hooks;
 pub mod init;
 pub mod namespaces;
+pub mod pin;
 mod seccomp;
 pub mod state;
 mod sync;

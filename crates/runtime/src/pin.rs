@@ -1,0 +1,168 @@
+//! Pinned namespaces: network, IPC and UTS namespaces (a pod sandbox's) that exist without any process in
+//! them, kept alive by a bind mount of their /proc/<pid>/ns file onto a file of the caller's choosing.
+//!
+//! They are created by `berth __pin` ([`main`]), a freshly exec'd single-threaded helper that unshares,
+//! sets the hostname and namespaced sysctls, bind-mounts the namespace files and exits. Containers then join
+//! them by path (`linux.namespaces[].path`). [`unpin`] unmounts and removes them; it is idempotent, so a
+//! removal a crash interrupted can simply be repeated.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RuntimeError};
+
+/// The namespaces a pod sandbox pins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinnedKind {
+    Net,
+    Ipc,
+    Uts,
+}
+
+impl PinnedKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PinnedKind::Net => "net",
+            PinnedKind::Ipc => "ipc",
+            PinnedKind::Uts => "uts",
+        }
+    }
+
+    fn flag(self) -> CloneFlags {
+        match self {
+            PinnedKind::Net => CloneFlags::CLONE_NEWNET,
+            PinnedKind::Ipc => CloneFlags::CLONE_NEWIPC,
+            PinnedKind::Uts => CloneFlags::CLONE_NEWUTS,
+        }
+    }
+}
+
+/// What to pin, and where: each namespace becomes the file `dir/<kind>` (`dir/net`, ...).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PinRequest {
+    pub dir: PathBuf,
+    pub kinds: Vec<PinnedKind>,
+    /// Set in the new UTS namespace.
+    pub hostname: Option<String>,
+    /// Namespaced sysctls (`net.*` with a network namespace, `kernel.shm*`/`kernel.msg*`/`kernel.sem`/
+    /// `fs.mqueue.*` with an IPC namespace), written from inside the new namespaces.
+    pub sysctls: BTreeMap<String, String>,
+}
+
+impl PinRequest {
+    /// The file a pinned namespace lives at.
+    pub fn path(&self, kind: PinnedKind) -> PathBuf {
+        self.dir.join(kind.name())
+    }
+}
+
+/// Pins the namespaces with the helper `<init_binary> __pin`. On failure nothing is left pinned.
+pub fn pin(init_binary: &Path, request: &PinRequest) -> Result<()> {
+    std::fs::create_dir_all(&request.dir).map_err(RuntimeError::io("create the namespace directory", &request.dir))?;
+    let mut helper = Command::new(init_binary)
+        .arg("__pin")
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(RuntimeError::io("start the namespace helper", init_binary))?;
+    let request_json = serde_json::to_vec(request).expect("pin requests serialize");
+    let written = helper.stdin.take().map(|mut stdin| stdin.write_all(&request_json));
+    let mut stderr = String::new();
+    if let Some(mut pipe) = helper.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    let status = helper.wait().map_err(RuntimeError::io("wait for the namespace helper", init_binary))?;
+    if status.success() && matches!(written, Some(Ok(()))) {
+        return Ok(());
+    }
+    let _ = unpin(&request.dir);
+    Err(RuntimeError::Setup(format!(
+        "pin namespaces in {}: {}",
+        request.dir.display(),
+        stderr.trim().strip_prefix("berth pin: ").unwrap_or(stderr.trim())
+    )))
+}
+
+/// Unmounts and removes pinned namespaces (and the directory, if that leaves it empty). Missing ones are fine.
+pub fn unpin(dir: &Path) -> Result<()> {
+    for kind in [PinnedKind::Net, PinnedKind::Ipc, PinnedKind::Uts] {
+        let path = dir.join(kind.name());
+        match umount2(&path, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(errno) => {
+                return Err(RuntimeError::sys(format!("unmount the pinned namespace {}", path.display()))(errno));
+            }
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(RuntimeError::Io { step: "remove the pinned namespace file", path, source }),
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+/// Entry point of `berth __pin`: reads a [`PinRequest`] as JSON on stdin. Never returns.
+pub fn main() -> ! {
+    let mut input = Vec::new();
+    let outcome = std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(RuntimeError::io("read the request from", "stdin"))
+        .and_then(|_| {
+            serde_json::from_slice::<PinRequest>(&input)
+                .map_err(|err| RuntimeError::Setup(format!("the pin request is not valid JSON: {err}")))
+        })
+        .and_then(|request| pin_here(&request));
+    match outcome {
+        Ok(()) => std::process::exit(0),
+        Err(err) => {
+            eprintln!("berth pin: {}", berth_error_kind::chain(&err));
+            std::process::exit(1);
+        }
+    }
+}
+
+fn pin_here(request: &PinRequest) -> Result<()> {
+    crate::init::ensure_single_threaded()?;
+    let mut flags = CloneFlags::empty();
+    for kind in &request.kinds {
+        flags |= kind.flag();
+    }
+    unshare(flags).map_err(RuntimeError::sys(format!("unshare({flags:?})")))?;
+    if let Some(hostname) = request.hostname.as_deref().filter(|h| !h.is_empty()) {
+        if !request.kinds.contains(&PinnedKind::Uts) {
+            return Err(RuntimeError::Setup("a hostname needs a UTS namespace".into()));
+        }
+        nix::unistd::sethostname(hostname).map_err(RuntimeError::sys(format!("sethostname {hostname:?}")))?;
+    }
+    for (key, value) in &request.sysctls {
+        if key.split(['.', '/']).any(|part| part.is_empty() || part == "..") {
+            return Err(RuntimeError::Setup(format!("invalid sysctl name {key:?}")));
+        }
+        let file = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&file, value).map_err(RuntimeError::io("write sysctl", &file))?;
+    }
+    for kind in &request.kinds {
+        let target = request.path(*kind);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&target)
+            .map_err(RuntimeError::io("create the pin file", &target))?;
+        let source = format!("/proc/self/ns/{}", kind.name());
+        mount(Some(source.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(RuntimeError::sys(format!("bind {source} onto {}", target.display())))?;
+    }
+    Ok(())
+}
