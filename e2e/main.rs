@@ -15,6 +15,7 @@ mod images_rootfs;
 mod images_tls;
 mod images_token;
 mod lifecycle;
+mod pods;
 mod registry;
 mod runtime_containerd;
 mod runtime_oci;

@@ -137,7 +137,7 @@ async fn rpcs_not_built_yet_answer_unimplemented_naming_the_rpc() {
     let (_dirs, daemon) = Daemon::start();
     let mut client = daemon.client().await;
     let checks = [
-        ("RunPodSandbox", client.runtime.run_pod_sandbox(RunPodSandboxRequest::default()).await.unwrap_err()),
+        ("CreateContainer", client.runtime.create_container(CreateContainerRequest::default()).await.unwrap_err()),
         ("ListContainers", client.runtime.list_containers(ListContainersRequest::default()).await.unwrap_err()),
         ("ExecSync", client.runtime.exec_sync(ExecSyncRequest::default()).await.unwrap_err()),
         (
@@ -153,5 +153,5 @@ async fn rpcs_not_built_yet_answer_unimplemented_naming_the_rpc() {
     // The daemon logs one line per RPC with its name and code.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let log = daemon.log_text();
-    assert!(log.contains("method=RunPodSandbox") && log.contains("code=Unimplemented"), "{log}");
+    assert!(log.contains("method=CreateContainer") && log.contains("code=Unimplemented"), "{log}");
 }

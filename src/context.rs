@@ -17,6 +17,8 @@ pub struct Context {
     pub images: Arc<berth_image::ImageStore>,
     /// Progress of the pulls in flight, for `berth pull`.
     pub pulls: Arc<crate::pulls::PullHub>,
+    /// Pod sandboxes.
+    pub pods: Arc<crate::pods::PodManager>,
 }
 
 impl Context {

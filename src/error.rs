@@ -17,6 +17,8 @@ pub enum RpcError {
     InvalidArgument { field: &'static str, reason: String },
     #[error(transparent)]
     Store(#[from] berth_store::StoreError),
+    #[error(transparent)]
+    Pod(#[from] crate::pods::PodError),
     #[error("cannot measure disk usage of {path}")]
     DiskUsage {
         path: std::path::PathBuf,
@@ -50,6 +52,7 @@ impl Kinded for RpcError {
             RpcError::Unimplemented { .. } => ErrorKind::Unimplemented,
             RpcError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             RpcError::Store(err) => err.kind(),
+            RpcError::Pod(err) => err.kind(),
             RpcError::DiskUsage { source, .. } => ErrorKind::of_io(source),
             RpcError::WorkerFailed { .. } => ErrorKind::Internal,
             RpcError::Pull { source, .. } => source.kind(),

@@ -13,6 +13,7 @@ pub mod error;
 pub mod images;
 pub mod layout;
 pub mod logging;
+pub mod pods;
 pub mod pulls;
 pub mod records;
 pub mod server;

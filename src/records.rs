@@ -18,3 +18,55 @@ impl Record for NodeSettings {
         "settings".to_owned()
     }
 }
+
+/// A pod sandbox as berth records it: what RunPodSandbox was asked and what it made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub attempt: u32,
+    /// `Creating` until every step succeeded (then `Ready`); `NotReady` once stopped.
+    pub state: PodState,
+    pub created_at_unix_nanos: i64,
+    pub hostname: String,
+    pub log_directory: String,
+    pub runtime_handler: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// NamespaceMode of network, pid and ipc as CRI numbers them (0 POD, 1 CONTAINER, 2 NODE, 3 TARGET).
+    pub network_mode: i32,
+    pub pid_mode: i32,
+    pub ipc_mode: i32,
+    pub cgroup_parent: String,
+    /// Pinned namespaces (`<state>/pods/<id>/ns/{net,ipc,uts}`), when the pod has its own.
+    pub netns: Option<std::path::PathBuf>,
+    pub ipcns: Option<std::path::PathBuf>,
+    pub utsns: Option<std::path::PathBuf>,
+    /// Pod IPs from CNI, IPv4 first; empty for host-network pods.
+    pub ips: Vec<String>,
+    /// The CNI network the pod was attached to, if any (DEL uses the cached result, not this).
+    pub network: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodState {
+    Creating,
+    Ready,
+    NotReady,
+}
+
+impl Record for PodRecord {
+    const TABLE: Table = Table::Pods;
+    fn key(&self) -> String {
+        self.id.clone()
+    }
+}
+
+impl PodRecord {
+    /// The name kubelet reserves: one live sandbox per (name, namespace, uid, attempt).
+    pub fn reservation(&self) -> (String, String, String, u32) {
+        (self.name.clone(), self.namespace.clone(), self.uid.clone(), self.attempt)
+    }
+}

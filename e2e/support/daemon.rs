@@ -84,10 +84,27 @@ impl Daemon {
 
     /// Starts a daemon on `dirs` with the config already written there, and waits until it answers.
     pub fn start_in(dirs: &DaemonDirs) -> Daemon {
+        Daemon::spawn(dirs, false)
+    }
+
+    /// Like [`Daemon::start_in`], but in a network namespace of its own (`unshare --net`, which execs the
+    /// daemon in place, so the pid is the daemon's): CNI bridges, veths and iptables rules the test makes
+    /// never touch the host's network, and vanish with the daemon.
+    pub fn start_in_own_netns(dirs: &DaemonDirs) -> Daemon {
+        Daemon::spawn(dirs, true)
+    }
+
+    fn spawn(dirs: &DaemonDirs, own_netns: bool) -> Daemon {
         let log = dirs.path().join(format!("daemon-{}.log", Instant::now().elapsed().as_nanos()));
         let log_file = std::fs::File::create(&log).expect("daemon log");
-        let child = dirs
-            .serve_command()
+        let mut command = dirs.serve_command();
+        if own_netns {
+            super::require_tool("unshare");
+            let serve = command;
+            command = Command::new("unshare");
+            command.arg("--net").arg("--").arg(serve.get_program()).args(serve.get_args()).env_remove("BERTH_LOG");
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log"))
             .stderr(log_file)

@@ -87,8 +87,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     let _periodic_gc = (config.images.gc_interval_seconds > 0)
         .then(|| images.spawn_periodic_gc(Duration::from_secs(config.images.gc_interval_seconds)));
-    let context =
-        Arc::new(Context { config: config.clone(), layout: layout.clone(), store, images, pulls: Default::default() });
+    let pods = Arc::new(crate::pods::PodManager::new(&config, &layout, store.clone()));
+    let context = Arc::new(Context {
+        config: config.clone(),
+        layout: layout.clone(),
+        store,
+        images,
+        pulls: Default::default(),
+        pods,
+    });
     let cri = Cri::new(context);
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|source| ServeError::Signal { signal: "SIGTERM", source })?;

@@ -8,11 +8,15 @@
 mod image_fs_info;
 mod image_status;
 mod list_images;
+mod pod_sandbox_status;
 mod pull_image;
 mod pull_progress;
 mod remove_image;
+mod remove_pod_sandbox;
+mod run_pod_sandbox;
 mod runtime_config;
 mod status;
+mod stop_pod_sandbox;
 pub mod trace;
 mod update_runtime_config;
 mod version;
@@ -105,12 +109,42 @@ impl RuntimeService for Cri {
         answer(update_runtime_config::handle(&self.context, request.into_inner()).await)
     }
 
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        answer(run_pod_sandbox::handle(&self.context, request.into_inner()).await)
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        answer(stop_pod_sandbox::handle(&self.context, request.into_inner()).await)
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        answer(remove_pod_sandbox::handle(&self.context, request.into_inner()).await)
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        answer(pod_sandbox_status::status(&self.context, request.into_inner()).await)
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        answer(pod_sandbox_status::list(&self.context, request.into_inner()).await)
+    }
+
     not_built_yet! {
-        run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse = "RunPodSandbox";
-        stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse = "StopPodSandbox";
-        remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse = "RemovePodSandbox";
-        pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse = "PodSandboxStatus";
-        list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse = "ListPodSandbox";
         stream_pod_sandboxes(StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream = "StreamPodSandboxes";
         create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
         start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";

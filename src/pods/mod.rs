@@ -1,0 +1,417 @@
+//! Pod sandboxes: pinned namespaces, CNI networking and the files every container of the pod shares.
+//!
+//! A sandbox has no process of its own (DESIGN.md, "Pod model"): its network, IPC and UTS namespaces are
+//! pinned by bind mounts (`berth __pin`) under `<state>/pods/<id>/ns/`, CNI wires the network namespace,
+//! and `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf` are written under `<state>/pods/<id>/`.
+//!
+//! State on disk and in the database follows "intent before side effects, facts after": the record is
+//! written as `Creating` before anything is made, and becomes `Ready` last. Every failure undoes what was
+//! made (CNI DEL before the network namespace is unpinned, because plugins such as bridge find the rules
+//! they must delete from inside it); Stop and Remove are idempotent and finish what a crash interrupted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_cni::{AttachRequest, AttachmentRef, Capabilities, Cni, CniOptions, DnsCapability, PodIdentity, PortMapping};
+use berth_error_kind::{ErrorKind, Kinded};
+use berth_runtime::pin::{PinRequest, PinnedKind};
+use berth_store::Store;
+
+use crate::config::Config;
+use crate::layout::Layout;
+use crate::records::{NodeSettings, PodRecord, PodState};
+
+/// CRI NamespaceMode numbers (api.proto `NamespaceMode`).
+pub const MODE_POD: i32 = 0;
+pub const MODE_NODE: i32 = 2;
+
+/// Why a pod operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("invalid pod sandbox config: {0}")]
+    Invalid(String),
+    #[error("pod sandbox {0} does not exist")]
+    NotFound(String),
+    #[error("the pod network is not ready: {0}")]
+    NetworkNotReady(String),
+    #[error("pod sandbox {pod}: {step}")]
+    Step {
+        pod: String,
+        step: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Store(#[from] berth_store::StoreError),
+}
+
+impl Kinded for PodError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PodError::Invalid(_) => ErrorKind::InvalidArgument,
+            PodError::NotFound(_) => ErrorKind::NotFound,
+            PodError::NetworkNotReady(_) => ErrorKind::FailedPrecondition,
+            PodError::Step { source, .. } => {
+                if let Some(cni) = source.downcast_ref::<berth_cni::CniError>() {
+                    cni.kind()
+                } else if let Some(runtime) = source.downcast_ref::<berth_runtime::RuntimeError>() {
+                    runtime.kind()
+                } else {
+                    ErrorKind::Internal
+                }
+            }
+            PodError::Store(err) => err.kind(),
+        }
+    }
+}
+
+fn step<E: std::error::Error + Send + Sync + 'static>(pod: &str, step: &'static str) -> impl FnOnce(E) -> PodError {
+    let pod = pod.to_owned();
+    move |source| PodError::Step { pod, step, source: Box::new(source) }
+}
+
+/// What RunPodSandbox needs from the CRI request, in berth's own terms.
+#[derive(Debug, Clone, Default)]
+pub struct PodSpec {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub attempt: u32,
+    pub hostname: String,
+    pub log_directory: String,
+    pub runtime_handler: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub network_mode: i32,
+    pub pid_mode: i32,
+    pub ipc_mode: i32,
+    pub cgroup_parent: String,
+    pub sysctls: BTreeMap<String, String>,
+    pub dns: Option<DnsCapability>,
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// Owns every pod's lifecycle. Mutations are serialized by one lock: they are rare next to reads, and one
+/// order of events per node makes crash recovery simple.
+pub struct PodManager {
+    config: Config,
+    layout: Layout,
+    store: Arc<Store>,
+    init_binary: PathBuf,
+    cni: Cni,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for PodManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodManager").finish_non_exhaustive()
+    }
+}
+
+/// Sysctls a pod may set: those namespaced by the network or IPC namespace it gets (kubelet's "safe" and
+/// "unsafe" namespaced sets); anything else would change the whole node.
+fn check_sysctl(key: &str, has_netns: bool, has_ipcns: bool) -> Result<(), PodError> {
+    let ipc = key.starts_with("kernel.shm")
+        || key.starts_with("kernel.msg")
+        || key == "kernel.sem"
+        || key.starts_with("fs.mqueue.");
+    let net = key.starts_with("net.");
+    match (net, ipc) {
+        (true, _) if has_netns => Ok(()),
+        (_, true) if has_ipcns => Ok(()),
+        (true, _) => {
+            Err(PodError::Invalid(format!("sysctl {key:?} needs the pod's own network namespace (not hostNetwork)")))
+        }
+        (_, true) => Err(PodError::Invalid(format!("sysctl {key:?} needs the pod's own IPC namespace (not hostIPC)"))),
+        _ => Err(PodError::Invalid(format!(
+            "sysctl {key:?} is not namespaced; pods may only set net.*, kernel.shm*, kernel.msg*, kernel.sem and fs.mqueue.*"
+        ))),
+    }
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(1)
+}
+
+/// A new sandbox id: 64 hex characters from the kernel's random source, like containerd's and CRI-O's.
+fn new_id() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl PodManager {
+    pub fn new(config: &Config, layout: &Layout, store: Arc<Store>) -> PodManager {
+        let cni = Cni::new(CniOptions {
+            bin_dirs: config.cni.bin_dirs.iter().map(|d| d.to_path_buf()).collect(),
+            cache_dir: layout.root.join("cni"),
+            plugin_timeout: Duration::from_secs(60),
+        });
+        PodManager {
+            config: config.clone(),
+            layout: layout.clone(),
+            store,
+            init_binary: PathBuf::from("/proc/self/exe"),
+            cni,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn pod_dir(&self, id: &str) -> PathBuf {
+        self.layout.state.join("pods").join(id)
+    }
+
+    /// Creates the sandbox, or returns the existing one kubelet already asked for (a retry after its
+    /// timeout gets the sandbox, not "name is reserved").
+    pub async fn run(self: &Arc<Self>, spec: PodSpec) -> Result<String, PodError> {
+        for (field, value) in
+            [("metadata.name", &spec.name), ("metadata.namespace", &spec.namespace), ("metadata.uid", &spec.uid)]
+        {
+            if value.is_empty() {
+                return Err(PodError::Invalid(format!("{field} is empty")));
+            }
+        }
+        let has_netns = spec.network_mode != MODE_NODE;
+        let has_ipcns = spec.ipc_mode != MODE_NODE;
+        for key in spec.sysctls.keys() {
+            check_sysctl(key, has_netns, has_ipcns)?;
+        }
+        let _guard = self.lock.lock().await;
+        let manager = Arc::clone(self);
+        tokio::task::spawn_blocking(move || manager.run_blocking(spec)).await.map_err(|join| PodError::Step {
+            pod: String::new(),
+            step: "run the sandbox worker",
+            source: Box::new(join),
+        })?
+    }
+
+    fn run_blocking(&self, spec: PodSpec) -> Result<String, PodError> {
+        let existing = self.store.list::<PodRecord>()?;
+        let wanted = (spec.name.clone(), spec.namespace.clone(), spec.uid.clone(), spec.attempt);
+        if let Some(pod) = existing.iter().find(|p| p.reservation() == wanted && p.state == PodState::Ready) {
+            tracing::info!(pod_sandbox_id = %pod.id, "RunPodSandbox repeated for a ready sandbox; returning it");
+            return Ok(pod.id.clone());
+        }
+        let id = new_id().map_err(step("", "generate an id"))?;
+        let has_netns = spec.network_mode != MODE_NODE;
+        let has_ipcns = spec.ipc_mode != MODE_NODE;
+        let dir = self.pod_dir(&id);
+        let ns_dir = dir.join("ns");
+        let mut record = PodRecord {
+            id: id.clone(),
+            name: spec.name.clone(),
+            namespace: spec.namespace.clone(),
+            uid: spec.uid.clone(),
+            attempt: spec.attempt,
+            state: PodState::Creating,
+            created_at_unix_nanos: now_nanos(),
+            hostname: spec.hostname.clone(),
+            log_directory: spec.log_directory.clone(),
+            runtime_handler: spec.runtime_handler.clone(),
+            labels: spec.labels.clone(),
+            annotations: spec.annotations.clone(),
+            network_mode: spec.network_mode,
+            pid_mode: spec.pid_mode,
+            ipc_mode: spec.ipc_mode,
+            cgroup_parent: spec.cgroup_parent.clone(),
+            netns: has_netns.then(|| ns_dir.join("net")),
+            ipcns: has_ipcns.then(|| ns_dir.join("ipc")),
+            // kubelet gives host-network pods the node's UTS namespace (and hostname).
+            utsns: has_netns.then(|| ns_dir.join("uts")),
+            ips: Vec::new(),
+            network: None,
+        };
+        // Intent first: a crash from here on leaves a record that Remove (or start-up) can finish.
+        self.store.put(&record)?;
+        match self.make(&spec, &mut record, &dir) {
+            Ok(()) => {
+                record.state = PodState::Ready;
+                self.store.put(&record)?;
+                tracing::info!(pod_sandbox_id = %id, pod = %spec.name, namespace = %spec.namespace, ips = ?record.ips, "pod sandbox ready");
+                Ok(id)
+            }
+            Err(err) => {
+                if let Err(cleanup) = self.teardown(&record) {
+                    tracing::warn!(pod_sandbox_id = %id, error = %berth_error_kind::chain(&cleanup), "undoing a failed RunPodSandbox failed; Remove will retry");
+                    return Err(err);
+                }
+                self.store.delete::<PodRecord>(&id)?;
+                Err(err)
+            }
+        }
+    }
+
+    /// Every side effect of RunPodSandbox, in order.
+    fn make(&self, spec: &PodSpec, record: &mut PodRecord, dir: &Path) -> Result<(), PodError> {
+        let id = record.id.clone();
+        std::fs::create_dir_all(dir).map_err(step(&id, "create the pod directory"))?;
+        let mut kinds = Vec::new();
+        if record.netns.is_some() {
+            kinds.extend([PinnedKind::Net, PinnedKind::Uts]);
+        }
+        if record.ipcns.is_some() {
+            kinds.push(PinnedKind::Ipc);
+        }
+        let hostname = if spec.hostname.is_empty() { spec.name.clone() } else { spec.hostname.clone() };
+        if !kinds.is_empty() {
+            let request = PinRequest {
+                dir: dir.join("ns"),
+                kinds,
+                hostname: record.utsns.is_some().then(|| hostname.clone()),
+                sysctls: spec.sysctls.clone(),
+            };
+            berth_runtime::pin::pin(&self.init_binary, &request).map_err(step(&id, "pin the pod's namespaces"))?;
+        }
+        if let Some(netns) = &record.netns {
+            let network = berth_cni::find_network_config(self.config.cni.conf_dir.as_path())
+                .map_err(|err| PodError::NetworkNotReady(berth_error_kind::chain(&err)))?;
+            let pod_cidr = self.store.get::<NodeSettings>("settings")?.map(|s| s.pod_cidr).filter(|c| !c.is_empty());
+            let request = AttachRequest {
+                container_id: id.clone(),
+                netns: netns.clone(),
+                ifname: "eth0".into(),
+                pod: PodIdentity { namespace: spec.namespace.clone(), name: spec.name.clone(), uid: spec.uid.clone() },
+                capabilities: Capabilities {
+                    port_mappings: spec.port_mappings.clone(),
+                    dns: spec.dns.clone(),
+                    ..Default::default()
+                },
+                pod_cidr,
+            };
+            record.network = Some(network.name.clone());
+            self.store.put(record)?;
+            let attached = self.cni.add(&network, &request).map_err(step(&id, "attach the pod network (CNI ADD)"))?;
+            record.ips = attached.result.pod_ips("eth0").iter().map(|ip| ip.to_string()).collect();
+        }
+        self.write_files(spec, &hostname, &record.ips, dir).map_err(step(&id, "write the pod's /etc files"))?;
+        Ok(())
+    }
+
+    fn write_files(&self, spec: &PodSpec, hostname: &str, ips: &[String], dir: &Path) -> std::io::Result<()> {
+        let host_network = spec.network_mode == MODE_NODE;
+        let node_hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let hostname = if host_network { node_hostname.as_str() } else { hostname };
+        std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
+        let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        for ip in ips {
+            hosts.push_str(&format!("{ip}\t{hostname}\n"));
+        }
+        std::fs::write(dir.join("hosts"), hosts)?;
+        let resolv = match &spec.dns {
+            Some(dns) if !dns.servers.is_empty() || !dns.searches.is_empty() || !dns.options.is_empty() => {
+                let mut text = String::new();
+                if !dns.searches.is_empty() {
+                    text.push_str(&format!("search {}\n", dns.searches.join(" ")));
+                }
+                for server in &dns.servers {
+                    text.push_str(&format!("nameserver {server}\n"));
+                }
+                if !dns.options.is_empty() {
+                    text.push_str(&format!("options {}\n", dns.options.join(" ")));
+                }
+                text
+            }
+            // No DNS config (hostNetwork, or kubelet's "Default" policy): the node's own.
+            _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        };
+        std::fs::write(dir.join("resolv.conf"), resolv)
+    }
+
+    /// Releases the network and unpins the namespaces: the reverse of `make`, tolerant of half-made pods.
+    fn teardown(&self, record: &PodRecord) -> Result<(), PodError> {
+        if record.network.is_some() {
+            let attachment =
+                AttachmentRef { container_id: record.id.clone(), ifname: "eth0".into(), netns: record.netns.clone() };
+            self.cni.del(&attachment, None).map_err(step(&record.id, "release the pod network (CNI DEL)"))?;
+        }
+        let dir = self.pod_dir(&record.id);
+        berth_runtime::pin::unpin(&dir.join("ns")).map_err(step(&record.id, "unpin the pod's namespaces"))?;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(step(&record.id, "remove the pod directory")(err)),
+        }
+    }
+
+    /// Stops the sandbox: releases its network (containers come with the pods work). Idempotent; a
+    /// missing sandbox is not an error (CRI).
+    pub async fn stop(self: &Arc<Self>, id: String) -> Result<(), PodError> {
+        let _guard = self.lock.lock().await;
+        let manager = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let Some(mut record) = manager.find(&id)? else { return Ok(()) };
+            if record.network.is_some() {
+                let attachment = AttachmentRef {
+                    container_id: record.id.clone(),
+                    ifname: "eth0".into(),
+                    netns: record.netns.clone(),
+                };
+                manager.cni.del(&attachment, None).map_err(step(&record.id, "release the pod network (CNI DEL)"))?;
+            }
+            if record.state != PodState::NotReady {
+                record.state = PodState::NotReady;
+                manager.store.put(&record)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|join| PodError::Step {
+            pod: String::new(),
+            step: "run the sandbox worker",
+            source: Box::new(join),
+        })?
+    }
+
+    /// Removes everything the sandbox had. Idempotent; a missing sandbox is not an error (CRI).
+    pub async fn remove(self: &Arc<Self>, id: String) -> Result<(), PodError> {
+        let _guard = self.lock.lock().await;
+        let manager = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let Some(record) = manager.find(&id)? else { return Ok(()) };
+            manager.teardown(&record)?;
+            manager.store.delete::<PodRecord>(&record.id)?;
+            tracing::info!(pod_sandbox_id = %record.id, "pod sandbox removed");
+            Ok(())
+        })
+        .await
+        .map_err(|join| PodError::Step {
+            pod: String::new(),
+            step: "run the sandbox worker",
+            source: Box::new(join),
+        })?
+    }
+
+    /// The sandbox with this id, or the only one whose id starts with it (crictl accepts prefixes).
+    pub fn find(&self, id: &str) -> Result<Option<PodRecord>, PodError> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        if let Some(record) = self.store.get::<PodRecord>(id)? {
+            return Ok(Some(record));
+        }
+        let matching: Vec<PodRecord> =
+            self.store.list::<PodRecord>()?.into_iter().filter(|p| p.id.starts_with(id)).collect();
+        Ok(if matching.len() == 1 { matching.into_iter().next() } else { None })
+    }
+
+    pub fn list(&self) -> Result<Vec<PodRecord>, PodError> {
+        Ok(self.store.list::<PodRecord>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_sysctl;
+
+    #[test]
+    fn only_namespaced_sysctls_are_accepted() {
+        assert!(check_sysctl("net.ipv4.ip_forward", true, true).is_ok());
+        assert!(check_sysctl("kernel.shm_rmid_forced", true, true).is_ok());
+        assert!(check_sysctl("net.ipv4.ip_forward", false, true).is_err());
+        assert!(check_sysctl("kernel.msgmax", true, false).is_err());
+        let err = check_sysctl("kernel.panic", true, true).unwrap_err().to_string();
+        assert!(err.contains("not namespaced"), "{err}");
+    }
+}

@@ -1,0 +1,12 @@
+//! RemovePodSandbox: remove everything the pod had. Idempotent; a missing sandbox is not an error (CRI).
+
+use crate::context::Context;
+use crate::cri::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
+use crate::error::RpcError;
+use crate::server::trace::record_id;
+
+pub async fn handle(context: &Context, request: RemovePodSandboxRequest) -> Result<RemovePodSandboxResponse, RpcError> {
+    record_id("pod_sandbox_id", &request.pod_sandbox_id);
+    context.pods.remove(request.pod_sandbox_id).await?;
+    Ok(RemovePodSandboxResponse {})
+}
