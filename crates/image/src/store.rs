@@ -184,6 +184,46 @@ struct LayerSpec {
     chain_id: Digest,
     lower: Vec<PathBuf>,
     cancelled: Arc<std::sync::atomic::AtomicBool>,
+    workers: Arc<Workers>,
+}
+
+/// Counts a pull's layer workers still running, so a failed pull can wait for them to clean up.
+#[derive(Default)]
+struct Workers {
+    active: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Held by a running worker; its drop marks the worker finished.
+struct ActiveWorker(Arc<Workers>);
+
+impl Workers {
+    fn enter(self: &Arc<Self>) -> ActiveWorker {
+        self.active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ActiveWorker(Arc::clone(self))
+    }
+
+    async fn wait_idle(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.idle.notified();
+            if self.active.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!("layer workers of a failed pull are still running; their files are collected later");
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for ActiveWorker {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 /// Sets its flag when dropped unless disarmed (the pull succeeded).
@@ -493,24 +533,34 @@ impl ImageStore {
         // Tells layer workers (blocking threads that outlive a dropped future) to stop waiting for lower
         // layers once this pull has failed or was abandoned.
         let cancel = CancelOnDrop::default();
+        let workers = Arc::new(Workers::default());
         let jobs: Vec<_> = specs
             .into_iter()
             .enumerate()
             .map(|(index, (digest, size, diff_id, chain))| {
                 let lower: Vec<PathBuf> = chains[..index].iter().rev().map(|c| self.snapshot_path(c)).collect();
                 let cancelled = cancel.flag.clone();
+                let workers = workers.clone();
                 self.layer(
                     reference_ref,
                     credentials,
-                    LayerSpec { digest, size, diff_id, chain_id: chain, lower, cancelled },
+                    LayerSpec { digest, size, diff_id, chain_id: chain, lower, cancelled, workers },
                     progress.clone(),
                 )
             })
             .collect();
-        futures_util::stream::iter(jobs)
+        let layers = futures_util::stream::iter(jobs)
             .buffer_unordered(self.options.max_concurrent_layers.max(1))
             .try_collect::<Vec<()>>()
-            .await?;
+            .await;
+        if let Err(err) = layers {
+            // The other layers' futures were dropped, but their unpack workers (blocking threads) still
+            // run until they notice; they remove their own temporary files. Wait for them, so a failed pull
+            // returns with nothing of it left on disk.
+            drop(cancel);
+            workers.wait_idle(Duration::from_secs(60)).await;
+            return Err(err);
+        }
         cancel.disarm();
 
         let blobs: Vec<Digest> = small_blobs
@@ -613,7 +663,7 @@ impl ImageStore {
         spec: LayerSpec,
         progress: Option<tokio::sync::mpsc::UnboundedSender<PullEvent>>,
     ) -> Result<(), PullError> {
-        let LayerSpec { digest, size, diff_id, chain_id, lower, cancelled } = spec;
+        let LayerSpec { digest, size, diff_id, chain_id, lower, cancelled, workers } = spec;
         let lock = self.key_lock(&snapshot_name(&chain_id));
         let _guard = lock.lock().await;
         let snapshot = self.snapshot_path(&chain_id);
@@ -638,7 +688,11 @@ impl ImageStore {
             cancelled,
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<layer::Chunk>(64);
-        let worker = tokio::task::spawn_blocking(move || layer::run(rx, &job));
+        let active = workers.enter();
+        let worker = tokio::task::spawn_blocking(move || {
+            let _active = active;
+            layer::run(rx, &job)
+        });
         let downloaded = self.download(reference, credentials, &digest, size, &tx, progress.as_ref()).await;
         if let Err(err) = &downloaded {
             // Tell the worker the stream is broken, so it fails and cleans up instead of waiting.
