@@ -201,3 +201,37 @@ async fn without_a_network_configuration_a_pod_fails_cleanly() {
     assert!(pods.is_empty(), "a failed sandbox is listed");
     assert_eq!(std::fs::read_dir(dirs.state().join("pods")).map(|d| d.count()).unwrap_or(0), 0, "pod directory left");
 }
+
+#[tokio::test]
+async fn a_sandbox_a_crash_left_half_made_is_undone_before_the_daemon_serves() {
+    let dirs = DaemonDirs::new();
+    let leases = conflist(&dirs);
+    dirs.write_config("");
+    let mut daemon = Daemon::start_in_own_netns(&dirs);
+    let mut client = daemon.client().await;
+    let request = RunPodSandboxRequest { config: Some(pod_config("crashy", &[])), runtime_handler: String::new() };
+    let id = client.runtime.run_pod_sandbox(request).await.unwrap().into_inner().pod_sandbox_id;
+    let pod_dir = dirs.state().join("pods").join(&id);
+    assert!(pod_dir.join("ns/net").exists());
+    drop(client);
+    daemon.stop(nix::sys::signal::Signal::SIGKILL).await;
+
+    // As if the crash had come in the middle of RunPodSandbox: the record still says Creating.
+    {
+        let store = berth_store::Store::open(&dirs.root().join("berth.redb")).unwrap();
+        let mut record = store.get::<berth::records::PodRecord>(&id).unwrap().unwrap();
+        record.state = berth::records::PodState::Creating;
+        store.put(&record).unwrap();
+    }
+    let daemon = Daemon::start_in_own_netns(&dirs);
+    let mut client = daemon.client().await;
+    let pods =
+        client.runtime.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items;
+    assert!(pods.is_empty(), "the half-made sandbox is still listed");
+    assert!(!pod_dir.exists(), "its directory is left");
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&pod_dir.display().to_string()));
+    let leases_left = std::fs::read_dir(leases.join("berth-e2e"))
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("10.")).count())
+        .unwrap_or(0);
+    assert_eq!(leases_left, 0, "its IP lease is left");
+}

@@ -51,6 +51,8 @@ pub enum ServeError {
     },
     #[error("cannot open the image store")]
     Images(#[source] berth_image::ImageError),
+    #[error("cannot finish the pod sandboxes a crash interrupted: {0}")]
+    Recover(String),
     #[error("the gRPC server failed")]
     Server(#[source] tonic::transport::Error),
 }
@@ -88,6 +90,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _periodic_gc = (config.images.gc_interval_seconds > 0)
         .then(|| images.spawn_periodic_gc(Duration::from_secs(config.images.gc_interval_seconds)));
     let pods = Arc::new(crate::pods::PodManager::new(&config, &layout, store.clone()));
+    // Before serving: kubelet must never see a sandbox a crash left half made.
+    let recovering = pods.clone();
+    tokio::task::spawn_blocking(move || recovering.recover())
+        .await
+        .map_err(|join| ServeError::Recover(join.to_string()))?
+        .map_err(|err| ServeError::Recover(berth_error_kind::chain(&err)))?;
     let context = Arc::new(Context {
         config: config.clone(),
         layout: layout.clone(),

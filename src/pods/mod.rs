@@ -383,6 +383,22 @@ impl PodManager {
         })?
     }
 
+    /// Finishes what a crash interrupted, before the daemon serves: a sandbox still `Creating` was never
+    /// answered to kubelet, so it is undone (CNI DEL, unpin, files, record), exactly as a failed
+    /// RunPodSandbox would have been. Ready and stopped sandboxes are kept as they are.
+    pub fn recover(&self) -> Result<usize, PodError> {
+        let mut undone = 0;
+        for record in self.store.list::<PodRecord>()? {
+            if record.state == PodState::Creating {
+                tracing::info!(pod_sandbox_id = %record.id, "undoing a sandbox a crash left half made");
+                self.teardown(&record)?;
+                self.store.delete::<PodRecord>(&record.id)?;
+                undone += 1;
+            }
+        }
+        Ok(undone)
+    }
+
     /// The sandbox with this id, or the only one whose id starts with it (crictl accepts prefixes).
     pub fn find(&self, id: &str) -> Result<Option<PodRecord>, PodError> {
         if id.is_empty() {
