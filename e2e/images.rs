@@ -320,23 +320,13 @@ async fn berth_pull_reports_every_layer_then_the_image() {
     let big = registry.image("big").clone();
     let (_dirs, daemon) = start(&insecure(&registry.address));
     let pull_cli = || {
-        let out = tempfile::tempfile().unwrap();
-        let err = tempfile::tempfile().unwrap();
-        let status = std::process::Command::new(crate::support::berth_bin())
-            .args(["pull", &big.reference])
-            .env("CONTAINER_RUNTIME_ENDPOINT", format!("unix://{}", daemon.socket.display()))
-            .stdout(out.try_clone().unwrap())
-            .stderr(err.try_clone().unwrap())
-            .status()
-            .unwrap();
-        let read = |mut f: std::fs::File| {
-            use std::io::{Read, Seek};
-            let mut text = String::new();
-            f.seek(std::io::SeekFrom::Start(0)).unwrap();
-            f.read_to_string(&mut text).unwrap();
-            text
-        };
-        (status, read(out), read(err))
+        let output = crate::support::output_via_files(
+            std::process::Command::new(crate::support::berth_bin())
+                .args(["pull", &big.reference])
+                .env("CONTAINER_RUNTIME_ENDPOINT", format!("unix://{}", daemon.socket.display())),
+        );
+        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+        (output.status, text(output.stdout), text(output.stderr))
     };
     let (status, stdout, stderr) = pull_cli();
     assert!(status.success(), "{stderr}");

@@ -89,26 +89,9 @@ impl Bundle {
         self.output_of(command)
     }
 
-    /// Runs a runtime command with stdout and stderr in files, not pipes: the container inherits the
-    /// runtime's stdio (runc's contract too), and a pipe would keep `output()` waiting for the container.
+    /// Runs a runtime command in the bundle, its output in files (see `output_via_files`).
     fn output_of(&self, mut command: Command) -> Output {
-        let out = tempfile::tempfile().unwrap();
-        let err = tempfile::tempfile().unwrap();
-        let status = command
-            .current_dir(self.path())
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(err.try_clone().unwrap())
-            .status()
-            .unwrap();
-        let read = |mut file: std::fs::File| {
-            use std::io::{Read, Seek};
-            let mut bytes = Vec::new();
-            file.seek(std::io::SeekFrom::Start(0)).unwrap();
-            file.read_to_end(&mut bytes).unwrap();
-            bytes
-        };
-        Output { status, stdout: read(out), stderr: read(err) }
+        super::output_via_files(command.current_dir(self.path()))
     }
 
     /// Runs the bundle to completion under both runtimes; returns (berth, runc).

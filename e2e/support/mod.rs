@@ -29,3 +29,24 @@ pub fn require_tool(name: &str) -> std::path::PathBuf {
         None => panic!("missing prerequisite `{name}`: run `bash hack/install-deps.sh` (make test does)"),
     }
 }
+
+/// Runs `command` with stdout and stderr in files, not pipes, and no stdin. A container started by the
+/// command inherits its stdio (runc's contract too), and a pipe would keep `output()` waiting for it.
+pub fn output_via_files(command: &mut std::process::Command) -> std::process::Output {
+    use std::io::{Read, Seek};
+    let out = tempfile::tempfile().unwrap();
+    let err = tempfile::tempfile().unwrap();
+    let status = command
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .status()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    let read = |mut file: std::fs::File| {
+        let mut bytes = Vec::new();
+        file.seek(std::io::SeekFrom::Start(0)).unwrap();
+        file.read_to_end(&mut bytes).unwrap();
+        bytes
+    };
+    std::process::Output { status, stdout: read(out), stderr: read(err) }
+}

@@ -96,11 +96,12 @@ pub struct PodSpec {
 /// Owns every pod's lifecycle. Mutations are serialized by one lock: they are rare next to reads, and one
 /// order of events per node makes crash recovery simple.
 pub struct PodManager {
-    config: Config,
     layout: Layout,
     store: Arc<Store>,
     init_binary: PathBuf,
     cni: Cni,
+    /// The CNI configuration directory, re-read only when it changes (Status asks every few seconds).
+    network: std::sync::Mutex<berth_cni::ConfigWatcher>,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -150,11 +151,11 @@ impl PodManager {
             plugin_timeout: Duration::from_secs(60),
         });
         PodManager {
-            config: config.clone(),
             layout: layout.clone(),
             store,
             init_binary: PathBuf::from("/proc/self/exe"),
             cni,
+            network: std::sync::Mutex::new(berth_cni::ConfigWatcher::new(config.cni.conf_dir.as_path())),
             lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -178,9 +179,18 @@ impl PodManager {
         for key in spec.sysctls.keys() {
             check_sysctl(key, has_netns, has_ipcns)?;
         }
+        self.exclusive(move |manager| manager.run_blocking(spec)).await
+    }
+
+    /// Runs `work` on a blocking thread (it spawns helpers and plugins and waits for them) while holding
+    /// the pod lock.
+    async fn exclusive<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&PodManager) -> Result<T, PodError> + Send + 'static,
+    ) -> Result<T, PodError> {
         let _guard = self.lock.lock().await;
         let manager = Arc::clone(self);
-        tokio::task::spawn_blocking(move || manager.run_blocking(spec)).await.map_err(|join| PodError::Step {
+        tokio::task::spawn_blocking(move || work(&manager)).await.map_err(|join| PodError::Step {
             pod: String::new(),
             step: "run the sandbox worker",
             source: Box::new(join),
@@ -265,8 +275,7 @@ impl PodManager {
             berth_runtime::pin::pin(&self.init_binary, &request).map_err(step(&id, "pin the pod's namespaces"))?;
         }
         if let Some(netns) = &record.netns {
-            let network = berth_cni::find_network_config(self.config.cni.conf_dir.as_path())
-                .map_err(|err| PodError::NetworkNotReady(berth_error_kind::chain(&err)))?;
+            let network = self.network().map_err(PodError::NetworkNotReady)?;
             let pod_cidr = self.store.get::<NodeSettings>("settings")?.map(|s| s.pod_cidr).filter(|c| !c.is_empty());
             let request = AttachRequest {
                 container_id: id.clone(),
@@ -319,13 +328,19 @@ impl PodManager {
         std::fs::write(dir.join("resolv.conf"), resolv)
     }
 
-    /// Releases the network and unpins the namespaces: the reverse of `make`, tolerant of half-made pods.
-    fn teardown(&self, record: &PodRecord) -> Result<(), PodError> {
+    /// CNI DEL of the pod's attachment, from the cached result (idempotent).
+    fn release_network(&self, record: &PodRecord) -> Result<(), PodError> {
         if record.network.is_some() {
             let attachment =
                 AttachmentRef { container_id: record.id.clone(), ifname: "eth0".into(), netns: record.netns.clone() };
             self.cni.del(&attachment, None).map_err(step(&record.id, "release the pod network (CNI DEL)"))?;
         }
+        Ok(())
+    }
+
+    /// Releases the network and unpins the namespaces: the reverse of `make`, tolerant of half-made pods.
+    fn teardown(&self, record: &PodRecord) -> Result<(), PodError> {
+        self.release_network(record)?;
         let dir = self.pod_dir(&record.id);
         berth_runtime::pin::unpin(&dir.join("ns")).map_err(step(&record.id, "unpin the pod's namespaces"))?;
         match std::fs::remove_dir_all(&dir) {
@@ -338,18 +353,9 @@ impl PodManager {
     /// Stops the sandbox: releases its network (containers come with the pods work). Idempotent; a
     /// missing sandbox is not an error (CRI).
     pub async fn stop(self: &Arc<Self>, id: String) -> Result<(), PodError> {
-        let _guard = self.lock.lock().await;
-        let manager = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        self.exclusive(move |manager| {
             let Some(mut record) = manager.find(&id)? else { return Ok(()) };
-            if record.network.is_some() {
-                let attachment = AttachmentRef {
-                    container_id: record.id.clone(),
-                    ifname: "eth0".into(),
-                    netns: record.netns.clone(),
-                };
-                manager.cni.del(&attachment, None).map_err(step(&record.id, "release the pod network (CNI DEL)"))?;
-            }
+            manager.release_network(&record)?;
             if record.state != PodState::NotReady {
                 record.state = PodState::NotReady;
                 manager.store.put(&record)?;
@@ -357,18 +363,11 @@ impl PodManager {
             Ok(())
         })
         .await
-        .map_err(|join| PodError::Step {
-            pod: String::new(),
-            step: "run the sandbox worker",
-            source: Box::new(join),
-        })?
     }
 
     /// Removes everything the sandbox had. Idempotent; a missing sandbox is not an error (CRI).
     pub async fn remove(self: &Arc<Self>, id: String) -> Result<(), PodError> {
-        let _guard = self.lock.lock().await;
-        let manager = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        self.exclusive(move |manager| {
             let Some(record) = manager.find(&id)? else { return Ok(()) };
             manager.teardown(&record)?;
             manager.store.delete::<PodRecord>(&record.id)?;
@@ -376,11 +375,6 @@ impl PodManager {
             Ok(())
         })
         .await
-        .map_err(|join| PodError::Step {
-            pod: String::new(),
-            step: "run the sandbox worker",
-            source: Box::new(join),
-        })?
     }
 
     /// Finishes what a crash interrupted, before the daemon serves: a sandbox still `Creating` was never
@@ -397,6 +391,15 @@ impl PodManager {
             }
         }
         Ok(undone)
+    }
+
+    /// The network pods are wired into, or why there is none (the NetworkReady condition's message).
+    pub fn network(&self) -> Result<berth_cni::NetworkConfig, String> {
+        let mut watcher = self.network.lock().expect("network watcher lock");
+        match watcher.poll() {
+            Ok(network) => Ok(network.clone()),
+            Err(err) => Err(berth_error_kind::chain(err)),
+        }
     }
 
     /// The sandbox with this id, or the only one whose id starts with it (crictl accepts prefixes).

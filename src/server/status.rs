@@ -13,7 +13,7 @@ use crate::cri::v1::{
     RuntimeCondition, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StatusRequest,
     StatusResponse,
 };
-use crate::error::{RpcError, chain};
+use crate::error::RpcError;
 use crate::records::NodeSettings;
 use crate::version::{GIT_COMMIT, RUNTIME_API_VERSION, RUNTIME_NAME, RUNTIME_VERSION};
 
@@ -23,11 +23,11 @@ pub const NETWORK_READY: &str = "NetworkReady";
 pub const NETWORK_PLUGIN_NOT_READY: &str = "NetworkPluginNotReady";
 
 pub async fn handle(context: &Context, request: StatusRequest) -> Result<StatusResponse, RpcError> {
-    let conf_dir = context.config.cni.conf_dir.to_path_buf();
     let store = context.store.clone();
+    let pods = context.pods.clone();
     let (network, settings, schema_version) = context
         .blocking("read runtime status", move || {
-            let network = berth_cni::find_network_config(&conf_dir);
+            let network = pods.network();
             let settings = store.get::<NodeSettings>("settings")?.unwrap_or_default();
             Ok((network, settings, store.schema_version()?))
         })
@@ -35,7 +35,7 @@ pub async fn handle(context: &Context, request: StatusRequest) -> Result<StatusR
 
     let network_condition = match &network {
         Ok(_) => condition(NETWORK_READY, true, "", ""),
-        Err(err) => condition(NETWORK_READY, false, NETWORK_PLUGIN_NOT_READY, &chain(err)),
+        Err(message) => condition(NETWORK_READY, false, NETWORK_PLUGIN_NOT_READY, message),
     };
     let status = RuntimeStatus { conditions: vec![condition(RUNTIME_READY, true, "", ""), network_condition] };
 
@@ -49,7 +49,7 @@ pub async fn handle(context: &Context, request: StatusRequest) -> Result<StatusR
                 "cniVersion": config.cni_version,
                 "plugins": config.plugin_types,
             }),
-            Err(err) => json!({ "confDir": context.config.cni.conf_dir.as_path(), "error": chain(err) }),
+            Err(message) => json!({ "confDir": context.config.cni.conf_dir.as_path(), "error": message }),
         };
         let entries = [
             (

@@ -161,7 +161,7 @@ fn check_reports_an_attachment_that_was_tampered_with() {
     // Someone removes the default route the result promised.
     pod.ip(&["route", "del", "default"]);
     let err = rig.host.enter(|| rig.cni.check(&rig.reference("ctr-check", Some(&pod))).unwrap_err());
-    let message = berth_error_chain(&err);
+    let message = berth_error_kind::chain(&err);
     assert!(message.contains("CNI CHECK of network \"check\" for container ctr-check"), "{message}");
     assert!(message.contains("plugin \"bridge\""), "{message}");
     rig.host.enter(|| rig.cni.del(&rig.reference("ctr-check", Some(&pod)), None).unwrap());
@@ -225,16 +225,4 @@ fn dns_and_mac_capabilities_reach_the_plugins_that_declare_them() {
     assert!(link.contains("02:42:0a:58:12:34"), "tuning did not get the mac capability: {link}");
     rig.host.enter(|| rig.cni.del(&rig.reference("ctr-caps", Some(&pod)), None).unwrap());
     rig.assert_nothing_left("ctr-caps");
-}
-
-/// The error with its sources, as the daemon prints it.
-fn berth_error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }

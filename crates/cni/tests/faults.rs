@@ -9,20 +9,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use berth_cni::{Capabilities, Cni, CniError, CniOptions, PluginError};
-use berth_error_kind::{ErrorKind, Kinded};
+use berth_error_kind::{ErrorKind, Kinded, chain};
 use serde_json::json;
 use support::Rig;
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
 
 /// ADD with bridge followed by the test plugin configured by `test_plugin`; returns the error.
 fn failing_add(rig: &Rig, cni: &Cni, container_id: &str, test_plugin: serde_json::Value) -> CniError {

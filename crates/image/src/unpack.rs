@@ -181,6 +181,11 @@ fn parent_dir(root: &OwnedFd, parents: &[&[u8]], ctx: &Ctx) -> Result<OwnedFd, U
     Ok(current)
 }
 
+/// Sets the owner of `name` in `dir` itself (a symlink, not its target).
+fn chown_entry(dir: &OwnedFd, name: &OsStr, uid: u32, gid: u32) -> rustix::io::Result<()> {
+    rustix::fs::chownat(dir, name, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::SYMLINK_NOFOLLOW)
+}
+
 fn walk_refusal(err: io::Error, ctx: &Ctx) -> UnpackError {
     match err.raw_os_error().map(Errno::from_raw_os_error) {
         Some(Errno::LOOP) => ctx.escape("a directory on its path is a symlink"),
@@ -397,14 +402,7 @@ fn apply<R: Read>(
             // The target is stored, never followed while unpacking, so it may point anywhere.
             rustix::fs::symlinkat(OsStr::from_bytes(&target), &dir, name_os)
                 .map_err(ctx.errno("create the symlink"))?;
-            rustix::fs::chownat(
-                &dir,
-                name_os,
-                Some(Uid::from_raw(meta.uid)),
-                Some(Gid::from_raw(meta.gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(ctx.errno("set its owner"))?;
+            chown_entry(&dir, name_os, meta.uid, meta.gid).map_err(ctx.errno("set its owner"))?;
             rustix::fs::utimensat(&dir, name_os, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(ctx.errno("set its mtime"))?;
         }
@@ -467,14 +465,7 @@ fn apply<R: Read>(
             remove_existing(&dir, name_os).map_err(ctx.fail("replace an earlier entry"))?;
             rustix::fs::mknodat(&dir, name_os, file_type, Mode::from_raw_mode(meta.mode & 0o777), dev)
                 .map_err(ctx.errno("create the device node"))?;
-            rustix::fs::chownat(
-                &dir,
-                name_os,
-                Some(Uid::from_raw(meta.uid)),
-                Some(Gid::from_raw(meta.gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(ctx.errno("set its owner"))?;
+            chown_entry(&dir, name_os, meta.uid, meta.gid).map_err(ctx.errno("set its owner"))?;
             rustix::fs::chmodat(&dir, name_os, Mode::from_raw_mode(meta.mode), AtFlags::empty())
                 .map_err(ctx.errno("set its mode"))?;
             rustix::fs::utimensat(&dir, name_os, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)

@@ -131,7 +131,6 @@ impl Runtime {
             exec_fifo: Some(dir.exec_fifo()),
             cgroup_path,
             join_pid: None,
-            stdio_fds: true,
             console_fd: options.console_socket.is_some(),
         };
         let pid = self.run_init(
@@ -405,7 +404,6 @@ impl Runtime {
             exec_fifo: None,
             cgroup_path: state.cgroup_path.clone(),
             join_pid: Some(state.pid),
-            stdio_fds: true,
             console_fd: options.console_socket.is_some(),
         };
         let mut cleanup = Cleanup { dir: None, cgroup: None, pid: None };

@@ -58,3 +58,12 @@ pub fn has(spec: &Spec, kind: LinuxNamespaceType) -> bool {
 pub fn creates(spec: &Spec, kind: LinuxNamespaceType) -> bool {
     of(spec).iter().any(|ns| ns.typ() == kind && ns.path().is_none())
 }
+
+/// The /proc/sys file of a sysctl (`net.ipv4.ip_forward` → `/proc/sys/net/ipv4/ip_forward`), or `None` for a
+/// name that could leave /proc/sys. Written from inside the namespaces it belongs to.
+pub fn sysctl_file(key: &str) -> Option<std::path::PathBuf> {
+    if key.split(['.', '/']).any(|part| part.is_empty() || part == "..") {
+        return None;
+    }
+    Some(std::path::Path::new("/proc/sys").join(key.replace('.', "/")))
+}

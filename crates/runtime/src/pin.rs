@@ -146,10 +146,8 @@ fn pin_here(request: &PinRequest) -> Result<()> {
         nix::unistd::sethostname(hostname).map_err(RuntimeError::sys(format!("sethostname {hostname:?}")))?;
     }
     for (key, value) in &request.sysctls {
-        if key.split(['.', '/']).any(|part| part.is_empty() || part == "..") {
-            return Err(RuntimeError::Setup(format!("invalid sysctl name {key:?}")));
-        }
-        let file = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        let file = crate::namespaces::sysctl_file(key)
+            .ok_or_else(|| RuntimeError::Setup(format!("invalid sysctl name {key:?}")))?;
         std::fs::write(&file, value).map_err(RuntimeError::io("write sysctl", &file))?;
     }
     for kind in &request.kinds {

@@ -32,15 +32,14 @@ pub struct InitConfig {
     pub cgroup_path: std::path::PathBuf,
     /// Joining a running container (exec): its init's pid, whose namespaces are entered.
     pub join_pid: Option<i32>,
-    /// Which of the fds that follow this message are present.
-    pub stdio_fds: bool,
+    /// Whether a console socket follows the three stdio fds.
     pub console_fd: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
-    /// Runtime → helper: what to build. Followed by fds: stdin, stdout, stderr (if `stdio_fds`), console.
+    /// Runtime → helper: what to build. Followed by fds: stdin, stdout, stderr, then the console socket if any.
     Bootstrap(Box<InitConfig>),
     /// Helper → runtime: write my uid_map and gid_map (a new user namespace cannot map itself).
     MapIds,

@@ -25,7 +25,7 @@ fn setup(channel: &Channel, config: &InitConfig, fds: Vec<OwnedFd>) -> Result<Ne
         .as_ref()
         .ok_or_else(|| RuntimeError::InvalidSpec { path: "config.json".into(), reason: "no process".into() })?;
     let mut fds = fds.into_iter();
-    let stdio: Option<Vec<OwnedFd>> = if config.stdio_fds { Some(fds.by_ref().take(3).collect()) } else { None };
+    let stdio: Vec<OwnedFd> = fds.by_ref().take(3).collect();
     let console_socket = if config.console_fd { fds.next() } else { None };
     nix::unistd::setsid().map_err(RuntimeError::sys("setsid"))?;
 
@@ -61,9 +61,7 @@ fn setup(channel: &Channel, config: &InitConfig, fds: Vec<OwnedFd>) -> Result<Ne
             }
         }
         if let Some(create_container) = spec_hooks.create_container() {
-            let state = serde_json::json!({"ociVersion": spec.version(), "id": config.id, "status": "created",
-                "pid": std::process::id(), "bundle": config.rootfs.parent()});
-            hooks::run("createContainer", create_container, &state)?;
+            hooks::run("createContainer", create_container, &hook_state(config, "created"))?;
         }
         rootfs::enter(&config.rootfs, has_mount_namespace)?;
         rootfs::finish(spec)?;
@@ -80,9 +78,7 @@ fn setup(channel: &Channel, config: &InitConfig, fds: Vec<OwnedFd>) -> Result<Ne
             wait_for_start(&gate)?;
         }
         if let Some(start_container) = spec_hooks.start_container() {
-            let state = serde_json::json!({"ociVersion": spec.version(), "id": config.id, "status": "running",
-                "pid": std::process::id(), "bundle": config.rootfs.parent()});
-            hooks::run("startContainer", start_container, &state)?;
+            hooks::run("startContainer", start_container, &hook_state(config, "running"))?;
         }
         process::exec(prepared)
     } else {
@@ -95,7 +91,7 @@ fn setup(channel: &Channel, config: &InitConfig, fds: Vec<OwnedFd>) -> Result<Ne
 }
 
 fn connect_stdio(
-    stdio: Option<Vec<OwnedFd>>,
+    stdio: Vec<OwnedFd>,
     console_socket: Option<OwnedFd>,
     process_spec: &oci_spec::runtime::Process,
 ) -> Result<()> {
@@ -106,15 +102,19 @@ fn connect_stdio(
         })?;
         return console::setup(&socket, process_spec.console_size().as_ref());
     }
-    if let Some(fds) = stdio {
-        for (target, fd) in fds.iter().enumerate() {
-            let mut target_fd = super::unsafe_target(target as i32);
-            let result = nix::unistd::dup2(fd, &mut target_fd);
-            std::mem::forget(target_fd);
-            result.map_err(RuntimeError::sys(format!("dup2 the container's stdio onto fd {target}")))?;
-        }
+    for (target, fd) in stdio.iter().enumerate() {
+        let mut target_fd = super::unsafe_target(target as i32);
+        let result = nix::unistd::dup2(fd, &mut target_fd);
+        std::mem::forget(target_fd);
+        result.map_err(RuntimeError::sys(format!("dup2 the container's stdio onto fd {target}")))?;
     }
     Ok(())
+}
+
+/// The OCI state hooks run from inside the container receive (runtime.md "State"; this process is its init).
+fn hook_state(config: &InitConfig, status: &str) -> serde_json::Value {
+    serde_json::json!({"ociVersion": config.spec.version(), "id": config.id, "status": status,
+        "pid": std::process::id(), "bundle": config.rootfs.parent()})
 }
 
 /// Blocks until `start` opens the gate for reading, then tells it we are through.

@@ -28,21 +28,17 @@ pub fn main() -> ! {
     let channel = match take_channel() {
         Ok(channel) => channel,
         Err(err) => {
-            eprintln!("berth init: {}", error_chain(&err));
+            eprintln!("berth init: {}", berth_error_kind::chain(&err));
             std::process::exit(1);
         }
     };
     match helper(&channel) {
         Ok(()) => std::process::exit(0),
         Err(err) => {
-            let _ = channel.send(&Message::Error { message: error_chain(&err) });
+            let _ = channel.send(&Message::Error { message: berth_error_kind::chain(&err) });
             std::process::exit(1);
         }
     }
-}
-
-pub(crate) fn error_chain(err: &RuntimeError) -> String {
-    berth_error_kind::chain(err)
 }
 
 /// Moves the channel off stdin (close-on-exec, above 2) and puts /dev/null on stdin until the container's
@@ -53,15 +49,10 @@ fn take_channel() -> Result<Channel> {
     // SAFETY: fcntl just returned this new descriptor; nothing else owns it.
     let channel = Channel::from_fd(unsafe { OwnedFd::from_raw_fd(fd) });
     let null = std::fs::File::open("/dev/null").map_err(RuntimeError::io("open", "/dev/null"))?;
-    let mut stdin_fd = unsafe_stdin();
+    let mut stdin_fd = unsafe_target(0);
     nix::unistd::dup2(&null, &mut stdin_fd).map_err(RuntimeError::sys("put /dev/null on stdin"))?;
     std::mem::forget(stdin_fd);
     Ok(channel)
-}
-
-/// Standard input as an owned fd, for dup2's target; the caller forgets it so fd 0 is never closed here.
-fn unsafe_stdin() -> OwnedFd {
-    unsafe_target(0)
 }
 
 /// A standard descriptor (0, 1, 2) as an owned fd, only as dup2's target; callers always forget it.
@@ -205,7 +196,7 @@ fn clone_parent() -> Result<i32> {
 
 /// Sends a failure to the runtime and ends the container process.
 fn fail(channel: &Channel, err: &RuntimeError) -> ! {
-    let message = error_chain(err);
+    let message = berth_error_kind::chain(err);
     if channel.send(&Message::Error { message: message.clone() }).is_err() {
         // Nobody listens any more (a failure after the start gate): the container's stderr is where its
         // owner will look.

@@ -443,13 +443,10 @@ pub(super) fn finish(spec: &Spec) -> Result<()> {
     let linux = spec.linux().clone().unwrap_or_default();
     // Sysctls first: /proc/sys is usually among the read-only paths.
     for (key, value) in linux.sysctl().clone().unwrap_or_default() {
-        if key.split(['.', '/']).any(|part| part.is_empty() || part == "..") {
-            return Err(RuntimeError::InvalidSpec {
-                path: "config.json".into(),
-                reason: format!("invalid sysctl name {key:?}"),
-            });
-        }
-        let file = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        let file = crate::namespaces::sysctl_file(&key).ok_or_else(|| RuntimeError::InvalidSpec {
+            path: "config.json".into(),
+            reason: format!("invalid sysctl name {key:?}"),
+        })?;
         std::fs::write(&file, value.as_bytes()).map_err(RuntimeError::io("write sysctl", &file))?;
     }
     for path in linux.masked_paths().iter().flatten() {
