@@ -12,10 +12,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("cargo:rerun-if-changed=proto/api.proto");
     println!("cargo:rerun-if-changed=proto/berth.proto");
+    println!("cargo:rerun-if-changed=proto/shim.proto");
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_protos(&["proto/api.proto", "proto/berth.proto"], &["proto"])?;
+        .compile_protos(&["proto/api.proto", "proto/berth.proto", "proto/shim.proto"], &["proto"])?;
 
     println!("cargo:rustc-env=BERTH_GIT_COMMIT={}", git_commit().unwrap_or_else(|| "unknown".to_owned()));
     for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {

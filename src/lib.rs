@@ -17,4 +17,5 @@ pub mod pods;
 pub mod pulls;
 pub mod records;
 pub mod server;
+pub mod shim;
 pub mod version;
