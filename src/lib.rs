@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod containers;
 pub mod context;
 pub mod cri;
 pub mod daemon;
