@@ -9,6 +9,7 @@ mod support;
 mod cli;
 mod compat;
 mod config;
+mod containers;
 mod images;
 mod images_faults;
 mod images_rootfs;

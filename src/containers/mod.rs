@@ -721,7 +721,7 @@ impl ContainerManager {
         if !matches!(record.state, ContainerRecordState::Running | ContainerRecordState::Created) {
             return Err(ContainerError::WrongState { id: record.id, state: record.state.name(), action: "update its resources" });
         }
-        let oci = spec::linux_resources(&resources).map_err(|e| ContainerError::Invalid(e.to_string()))?;
+        let oci = spec::resources(&record.id, &resources)?;
         let shim = self.shim(&record.pod_id).await?;
         shim.api
             .clone()

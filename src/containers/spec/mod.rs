@@ -205,6 +205,13 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 /// Open files limit of every container (see the module comment).
 const NOFILE_LIMIT: u64 = 1_048_576;
 
+/// [`NOFILE_LIMIT`], or this process's hard limit when that is lower: raising a hard limit needs
+/// CAP_SYS_RESOURCE, which a node's root does not always have (some VMs and nested containers).
+fn nofile_limit() -> u64 {
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map(|(_, hard)| hard);
+    NOFILE_LIMIT.min(hard.unwrap_or(NOFILE_LIMIT))
+}
+
 /// Builds the OCI spec of a container. Side effect: missing host paths of CRI bind mounts are created as
 /// directories (mode 0755), as containerd does.
 pub fn build(request: &SpecRequest) -> Result<BuiltSpec, SpecError> {
@@ -232,6 +239,11 @@ pub fn cgroups_path(parent: &str, container_id: &str, driver: CgroupDriver) -> S
             format!("{slice}:berth:{container_id}")
         }
     }
+}
+
+/// The OCI `linux.resources` for new CRI resources (UpdateContainerResources).
+pub fn resources(container_id: &str, resources: &cri::LinuxContainerResources) -> Result<LinuxResources, SpecError> {
+    linux_resources(Some(resources), &HostFacts::detect()).map_err(|problem| problem.into_error(container_id))
 }
 
 pub(crate) fn build_with(request: &SpecRequest, host: &HostFacts) -> Result<BuiltSpec, Problem> {
@@ -287,8 +299,8 @@ pub(crate) fn build_with(request: &SpecRequest, host: &HostFacts) -> Result<Buil
         .rlimits(vec![
             PosixRlimitBuilder::default()
                 .typ(PosixRlimitType::RlimitNofile)
-                .soft(NOFILE_LIMIT)
-                .hard(NOFILE_LIMIT)
+                .soft(nofile_limit())
+                .hard(nofile_limit())
                 .build()?,
         ])
         .no_new_privileges(context.is_some_and(|c| c.no_new_privs))
