@@ -18,6 +18,7 @@ use super::security::{SeccompChoice, seccomp_choice};
 use crate::cri::v1 as cri;
 
 /// Files, directories, links, attributes and descriptors.
+#[rustfmt::skip]
 const FILES: &[&str] = &[
     "access", "chdir", "chmod", "chown", "chown32", "close", "close_range", "copy_file_range", "creat", "dup",
     "dup2", "dup3", "faccessat", "faccessat2", "fadvise64", "fadvise64_64", "fallocate", "fchdir", "fchmod",
@@ -34,6 +35,7 @@ const FILES: &[&str] = &[
 ];
 
 /// Polling, events, notifications, pipes and asynchronous I/O.
+#[rustfmt::skip]
 const EVENTS: &[&str] = &[
     "epoll_create", "epoll_create1", "epoll_ctl", "epoll_ctl_old", "epoll_pwait", "epoll_pwait2", "epoll_wait",
     "epoll_wait_old", "eventfd", "eventfd2", "fanotify_mark", "inotify_add_watch", "inotify_init",
@@ -44,6 +46,7 @@ const EVENTS: &[&str] = &[
 ];
 
 /// Memory.
+#[rustfmt::skip]
 const MEMORY: &[&str] = &[
     "brk", "madvise", "map_shadow_stack", "membarrier", "memfd_create", "memfd_secret", "mincore", "mlock",
     "mlock2", "mlockall", "mmap", "mmap2", "mprotect", "mremap", "msync", "munlock", "munlockall", "munmap",
@@ -52,6 +55,7 @@ const MEMORY: &[&str] = &[
 
 /// Processes, threads, identity, signals, scheduling, limits and the unprivileged sandboxing tools
 /// (seccomp itself, landlock).
+#[rustfmt::skip]
 const PROCESSES: &[&str] = &[
     "capget", "capset", "execve", "execveat", "exit", "exit_group", "fork", "futex", "futex_requeue",
     "futex_time64", "futex_wait", "futex_waitv", "futex_wake", "get_robust_list", "get_thread_area", "getcpu",
@@ -75,6 +79,7 @@ const PROCESSES: &[&str] = &[
 ];
 
 /// Time and system information.
+#[rustfmt::skip]
 const TIME: &[&str] = &[
     "adjtimex", "alarm", "clock_adjtime", "clock_adjtime64", "clock_getres", "clock_getres_time64",
     "clock_gettime", "clock_gettime64", "clock_nanosleep", "clock_nanosleep_time64", "gettimeofday", "nanosleep",
@@ -83,6 +88,7 @@ const TIME: &[&str] = &[
 ];
 
 /// Sockets (`socket` itself has a rule of its own) and System V / POSIX IPC.
+#[rustfmt::skip]
 const IPC: &[&str] = &[
     "accept", "accept4", "bind", "connect", "getpeername", "getsockname", "getsockopt", "listen", "recv",
     "recvfrom", "recvmmsg", "recvmmsg_time64", "recvmsg", "send", "sendmmsg", "sendmsg", "sendto", "setsockopt",
@@ -98,6 +104,7 @@ const ARM: &[&str] =
     &["arm_fadvise64_64", "arm_sync_file_range", "breakpoint", "cacheflush", "set_tls", "sync_file_range2"];
 
 /// Calls allowed only to containers holding the capability the kernel checks for them anyway.
+#[rustfmt::skip]
 const BY_CAPABILITY: &[(Capability, &[&str])] = &[
     (Capability::DacReadSearch, &["open_by_handle_at"]),
     (
@@ -146,7 +153,13 @@ fn allow(names: Vec<String>) -> Result<LinuxSyscall, Problem> {
     Ok(LinuxSyscallBuilder::default().names(names).action(LinuxSeccompAction::ScmpActAllow).build()?)
 }
 
-fn allow_if(name: &str, index: usize, op: LinuxSeccompOperator, value: u64, value_two: Option<u64>) -> Result<LinuxSyscall, Problem> {
+fn allow_if(
+    name: &str,
+    index: usize,
+    op: LinuxSeccompOperator,
+    value: u64,
+    value_two: Option<u64>,
+) -> Result<LinuxSyscall, Problem> {
     let mut arg = LinuxSeccompArgBuilder::default().index(index).op(op).value(value);
     if let Some(value_two) = value_two {
         arg = arg.value_two(value_two);
@@ -214,7 +227,8 @@ fn localhost(reference: &str, seccomp_root: &Path) -> Result<LinuxSeccomp, Probl
     let invalid = |reason: String| Problem::Invalid(format!("seccomp profile {}: {reason}", path.display()));
     let mut value: serde_json::Value = serde_json::from_str(&text).map_err(|err| invalid(err.to_string()))?;
     if let Some(object) = value.as_object_mut() {
-        let arch_map = object.get("archMap").and_then(|m| m.as_array()).filter(|_| !object.contains_key("architectures"));
+        let arch_map =
+            object.get("archMap").and_then(|m| m.as_array()).filter(|_| !object.contains_key("architectures"));
         if let Some(arch_map) = arch_map {
             let mut arches = Vec::new();
             for entry in arch_map {
