@@ -342,19 +342,24 @@ pub(crate) fn build_with(request: &SpecRequest, host: &HostFacts) -> Result<Buil
         }
     }
 
-    let mut spec_builder = SpecBuilder::default()
+    // oci_spec's builders start from its own example defaults (masked paths, hostname "youki"), so what
+    // must be absent is cleared explicitly.
+    let mut linux = linux_builder.build()?;
+    if privileged {
+        linux.set_masked_paths(None);
+        linux.set_readonly_paths(None);
+    }
+    let mut spec = SpecBuilder::default()
         .version(berth_runtime::OCI_VERSION)
         .root(RootBuilder::default().path(request.rootfs).readonly(context.is_some_and(|c| c.readonly_rootfs)).build()?)
         .process(process)
         .mounts(mounts.mounts)
         .annotations(annotations(request))
-        .linux(linux_builder.build()?);
-    if let Some(hostname) = hostname {
-        // Only with the pod's own UTS namespace: a runtime sets the hostname it is given, and in the host's
-        // namespace that would rename the node.
-        spec_builder = spec_builder.hostname(hostname);
-    }
-    let spec = spec_builder.build()?;
+        .linux(linux)
+        .build()?;
+    // Only with the pod's own UTS namespace: the runtime sets the hostname it is given, and in the host's
+    // namespace that would rename the node.
+    spec.set_hostname(hostname);
     Ok(BuiltSpec {
         spec,
         uid: identity.uid,

@@ -18,6 +18,7 @@ use super::security::{SeccompChoice, seccomp_choice};
 use crate::cri::v1 as cri;
 
 /// Files, directories, links, attributes and descriptors.
+#[rustfmt::skip]
 const FILES: &[&str] = &[
     "access",
     "chdir",
@@ -132,6 +133,7 @@ const FILES: &[&str] = &[
 ];
 
 /// Polling, events, notifications, pipes and asynchronous I/O.
+#[rustfmt::skip]
 const EVENTS: &[&str] = &[
     "epoll_create",
     "epoll_create1",
@@ -177,6 +179,7 @@ const EVENTS: &[&str] = &[
 ];
 
 /// Memory.
+#[rustfmt::skip]
 const MEMORY: &[&str] = &[
     "brk",
     "madvise",
@@ -204,6 +207,7 @@ const MEMORY: &[&str] = &[
 
 /// Processes, threads, identity, signals, scheduling, limits and the unprivileged sandboxing tools
 /// (seccomp itself, landlock).
+#[rustfmt::skip]
 const PROCESSES: &[&str] = &[
     "capget",
     "capset",
@@ -325,6 +329,7 @@ const PROCESSES: &[&str] = &[
 ];
 
 /// Time and system information.
+#[rustfmt::skip]
 const TIME: &[&str] = &[
     "adjtimex",
     "alarm",
@@ -352,6 +357,7 @@ const TIME: &[&str] = &[
 ];
 
 /// Sockets (`socket` itself has a rule of its own) and System V / POSIX IPC.
+#[rustfmt::skip]
 const IPC: &[&str] = &[
     "accept",
     "accept4",
@@ -404,6 +410,7 @@ const ARM: &[&str] =
     &["arm_fadvise64_64", "arm_sync_file_range", "breakpoint", "cacheflush", "set_tls", "sync_file_range2"];
 
 /// Calls allowed only to containers holding the capability the kernel checks for them anyway.
+#[rustfmt::skip]
 const BY_CAPABILITY: &[(Capability, &[&str])] = &[
     (Capability::DacReadSearch, &["open_by_handle_at"]),
     (
