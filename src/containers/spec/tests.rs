@@ -62,6 +62,8 @@ impl Fixture {
             utsns: Some("/run/berth/pods/f/ns/uts".into()),
             ips: vec![],
             network: None,
+            overhead: Vec::new(),
+            resources: Vec::new(),
         };
         Fixture { dir, record }
     }
