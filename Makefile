@@ -44,6 +44,7 @@ bench: release
 	bash hack/bench/pull.sh
 	python3 hack/bench/runtime-run.py
 	bash hack/bench/cni-add.sh
+	bash hack/bench/pods.sh
 
 clean:
 	$(CARGO) clean

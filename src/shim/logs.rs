@@ -229,6 +229,6 @@ mod tests {
         let new = std::fs::read_to_string(&path).unwrap();
         assert!(old.ends_with(" stdout F first\n") && !old.contains("second"), "{old}");
         assert!(new.ends_with(" stdout F second\n") && !new.contains("first"), "{new}");
-        assert!(new.starts_with("20") && new.as_bytes()[30] == b'Z', "{new}");
+        assert!(new.starts_with("20") && new.as_bytes()[29] == b'Z', "{new}");
     }
 }

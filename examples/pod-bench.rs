@@ -1,0 +1,183 @@
+//! Pod-ready benchmark over one CRI connection (hack/bench/pods.sh runs it): RunPodSandbox + CreateContainer
+//! + StartContainer of `sleep` from an image, N pods sequentially and N pods at a concurrency, then ExecSync
+//! `true` and stop+remove. Works against any CRI endpoint (berth, containerd).
+//!
+//! Usage: pod-bench ENDPOINT IMAGE [PODS] [CONCURRENCY]
+
+use std::time::{Duration, Instant};
+
+use berth::cli::client::{Client, Endpoint};
+use berth::cri::v1::*;
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index].as_secs_f64() * 1000.0
+}
+
+fn pod_config(run: &str, n: usize) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: format!("bench-{run}-{n}"),
+            uid: format!("uid-bench-{run}-{n}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: format!("bench-{n}"),
+        log_directory: format!("/tmp/berth-bench-logs/{run}-{n}"),
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// One pod ready: returns (pod id, container id, elapsed).
+async fn pod_ready(client: &mut Client, image: &str, run: &str, n: usize) -> (String, String, Duration) {
+    let config = pod_config(run, n);
+    let began = Instant::now();
+    let pod = client
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let container = client
+        .runtime
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata { name: "sleep".into(), attempt: 0 }),
+                image: Some(ImageSpec { image: image.into(), ..Default::default() }),
+                command: vec!["sleep".into(), "3600".into()],
+                log_path: "sleep.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(config),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    client.runtime.start_container(StartContainerRequest { container_id: container.clone() }).await.expect("StartContainer");
+    (pod, container, began.elapsed())
+}
+
+async fn teardown(client: &mut Client, pod: &str) -> Duration {
+    let began = Instant::now();
+    client.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.into() }).await.expect("StopPodSandbox");
+    client.runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.into() }).await.expect("RemovePodSandbox");
+    began.elapsed()
+}
+
+/// A field of /proc/PID/smaps_rollup, in KiB.
+fn kib(pid: i32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:"))?.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Total RSS and PSS (KiB) and count of the processes whose command line contains `needle`.
+fn processes_matching(needle: &str) -> (f64, f64, usize) {
+    let mut totals = (0.0, 0.0, 0);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            totals.0 += kib(pid, "Rss");
+            totals.1 += kib(pid, "Pss");
+            totals.2 += 1;
+        }
+    }
+    totals
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(endpoint), Some(image)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: pod-bench ENDPOINT IMAGE [PODS] [CONCURRENCY]");
+        std::process::exit(2);
+    };
+    let pods: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(50);
+    let concurrency: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let client = Client::connect(Endpoint::parse(endpoint).expect("endpoint"), Duration::from_secs(30)).await.expect("connect");
+
+    // Sequential.
+    let mut ready = Vec::new();
+    let mut made = Vec::new();
+    for n in 0..pods {
+        let (pod, container, took) = pod_ready(&mut client.clone(), image, "seq", n).await;
+        ready.push(took);
+        made.push((pod, container));
+    }
+    // Memory with every sequential pod running: the daemon's RSS, and per pod what runs for it (berth's
+    // shim; containerd's shim and pause process), from /proc/PID/smaps_rollup.
+    if let Some(daemon) = std::env::var("BENCH_DAEMON_PID").ok().and_then(|p| p.parse::<i32>().ok()) {
+        let per_pod = std::env::var("BENCH_PER_POD_MATCH").unwrap_or_else(|_| "berth-shim:".into());
+        let (rss, pss, count) = processes_matching(&per_pod);
+        println!("daemon RSS with {pods} pods      {:7.1} MiB", kib(daemon, "Rss") / 1024.0);
+        println!(
+            "per pod ({count} processes matching {per_pod:?}): RSS {:.2} MiB  PSS {:.2} MiB",
+            rss / 1024.0 / pods as f64,
+            pss / 1024.0 / pods as f64
+        );
+    }
+    let mut exec = Vec::new();
+    for (_, container) in made.iter().take(50) {
+        let began = Instant::now();
+        let answer = client
+            .clone()
+            .runtime
+            .exec_sync(ExecSyncRequest { container_id: container.clone(), cmd: vec!["true".into()], timeout: 10 })
+            .await
+            .expect("ExecSync")
+            .into_inner();
+        assert_eq!(answer.exit_code, 0);
+        exec.push(began.elapsed());
+    }
+    let mut removal = Vec::new();
+    for (pod, _) in &made {
+        removal.push(teardown(&mut client.clone(), pod).await);
+    }
+
+    // Concurrent: `concurrency` workers share the connection.
+    let began = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let client = client.clone();
+        let image = image.clone();
+        workers.push(tokio::spawn(async move {
+            let mut made = Vec::new();
+            for n in (w..pods).step_by(concurrency) {
+                let (pod, _, took) = pod_ready(&mut client.clone(), &image, "par", n).await;
+                made.push((pod, took));
+            }
+            made
+        }));
+    }
+    let mut parallel = Vec::new();
+    let mut parallel_pods = Vec::new();
+    for worker in workers {
+        for (pod, took) in worker.await.expect("worker") {
+            parallel.push(took);
+            parallel_pods.push(pod);
+        }
+    }
+    let wall = began.elapsed();
+    for pod in &parallel_pods {
+        teardown(&mut client.clone(), pod).await;
+    }
+
+    println!("pods={pods} concurrency={concurrency}");
+    println!("pod ready sequential   p50 {:7.1} ms  p90 {:7.1} ms", percentile(&mut ready, 0.5), percentile(&mut ready, 0.9));
+    println!(
+        "pod ready at {concurrency:<2} conc.  p50 {:7.1} ms  p90 {:7.1} ms  all {pods} in {:.2} s",
+        percentile(&mut parallel, 0.5),
+        percentile(&mut parallel, 0.9),
+        wall.as_secs_f64()
+    );
+    println!("ExecSync true          p50 {:7.1} ms  p90 {:7.1} ms", percentile(&mut exec, 0.5), percentile(&mut exec, 0.9));
+    println!("stop+remove            p50 {:7.1} ms  p90 {:7.1} ms", percentile(&mut removal, 0.5), percentile(&mut removal, 0.9));
+}
