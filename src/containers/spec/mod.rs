@@ -515,7 +515,7 @@ fn linux_resources(
     if cpu_set {
         builder = builder.cpu(cpu.build()?);
     }
-    if r.memory_limit_in_bytes < 0 || r.memory_swap_limit_in_bytes < 0 && r.memory_swap_limit_in_bytes != -1 {
+    if r.memory_limit_in_bytes < 0 || (r.memory_swap_limit_in_bytes < 0 && r.memory_swap_limit_in_bytes != -1) {
         return Err(Problem::Invalid(format!(
             "negative memory limit ({} bytes, swap {} bytes)",
             r.memory_limit_in_bytes, r.memory_swap_limit_in_bytes

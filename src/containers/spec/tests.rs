@@ -1,4 +1,3 @@
-use std::collections::BTreeMap;
 use std::os::unix::fs::symlink;
 
 use berth_image::manifest::{ContainerDefaults, ImageConfig};
@@ -40,31 +39,31 @@ impl Fixture {
         std::fs::write(dir.path().join("rootfs/etc/group"), GROUP).unwrap();
         std::fs::create_dir_all(dir.path().join("pod/shm")).unwrap();
         std::fs::create_dir_all(dir.path().join("seccomp")).unwrap();
-        let record = PodRecord {
-            id: "f".repeat(64),
-            name: "web".into(),
-            namespace: "default".into(),
-            uid: "pod-uid".into(),
-            attempt: 0,
-            state: crate::records::PodState::Ready,
-            created_at_unix_nanos: 1,
-            hostname: "web-host".into(),
-            log_directory: "/var/log/pods/x".into(),
-            runtime_handler: String::new(),
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-            network_mode: 0,
-            pid_mode: 1,
-            ipc_mode: 0,
-            cgroup_parent: "/kubepods/besteffort/podabc".into(),
-            netns: Some("/run/berth/pods/f/ns/net".into()),
-            ipcns: Some("/run/berth/pods/f/ns/ipc".into()),
-            utsns: Some("/run/berth/pods/f/ns/uts".into()),
-            ips: vec![],
-            network: None,
-            overhead: Vec::new(),
-            resources: Vec::new(),
-        };
+        // From JSON, so fields added to the record later (with serde defaults) need no change here.
+        let record: PodRecord = serde_json::from_value(serde_json::json!({
+            "id": "f".repeat(64),
+            "name": "web",
+            "namespace": "default",
+            "uid": "pod-uid",
+            "attempt": 0,
+            "state": "Ready",
+            "created_at_unix_nanos": 1,
+            "hostname": "web-host",
+            "log_directory": "/var/log/pods/x",
+            "runtime_handler": "",
+            "labels": {},
+            "annotations": {},
+            "network_mode": 0,
+            "pid_mode": 1,
+            "ipc_mode": 0,
+            "cgroup_parent": "/kubepods/besteffort/podabc",
+            "netns": "/run/berth/pods/f/ns/net",
+            "ipcns": "/run/berth/pods/f/ns/ipc",
+            "utsns": "/run/berth/pods/f/ns/uts",
+            "ips": [],
+            "network": null,
+        }))
+        .unwrap();
         Fixture { dir, record }
     }
 
