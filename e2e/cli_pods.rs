@@ -1,6 +1,6 @@
 //! The pod and container verbs of the `berth` CLI against a real daemon, as an operator runs them with
 //! crictl's config files: runp → create → start → ps → logs → exec -s → stop → rm → stopp → rmp, and run
-//! (pod and container in one) with logs -f. The daemon runs in a network namespace of its own.
+//! (pod and container in one) with logs -f.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -36,28 +36,21 @@ fn json(socket: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("berth {args:?} printed no JSON ({e}): {text}"))
 }
 
-/// A daemon with the test registry allowed over plain HTTP and, with `cni`, a bridge network.
-fn daemon(registry: &TestRegistry, cni: bool) -> (DaemonDirs, Daemon) {
+/// A daemon with the test registry allowed over plain HTTP. It shares the host's network to reach the
+/// registry, so pods get either the node's network or, with `loopback_cni`, a network of their own with only
+/// loopback in it (CNI's loopback plugin): nothing the tests do touches the host's interfaces.
+fn daemon(registry: &TestRegistry, loopback_cni: bool) -> (DaemonDirs, Daemon) {
     let dirs = DaemonDirs::new();
     std::fs::create_dir_all(dirs.cni_conf_dir()).unwrap();
-    if cni {
+    if loopback_cni {
         std::fs::write(
-            dirs.cni_conf_dir().join("10-cli.conflist"),
-            serde_json::json!({
-                "cniVersion": "1.0.0",
-                "name": "berth-cli-e2e",
-                "plugins": [{
-                    "type": "bridge", "bridge": "berthcli0", "isGateway": true, "ipMasq": false,
-                    "ipam": {"type": "host-local", "dataDir": dirs.path().join("cni-leases"),
-                             "ranges": [[{"subnet": "10.99.8.0/24"}]]}
-                }]
-            })
-            .to_string(),
+            dirs.cni_conf_dir().join("10-lo.conflist"),
+            r#"{"cniVersion": "1.0.0", "name": "berth-cli-lo", "plugins": [{"type": "loopback"}]}"#,
         )
         .unwrap();
     }
     dirs.write_config(&format!("[registries.\"{}\"]\ninsecure = true\n", registry.address));
-    let daemon = Daemon::start_in_own_netns(&dirs);
+    let daemon = Daemon::start_in(&dirs);
     (dirs, daemon)
 }
 
