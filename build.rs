@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("cargo:rerun-if-changed=proto/api.proto");
     println!("cargo:rerun-if-changed=proto/berth.proto");
+    println!("cargo:rerun-if-changed=proto/shim.proto");
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
@@ -23,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         // An env value is bytes since CRI 1.34 but a string in JSON, as cri-api's own KeyValue.MarshalJSON keeps it.
         .field_attribute(".runtime.v1.KeyValue.value", "#[serde(with = \"crate::cli::cri_config::string_bytes\")]")
-        .compile_protos(&["proto/api.proto", "proto/berth.proto"], &["proto"])?;
+        .compile_protos(&["proto/api.proto", "proto/berth.proto", "proto/shim.proto"], &["proto"])?;
 
     println!("cargo:rustc-env=BERTH_GIT_COMMIT={}", git_commit().unwrap_or_else(|| "unknown".to_owned()));
     for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {

@@ -10,6 +10,7 @@ mod cli;
 mod cli_pods;
 mod compat;
 mod config;
+mod containers;
 mod images;
 mod images_faults;
 mod images_rootfs;

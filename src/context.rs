@@ -19,6 +19,8 @@ pub struct Context {
     pub pulls: Arc<crate::pulls::PullHub>,
     /// Pod sandboxes.
     pub pods: Arc<crate::pods::PodManager>,
+    /// Containers, through each pod's shim.
+    pub containers: Arc<crate::containers::ContainerManager>,
 }
 
 impl Context {

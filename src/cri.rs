@@ -12,3 +12,9 @@ pub mod v1 {
 pub mod berth {
     tonic::include_proto!("berth.v1");
 }
+
+/// The per-pod shim's API (proto/shim.proto), spoken between the daemon and `berth __shim`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod shim {
+    tonic::include_proto!("berth.shim.v1");
+}

@@ -19,6 +19,8 @@ pub enum RpcError {
     Store(#[from] berth_store::StoreError),
     #[error(transparent)]
     Pod(#[from] crate::pods::PodError),
+    #[error(transparent)]
+    Container(#[from] crate::containers::ContainerError),
     #[error("cannot measure disk usage of {path}")]
     DiskUsage {
         path: std::path::PathBuf,
@@ -53,6 +55,7 @@ impl Kinded for RpcError {
             RpcError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             RpcError::Store(err) => err.kind(),
             RpcError::Pod(err) => err.kind(),
+            RpcError::Container(err) => err.kind(),
             RpcError::DiskUsage { source, .. } => ErrorKind::of_io(source),
             RpcError::WorkerFailed { .. } => ErrorKind::Internal,
             RpcError::Pull { source, .. } => source.kind(),

@@ -34,6 +34,17 @@ impl Layout {
         self.root.join("images")
     }
 
+    /// A pod sandbox's volatile directory: pinned namespaces, /etc files, /dev/shm, the shim's socket and
+    /// bootstrap file, and each container's bundle and exit record (`containers/<id>/`).
+    pub fn pod_dir(&self, pod_id: &str) -> PathBuf {
+        self.state.join("pods").join(pod_id)
+    }
+
+    /// The OCI runtime's state directory (`berth_runtime` state of every container).
+    pub fn runtime_state(&self) -> PathBuf {
+        self.state.join("runtime")
+    }
+
     /// Held (flock) by the running daemon, so two daemons never share one state directory.
     pub fn lock(&self) -> PathBuf {
         self.state.join("berth.lock")

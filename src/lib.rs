@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod containers;
 pub mod context;
 pub mod cri;
 pub mod daemon;
@@ -17,4 +18,5 @@ pub mod pods;
 pub mod pulls;
 pub mod records;
 pub mod server;
+pub mod shim;
 pub mod version;

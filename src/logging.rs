@@ -21,3 +21,9 @@ pub fn init(config: &LogConfig) {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
     }
 }
+
+/// The shim's log: text lines on its stderr (the pod's `shim.log`), level from `BERTH_LOG` or info.
+pub fn init_shim() {
+    let filter = EnvFilter::try_from_env(FILTER_ENV).unwrap_or_else(|_| EnvFilter::new("warn,berth=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
+}

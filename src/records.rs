@@ -48,6 +48,12 @@ pub struct PodRecord {
     pub ips: Vec<String>,
     /// The CNI network the pod was attached to, if any (DEL uses the cached result, not this).
     pub network: Option<String>,
+    /// Pod overhead and resources kubelet declared (LinuxContainerResources, protobuf-encoded; empty when
+    /// none), from RunPodSandbox and UpdatePodSandboxResources.
+    #[serde(default)]
+    pub overhead: Vec<u8>,
+    #[serde(default)]
+    pub resources: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,5 +74,63 @@ impl PodRecord {
     /// The name kubelet reserves: one live sandbox per (name, namespace, uid, attempt).
     pub fn reservation(&self) -> (String, String, String, u32) {
         (self.name.clone(), self.namespace.clone(), self.uid.clone(), self.attempt)
+    }
+}
+
+/// A container as berth records it: what CreateContainer was asked, what it made, and the latest facts
+/// the pod's shim reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub state: ContainerRecordState,
+    /// A hash of the CreateContainer request: a retry of the same request gets this container back.
+    pub request_hash: u64,
+    /// The image as asked (`ImageSpec.image`) and the image id it resolved to (`sha256:...`).
+    pub image: String,
+    pub image_id: String,
+    /// The CRI `ImageSpec`, `Mount`s and `LinuxContainerResources` of the request, protobuf-encoded, for
+    /// ContainerStatus to give back unchanged.
+    pub image_spec: Vec<u8>,
+    pub mounts: Vec<Vec<u8>>,
+    pub resources: Vec<u8>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// The CRI log file, absolute (the pod's log_directory joined with the container's log_path); empty
+    /// when kubelet asked for none.
+    pub log_path: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub supplemental_groups: Vec<u32>,
+    pub stop_signal: i32,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub pid: i32,
+    pub created_at_unix_nanos: i64,
+    pub started_at_unix_nanos: i64,
+    pub finished_at_unix_nanos: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerRecordState {
+    /// Intent: CreateContainer started; nothing it made is known to work yet.
+    Creating,
+    Created,
+    Running,
+    Exited,
+    /// The shim that owned it is gone and no exit was recorded.
+    Unknown,
+}
+
+impl Record for ContainerRecord {
+    const TABLE: Table = Table::Containers;
+    fn key(&self) -> String {
+        self.id.clone()
     }
 }

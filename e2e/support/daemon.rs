@@ -43,6 +43,47 @@ impl DaemonDirs {
         self.path().join("config.toml")
     }
 
+    /// Kills whatever a test left running under these directories (shims outlive the daemon by design),
+    /// removes their containers' cgroups and unmounts everything below the temporary directory, so a failed
+    /// test leaves nothing on the host.
+    fn clean_up_leftovers(&self) {
+        let runtime = berth_runtime::Runtime::new(self.state().join("runtime"));
+        for id in runtime.list().unwrap_or_default() {
+            let _ = runtime.delete(&id, true);
+        }
+        if let Ok(pods) = std::fs::read_dir(self.state().join("pods")) {
+            for pod in pods.flatten() {
+                let pod_id = pod.file_name().to_string_lossy().into_owned();
+                if let Ok(layout) = berth_runtime::cgroups::Layout::detect() {
+                    let cgroup = berth_runtime::cgroups::Cgroup::new(layout, berth::shim::cgroup_path(&pod_id));
+                    for _ in 0..200 {
+                        match cgroup.pids() {
+                            Ok(pids) if !pids.is_empty() => {
+                                for pid in pids {
+                                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                                }
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            _ => break,
+                        }
+                    }
+                    let _ = cgroup.delete();
+                }
+            }
+        }
+        let prefix = self.path().to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut targets: Vec<String> = mounts
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4).map(str::to_owned))
+            .filter(|target| target.starts_with(&prefix))
+            .collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        for target in targets {
+            let _ = nix::mount::umount2(target.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
     /// Writes the config file: the private directories, then `extra` TOML (whole tables, so it must not
     /// repeat `[daemon]` or `[cni]`).
     pub fn write_config(&self, extra: &str) -> PathBuf {
@@ -63,6 +104,12 @@ impl DaemonDirs {
         let mut command = Command::new(super::berth_bin());
         command.arg("serve").arg("--config").arg(self.config_path()).env_remove("BERTH_LOG");
         command
+    }
+}
+
+impl Drop for DaemonDirs {
+    fn drop(&mut self) {
+        self.clean_up_leftovers();
     }
 }
 

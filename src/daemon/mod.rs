@@ -96,6 +96,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .await
         .map_err(|join| ServeError::Recover(join.to_string()))?
         .map_err(|err| ServeError::Recover(berth_error_kind::chain(&err)))?;
+    let containers =
+        Arc::new(crate::containers::ContainerManager::new(&config, &layout, store.clone(), images.clone()));
+    // Before serving: every shim reconnected, every exit that happened while the daemon was down recorded.
+    let live_pods = pods.list().map_err(|err| ServeError::Recover(berth_error_kind::chain(&err)))?;
+    containers.recover(&live_pods).await.map_err(|err| ServeError::Recover(berth_error_kind::chain(&err)))?;
     let context = Arc::new(Context {
         config: config.clone(),
         layout: layout.clone(),
@@ -103,6 +108,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         images,
         pulls: Default::default(),
         pods,
+        containers,
     });
     let cri = Cri::new(context);
     let mut sigterm =

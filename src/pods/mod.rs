@@ -91,6 +91,10 @@ pub struct PodSpec {
     pub sysctls: BTreeMap<String, String>,
     pub dns: Option<DnsCapability>,
     pub port_mappings: Vec<PortMapping>,
+    /// LinuxPodSandboxConfig.overhead and .resources, protobuf-encoded (recorded, not applied: kubelet
+    /// manages pod cgroups).
+    pub overhead: Vec<u8>,
+    pub resources: Vec<u8>,
 }
 
 /// Owns every pod's lifecycle. Mutations are serialized by one lock: they are rare next to reads, and one
@@ -102,7 +106,7 @@ pub struct PodManager {
     cni: Cni,
     /// The CNI configuration directory, re-read only when it changes (Status asks every few seconds).
     network: std::sync::Mutex<berth_cni::ConfigWatcher>,
-    lock: tokio::sync::Mutex<()>,
+    lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for PodManager {
@@ -156,12 +160,12 @@ impl PodManager {
             init_binary: PathBuf::from("/proc/self/exe"),
             cni,
             network: std::sync::Mutex::new(berth_cni::ConfigWatcher::new(config.cni.conf_dir.as_path())),
-            lock: tokio::sync::Mutex::new(()),
+            lock: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
-    fn pod_dir(&self, id: &str) -> PathBuf {
-        self.layout.state.join("pods").join(id)
+    pub fn pod_dir(&self, id: &str) -> PathBuf {
+        self.layout.pod_dir(id)
     }
 
     /// Creates the sandbox, or returns the existing one kubelet already asked for (a retry after its
@@ -183,14 +187,20 @@ impl PodManager {
     }
 
     /// Runs `work` on a blocking thread (it spawns helpers and plugins and waits for them) while holding
-    /// the pod lock.
+    /// the pod lock. The lock travels with the work: a request whose caller gave up (kubelet's timeout)
+    /// still finishes under the lock, so the retry finds its result instead of racing it.
     async fn exclusive<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&PodManager) -> Result<T, PodError> + Send + 'static,
     ) -> Result<T, PodError> {
-        let _guard = self.lock.lock().await;
+        let guard = Arc::clone(&self.lock).lock_owned().await;
         let manager = Arc::clone(self);
-        tokio::task::spawn_blocking(move || work(&manager)).await.map_err(|join| PodError::Step {
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            work(&manager)
+        })
+        .await
+        .map_err(|join| PodError::Step {
             pod: String::new(),
             step: "run the sandbox worker",
             source: Box::new(join),
@@ -232,6 +242,8 @@ impl PodManager {
             utsns: has_netns.then(|| ns_dir.join("uts")),
             ips: Vec::new(),
             network: None,
+            overhead: spec.overhead.clone(),
+            resources: spec.resources.clone(),
         };
         // Intent first: a crash from here on leaves a record that Remove (or start-up) can finish.
         self.store.put(&record)?;
@@ -295,6 +307,17 @@ impl PodManager {
             record.ips = attached.result.pod_ips("eth0").iter().map(|ip| ip.to_string()).collect();
         }
         self.write_files(spec, &hostname, &record.ips, dir).map_err(step(&id, "write the pod's /etc files"))?;
+        if record.ipcns.is_some() {
+            mount_shm(&dir.join("shm")).map_err(step(&id, "mount the pod's /dev/shm"))?;
+        }
+        crate::shim::launch::spawn(
+            &self.init_binary,
+            &id,
+            dir,
+            &self.layout.runtime_state(),
+            spec.pid_mode == MODE_POD,
+        )
+        .map_err(step(&id, "start the pod's shim"))?;
         Ok(())
     }
 
@@ -342,6 +365,8 @@ impl PodManager {
     fn teardown(&self, record: &PodRecord) -> Result<(), PodError> {
         self.release_network(record)?;
         let dir = self.pod_dir(&record.id);
+        stop_shim(&record.id).map_err(step(&record.id, "stop the pod's shim"))?;
+        unmount(&dir.join("shm")).map_err(step(&record.id, "unmount the pod's /dev/shm"))?;
         berth_runtime::pin::unpin(&dir.join("ns")).map_err(step(&record.id, "unpin the pod's namespaces"))?;
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
@@ -372,6 +397,26 @@ impl PodManager {
             manager.teardown(&record)?;
             manager.store.delete::<PodRecord>(&record.id)?;
             tracing::info!(pod_sandbox_id = %record.id, "pod sandbox removed");
+            Ok(())
+        })
+        .await
+    }
+
+    /// UpdatePodSandboxResources: kubelet writes the pod's cgroup itself; the runtime records what it was
+    /// told (overhead and resources, protobuf-encoded) so status and debugging can show it.
+    pub async fn update_resources(
+        self: &Arc<Self>,
+        id: &str,
+        overhead: Option<crate::cri::v1::LinuxContainerResources>,
+        resources: Option<crate::cri::v1::LinuxContainerResources>,
+    ) -> Result<(), PodError> {
+        use prost::Message;
+        let id = id.to_owned();
+        self.exclusive(move |manager| {
+            let mut record = manager.find(&id)?.ok_or_else(|| PodError::NotFound(id.clone()))?;
+            record.overhead = overhead.map(|o| o.encode_to_vec()).unwrap_or_default();
+            record.resources = resources.map(|r| r.encode_to_vec()).unwrap_or_default();
+            manager.store.put(&record)?;
             Ok(())
         })
         .await
@@ -418,6 +463,55 @@ impl PodManager {
     pub fn list(&self) -> Result<Vec<PodRecord>, PodError> {
         Ok(self.store.list::<PodRecord>()?)
     }
+}
+
+/// The pod's /dev/shm: one tmpfs its containers share (bind-mounted into each), 64 MiB like Docker's and
+/// containerd's default.
+fn mount_shm(path: &Path) -> std::io::Result<()> {
+    use nix::mount::MsFlags;
+    std::fs::create_dir_all(path)?;
+    nix::mount::mount(
+        Some("shm"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Unmounts `path` if it is mounted (idempotent).
+fn unmount(path: &Path) -> std::io::Result<()> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(errno) => Err(errno.into()),
+    }
+}
+
+/// Ends whatever is left of the pod's shim (it has normally exited after Shutdown): every process in its
+/// cgroup is killed — a shim killed with -9 may have left its PID-namespace holder — and the cgroup goes.
+fn stop_shim(pod_id: &str) -> Result<(), berth_runtime::RuntimeError> {
+    use berth_runtime::cgroups::{Cgroup, Layout};
+    let cgroup = Cgroup::new(Layout::detect()?, crate::shim::cgroup_path(pod_id));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids = match cgroup.pids() {
+            Ok(pids) => pids,
+            // Never created, or already removed.
+            Err(_) => return Ok(()),
+        };
+        if pids.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cgroup.delete()
 }
 
 #[cfg(test)]

@@ -5,19 +5,29 @@
 //! with [`crate::error::into_status`]. RPCs whose feature has not landed answer `Unimplemented` naming the
 //! RPC, so kubelet and critest see an honest answer rather than a wrong one.
 
+mod container_events;
+mod container_status;
+mod create_container;
+mod exec_sync;
 mod image_fs_info;
 mod image_status;
 mod list_images;
 mod pod_sandbox_status;
 mod pull_image;
 mod pull_progress;
+mod remove_container;
 mod remove_image;
+mod reopen_container_log;
 mod remove_pod_sandbox;
 mod run_pod_sandbox;
 mod runtime_config;
+mod start_container;
 mod status;
+mod stop_container;
 mod stop_pod_sandbox;
 pub mod trace;
+mod update_container_resources;
+mod update_pod_sandbox_resources;
 mod update_runtime_config;
 mod version;
 
@@ -144,18 +154,83 @@ impl RuntimeService for Cri {
         answer(pod_sandbox_status::list(&self.context, request.into_inner()).await)
     }
 
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        answer(create_container::handle(&self.context, request.into_inner()).await)
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        answer(start_container::handle(&self.context, request.into_inner()).await)
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        answer(stop_container::handle(&self.context, request.into_inner()).await)
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        answer(remove_container::handle(&self.context, request.into_inner()).await)
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        answer(container_status::list(&self.context, request.into_inner()).await)
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        answer(container_status::status(&self.context, request.into_inner()).await)
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        answer(update_container_resources::handle(&self.context, request.into_inner()).await)
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        answer(reopen_container_log::handle(&self.context, request.into_inner()).await)
+    }
+
+    async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
+        answer(exec_sync::handle(&self.context, request.into_inner()).await)
+    }
+
+    async fn get_container_events(
+        &self,
+        _request: Request<GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Ok(Response::new(container_events::stream(&self.context)))
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        request: Request<UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
+        answer(update_pod_sandbox_resources::handle(&self.context, request.into_inner()).await)
+    }
+
     not_built_yet! {
         stream_pod_sandboxes(StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream = "StreamPodSandboxes";
-        create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
-        start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
-        stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";
-        remove_container(RemoveContainerRequest) -> RemoveContainerResponse = "RemoveContainer";
-        list_containers(ListContainersRequest) -> ListContainersResponse = "ListContainers";
         stream_containers(StreamContainersRequest) -> Self::StreamContainersStream = "StreamContainers";
-        container_status(ContainerStatusRequest) -> ContainerStatusResponse = "ContainerStatus";
-        update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
-        reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog";
-        exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync";
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
         port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
@@ -166,11 +241,9 @@ impl RuntimeService for Cri {
         list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
         stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream = "StreamPodSandboxStats";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
-        get_container_events(GetEventsRequest) -> Self::GetContainerEventsStream = "GetContainerEvents";
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
         stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream = "StreamPodSandboxMetrics";
-        update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest) -> UpdatePodSandboxResourcesResponse = "UpdatePodSandboxResources";
     }
 }
 

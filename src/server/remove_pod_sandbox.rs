@@ -7,6 +7,9 @@ use crate::server::trace::record_id;
 
 pub async fn handle(context: &Context, request: RemovePodSandboxRequest) -> Result<RemovePodSandboxResponse, RpcError> {
     record_id("pod_sandbox_id", &request.pod_sandbox_id);
+    if let Some(pod) = context.pods.find(&request.pod_sandbox_id)? {
+        context.containers.remove_pod(&pod.id).await?;
+    }
     context.pods.remove(request.pod_sandbox_id).await?;
     Ok(RemovePodSandboxResponse {})
 }

@@ -47,8 +47,11 @@ pub async fn handle(context: &Context, request: RunPodSandboxRequest) -> Result<
         sysctls: linux.sysctls.into_iter().collect(),
         dns,
         port_mappings,
+        overhead: linux.overhead.map(|o| prost::Message::encode_to_vec(&o)).unwrap_or_default(),
+        resources: linux.resources.map(|r| prost::Message::encode_to_vec(&r)).unwrap_or_default(),
     };
     let id = context.pods.run(spec).await?;
     record_id("pod_sandbox_id", &id);
+    context.containers.watch(id.clone());
     Ok(RunPodSandboxResponse { pod_sandbox_id: id })
 }

@@ -1,4 +1,4 @@
-//! StopPodSandbox: release the pod's network. Idempotent; a missing sandbox is not an error (CRI).
+//! StopPodSandbox: kill the pod's containers, release its network. Idempotent; a missing sandbox is not an error (CRI).
 
 use crate::context::Context;
 use crate::cri::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
@@ -7,6 +7,9 @@ use crate::server::trace::record_id;
 
 pub async fn handle(context: &Context, request: StopPodSandboxRequest) -> Result<StopPodSandboxResponse, RpcError> {
     record_id("pod_sandbox_id", &request.pod_sandbox_id);
+    if let Some(pod) = context.pods.find(&request.pod_sandbox_id)? {
+        context.containers.stop_pod(&pod.id).await?;
+    }
     context.pods.stop(request.pod_sandbox_id).await?;
     Ok(StopPodSandboxResponse {})
 }

@@ -184,7 +184,8 @@ pub fn now_rfc3339() -> String {
     rfc3339(now.as_secs() as i64, now.subsec_nanos())
 }
 
-fn rfc3339(seconds: i64, nanos: u32) -> String {
+/// `seconds` and `nanos` since the Unix epoch as RFC 3339 UTC with nanoseconds.
+pub fn rfc3339(seconds: i64, nanos: u32) -> String {
     let days = seconds.div_euclid(86_400);
     let second_of_day = seconds.rem_euclid(86_400);
     // Civil-from-days (proleptic Gregorian), after Howard Hinnant's public-domain algorithm.

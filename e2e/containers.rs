@@ -1,0 +1,408 @@
+//! Containers through CRI: the per-pod shim, the lifecycle, CRI logs, ExecSync, stop grace, OOM kills,
+//! a daemon killed with -9 while containers run, a shim killed with -9, and nothing left after removal.
+//! Pods use the node network or loopback-only CNI, so the daemons share the host network (and reach the
+//! rig's registry) without changing it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use berth::cli::client::Client;
+use berth::cri::v1::*;
+use nix::sys::signal::Signal;
+use tonic::Code;
+
+use crate::support::registry::TestRegistry;
+use crate::support::{Daemon, DaemonDirs};
+
+/// A daemon with no CNI config needed: pods use the node's network (NODE mode) unless a test says so.
+fn start_daemon(registry: &TestRegistry) -> (DaemonDirs, Daemon) {
+    let dirs = DaemonDirs::new();
+    dirs.write_config(&format!("[registries.\"{}\"]\ninsecure = true\n", registry.address));
+    let daemon = Daemon::start_in(&dirs);
+    (dirs, daemon)
+}
+
+fn pod_config(name: &str, logs: &std::path::Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "e2e".into(), attempt: 0 }),
+        hostname: format!("{name}-host"),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(ImageSpec { image: image.into(), ..Default::default() }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+async fn pull(client: &mut Client, image: &str) {
+    client
+        .image
+        .pull_image(PullImageRequest { image: Some(ImageSpec { image: image.into(), ..Default::default() }), ..Default::default() })
+        .await
+        .expect("pull");
+}
+
+async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> String {
+    client
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id
+}
+
+async fn create(client: &mut Client, pod: &str, pod_config: &PodSandboxConfig, config: ContainerConfig) -> String {
+    client
+        .runtime
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id
+}
+
+async fn start(client: &mut Client, id: &str) {
+    client.runtime.start_container(StartContainerRequest { container_id: id.into() }).await.expect("StartContainer");
+}
+
+async fn status(client: &mut Client, id: &str) -> ContainerStatus {
+    client
+        .runtime
+        .container_status(ContainerStatusRequest { container_id: id.into(), verbose: false })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+async fn wait_exited(client: &mut Client, id: &str, within: Duration) -> ContainerStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = status(client, id).await;
+        if status.state == ContainerState::ContainerExited as i32 {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "container {id} still {:?} after {within:?}", status.state);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn exec(client: &mut Client, id: &str, cmd: &[&str], timeout: i64) -> Result<ExecSyncResponse, tonic::Status> {
+    client
+        .runtime
+        .exec_sync(ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn remove_pod(client: &mut Client, pod: &str) {
+    client.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.into() }).await.expect("StopPodSandbox");
+    client.runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.into() }).await.expect("RemovePodSandbox");
+}
+
+/// The CRI records of a log file: (stream, tag, text).
+fn log_records(path: &std::path::Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let mut parts = line.splitn(4, ' ');
+            let time = parts.next().unwrap();
+            assert!(time.ends_with('Z') && time.len() == 30, "timestamp {time:?} in {line:?}");
+            (parts.next().unwrap().to_owned(), parts.next().unwrap().to_owned(), parts.next().unwrap_or("").to_owned())
+        })
+        .collect()
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_container_runs_logs_in_cri_format_and_reports_its_exit() {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let (dirs, daemon) = start_daemon(&registry);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+    let logs = dirs.path().join("logs");
+    let pod_config = pod_config("lifecycle", &logs);
+    let pod = run_pod(&mut client, &pod_config).await;
+
+    let mut config = container_config(
+        "talker",
+        busybox,
+        &["sh", "-c", "echo out; echo err >&2; echo \"$GREETING $(id -u):$(id -g) $(pwd)\"; printf no-newline; exit 3"],
+    );
+    config.envs = vec![KeyValue { key: "GREETING".into(), value: "hello".into() }];
+    config.working_dir = "/tmp".into();
+    config.labels = [("app".to_owned(), "talker".to_owned())].into();
+    let id = create(&mut client, &pod, &pod_config, config.clone()).await;
+    assert_eq!(id.len(), 64);
+    let created = status(&mut client, &id).await;
+    assert_eq!(created.state, ContainerState::ContainerCreated as i32);
+    assert!(created.image_ref.starts_with("sha256:"), "{}", created.image_ref);
+
+    // The same request again (kubelet retrying after its timeout) gets the same container; a different one
+    // with the same name is refused.
+    assert_eq!(create(&mut client, &pod, &pod_config, config.clone()).await, id);
+    let mut other = config.clone();
+    other.command = vec!["true".into()];
+    let err = client
+        .runtime
+        .create_container(CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(other), sandbox_config: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+
+    start(&mut client, &id).await;
+    let exited = wait_exited(&mut client, &id, Duration::from_secs(10)).await;
+    assert_eq!(exited.exit_code, 3);
+    assert_eq!(exited.reason, "Error");
+    assert!(exited.started_at > 0 && exited.finished_at >= exited.started_at, "{exited:?}");
+    let user = exited.user.unwrap().linux.unwrap();
+    assert_eq!((user.uid, user.gid), (0, 0));
+
+    let records = log_records(&logs.join("talker/0.log"));
+    let text: Vec<(&str, &str, &str)> = records.iter().map(|(s, t, x)| (s.as_str(), t.as_str(), x.as_str())).collect();
+    assert!(text.contains(&("stdout", "F", "out")), "{text:?}");
+    assert!(text.contains(&("stderr", "F", "err")), "{text:?}");
+    assert!(text.contains(&("stdout", "F", "hello 0:0 /tmp")), "{text:?}");
+    assert!(text.contains(&("stdout", "P", "no-newline")), "{text:?}");
+
+    let listed = client
+        .runtime
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter { label_selector: [("app".to_owned(), "talker".to_owned())].into(), ..Default::default() }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
+
+    // A successful one reports Completed.
+    let done = create(&mut client, &pod, &pod_config, container_config("done", busybox, &["true"])).await;
+    start(&mut client, &done).await;
+    let exited = wait_exited(&mut client, &done, Duration::from_secs(10)).await;
+    assert_eq!((exited.exit_code, exited.reason.as_str()), (0, "Completed"));
+
+    client.runtime.remove_container(RemoveContainerRequest { container_id: id.clone() }).await.unwrap();
+    let err = client
+        .runtime
+        .container_status(ContainerStatusRequest { container_id: id.clone(), verbose: false })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    remove_pod(&mut client, &pod).await;
+    assert!(processes_with(&format!("berth-shim:{}", &pod[..12])).is_empty(), "the shim outlived its pod");
+    assert!(!dirs.state().join("pods").join(&pod).exists());
+}
+
+#[tokio::test]
+async fn exec_sync_stop_grace_and_a_pod_of_two_containers() {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let (dirs, daemon) = start_daemon(&registry);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+    let logs = dirs.path().join("logs");
+    let mut pod_config = pod_config("pair", &logs);
+    // Own network, IPC and UTS namespaces and one shared PID namespace.
+    pod_config.linux.as_mut().unwrap().security_context = Some(LinuxSandboxSecurityContext {
+        namespace_options: Some(NamespaceOption {
+            network: NamespaceMode::Pod as i32,
+            pid: NamespaceMode::Pod as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let conflist = dirs.cni_conf_dir();
+    std::fs::create_dir_all(&conflist).unwrap();
+    std::fs::write(
+        conflist.join("10-lo.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"lo-only","plugins":[{"type":"loopback"}]}"#,
+    )
+    .unwrap();
+    let pod = run_pod(&mut client, &pod_config).await;
+
+    // A container that ignores SIGTERM and one that writes to the shared /dev/shm.
+    let mut stubborn = container_config("stubborn", busybox, &["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 1; done"]);
+    stubborn.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption { pid: NamespaceMode::Pod as i32, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let mut writer = container_config("writer", busybox, &["sh", "-c", "echo shared > /dev/shm/note; exec sleep 1000"]);
+    writer.linux = stubborn.linux.clone();
+    let a = create(&mut client, &pod, &pod_config, stubborn).await;
+    let b = create(&mut client, &pod, &pod_config, writer).await;
+    start(&mut client, &a).await;
+    start(&mut client, &b).await;
+    assert_eq!(status(&mut client, &a).await.state, ContainerState::ContainerRunning as i32);
+
+    let echo = exec(&mut client, &a, &["sh", "-c", "echo to-out; echo to-err >&2; exit 7"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&echo.stdout), "to-out\n");
+    assert_eq!(String::from_utf8_lossy(&echo.stderr), "to-err\n");
+    assert_eq!(echo.exit_code, 7);
+    // Shared IPC (/dev/shm), UTS (hostname) and PID namespaces between the two containers.
+    let note = exec(&mut client, &a, &["cat", "/dev/shm/note"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&note.stdout), "shared\n");
+    let hostname = exec(&mut client, &a, &["hostname"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&hostname.stdout), "pair-host\n");
+    let ps = exec(&mut client, &a, &["ps", "-o", "args"], 10).await.unwrap();
+    assert!(String::from_utf8_lossy(&ps.stdout).contains("sleep 1000"), "{}", String::from_utf8_lossy(&ps.stdout));
+
+    // A timeout kills the exec process, not the container, and says it timed out.
+    let began = Instant::now();
+    let err = exec(&mut client, &a, &["sleep", "30"], 1).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("timed out"), "{err:?}");
+    assert!(began.elapsed() < Duration::from_secs(5), "{:?}", began.elapsed());
+    assert_eq!(status(&mut client, &a).await.state, ContainerState::ContainerRunning as i32);
+    // A background child holding the pipes does not hold the answer.
+    let began = Instant::now();
+    let quick = exec(&mut client, &a, &["sh", "-c", "sleep 30 & echo bye"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&quick.stdout), "bye\n");
+    assert!(began.elapsed() < Duration::from_secs(5), "{:?}", began.elapsed());
+
+    // The grace period is honoured: SIGTERM is ignored, SIGKILL comes after 2 s.
+    let began = Instant::now();
+    client.runtime.stop_container(StopContainerRequest { container_id: a.clone(), timeout: 2 }).await.unwrap();
+    let took = began.elapsed();
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(8), "stop took {took:?}");
+    let stopped = status(&mut client, &a).await;
+    assert_eq!((stopped.state, stopped.exit_code), (ContainerState::ContainerExited as i32, 137));
+    // Stopping again succeeds.
+    client.runtime.stop_container(StopContainerRequest { container_id: a.clone(), timeout: 2 }).await.unwrap();
+    let err = exec(&mut client, &a, &["true"], 5).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    remove_pod(&mut client, &pod).await;
+    let listed = client.runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    assert!(listed.is_empty(), "{listed:?}");
+}
+
+#[tokio::test]
+async fn a_memory_hog_under_its_limit_is_oom_killed() {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let (dirs, daemon) = start_daemon(&registry);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+    let pod_config = pod_config("hog", &dirs.path().join("logs"));
+    let pod = run_pod(&mut client, &pod_config).await;
+    let mut hog = container_config("hog", busybox, &["sh", "-c", "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived"]);
+    hog.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources { memory_limit_in_bytes: 15 * 1024 * 1024, ..Default::default() }),
+        ..Default::default()
+    });
+    let id = create(&mut client, &pod, &pod_config, hog).await;
+    start(&mut client, &id).await;
+    let exited = wait_exited(&mut client, &id, Duration::from_secs(30)).await;
+    assert_eq!((exited.reason.as_str(), exited.exit_code), ("OOMKilled", 137), "{exited:?}");
+    remove_pod(&mut client, &pod).await;
+}
+
+#[tokio::test]
+async fn containers_outlive_a_daemon_killed_with_sigkill_and_a_dead_shim_never_hangs() {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let (dirs, mut daemon) = start_daemon(&registry);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+    let logs = dirs.path().join("logs");
+    let mut pods = Vec::new();
+    for n in 0..3 {
+        let pod_config = pod_config(&format!("survivor-{n}"), &logs);
+        let pod = run_pod(&mut client, &pod_config).await;
+        let config = container_config(&format!("ticker-{n}"), busybox, &["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"]);
+        let id = create(&mut client, &pod, &pod_config, config).await;
+        start(&mut client, &id).await;
+        // One that exits while the daemon is down.
+        let brief = create(&mut client, &pod, &pod_config, container_config(&format!("brief-{n}"), busybox, &["sh", "-c", "sleep 1; exit 4"])).await;
+        start(&mut client, &brief).await;
+        pods.push((pod, id, brief));
+    }
+    let before: HashMap<String, ContainerStatus> = {
+        let mut map = HashMap::new();
+        for (_, id, _) in &pods {
+            map.insert(id.clone(), status(&mut client, id).await);
+        }
+        map
+    };
+    drop(client);
+    daemon.stop(Signal::SIGKILL).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let daemon = Daemon::start_in(&dirs);
+    let mut client = daemon.client().await;
+    for (_, id, brief) in &pods {
+        let now = status(&mut client, id).await;
+        assert_eq!(now, before[id], "the status changed across the restart");
+        let exited = status(&mut client, brief).await;
+        assert_eq!((exited.state, exited.exit_code), (ContainerState::ContainerExited as i32, 4), "{exited:?}");
+    }
+    // Logs kept flowing: the ticker's numbers are continuous.
+    let (_, first, _) = &pods[0];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ticks: Vec<u64> = log_records(&logs.join("ticker-0/0.log"))
+        .iter()
+        .filter_map(|(_, _, text)| text.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    assert!(ticks.len() > 20, "{ticks:?}");
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "ticks not continuous: {ticks:?}");
+    assert_eq!(exec(&mut client, first, &["echo", "alive"], 5).await.unwrap().stdout, b"alive\n");
+
+    // kill -9 one pod's shim: its container is reported (exited or unknown, never running forever) and the
+    // pod can be stopped and removed.
+    let (pod, id, _) = &pods[1];
+    let bootstrap = berth::shim::Bootstrap::load(&dirs.state().join("pods").join(pod)).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(bootstrap.pid), Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = status(&mut client, id).await.state;
+        if state != ContainerState::ContainerRunning as i32 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "container of a dead shim still reported running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (pod, _, _) in &pods {
+        remove_pod(&mut client, pod).await;
+    }
+    assert!(processes_with("tick $i").is_empty(), "a container process outlived its pod");
+    let listed = client.runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert!(listed.is_empty());
+}

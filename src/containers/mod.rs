@@ -1,0 +1,914 @@
+//! Containers: CRI's container lifecycle on top of the pod's shim.
+//!
+//! CreateContainer resolves the image, mounts the container's overlay rootfs, builds the OCI spec
+//! ([`spec`]), writes the bundle under `<pod dir>/containers/<id>/bundle` and asks the pod's shim to create
+//! the container. The record in the `containers` table is written as `Creating` before any side effect and
+//! becomes `Created` once the shim holds the container; failures undo what was made. Exits reach the
+//! daemon from each shim's event stream ([`ContainerManager::watch`]) and, after a restart, from the shims'
+//! own lists and the exit files they wrote ([`ContainerManager::recover`]).
+
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_error_kind::{ErrorKind, Kinded};
+use berth_store::Store;
+use prost::Message;
+use tokio::sync::broadcast;
+
+use crate::config::Config;
+use crate::cri::shim as pb;
+use crate::cri::v1 as cri;
+use crate::layout::Layout;
+use crate::records::{ContainerRecord, ContainerRecordState, PodRecord, PodState};
+use crate::shim::client::{Shim, ShimError, Shims};
+use crate::shim::ExitRecord;
+
+/// How long StopPodSandbox and RemoveContainer wait for a SIGKILLed container to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("invalid container config: {0}")]
+    Invalid(String),
+    #[error("container {0} does not exist")]
+    NotFound(String),
+    #[error("pod sandbox {0} does not exist")]
+    PodNotFound(String),
+    #[error("pod sandbox {0} is not ready: containers can only be created in a ready sandbox")]
+    PodNotReady(String),
+    #[error("image {0} is not present: pull it first")]
+    ImageNotFound(String),
+    #[error("a container named {name:?} (attempt {attempt}) already exists in pod {pod}: {id}")]
+    NameTaken { name: String, attempt: u32, pod: String, id: String },
+    #[error("container {id} is {state}: cannot {action}")]
+    WrongState { id: String, state: &'static str, action: &'static str },
+    #[error("container {id}: command {command:?} timed out after {seconds} s and was killed")]
+    ExecTimeout { id: String, command: String, seconds: i64 },
+    #[error("container {id}: {step}")]
+    Step {
+        id: String,
+        step: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error(transparent)]
+    Shim(#[from] ShimError),
+    #[error(transparent)]
+    Store(#[from] berth_store::StoreError),
+}
+
+impl Kinded for ContainerError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ContainerError::Invalid(_) => ErrorKind::InvalidArgument,
+            ContainerError::NotFound(_) | ContainerError::PodNotFound(_) | ContainerError::ImageNotFound(_) => {
+                ErrorKind::NotFound
+            }
+            ContainerError::PodNotReady(_) | ContainerError::WrongState { .. } => ErrorKind::FailedPrecondition,
+            ContainerError::NameTaken { .. } => ErrorKind::AlreadyExists,
+            ContainerError::ExecTimeout { .. } => ErrorKind::DeadlineExceeded,
+            ContainerError::Step { source, .. } => {
+                if let Some(err) = source.downcast_ref::<berth_image::RootfsError>() {
+                    err.kind()
+                } else if let Some(err) = source.downcast_ref::<berth_runtime::RuntimeError>() {
+                    err.kind()
+                } else if let Some(err) = source.downcast_ref::<berth_image::ImageError>() {
+                    err.kind()
+                } else {
+                    ErrorKind::Internal
+                }
+            }
+            ContainerError::Spec(err) => err.kind(),
+            ContainerError::Shim(err) => err.kind(),
+            ContainerError::Store(err) => err.kind(),
+        }
+    }
+}
+
+fn step<E: std::error::Error + Send + Sync + 'static>(id: &str, step: &'static str) -> impl FnOnce(E) -> ContainerError {
+    let id = id.to_owned();
+    move |source| ContainerError::Step { id, step, source: Box::new(source) }
+}
+
+fn now_nanos() -> i64 {
+    crate::shim::now_nanos()
+}
+
+impl ContainerRecordState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ContainerRecordState::Creating => "being created",
+            ContainerRecordState::Created => "created",
+            ContainerRecordState::Running => "running",
+            ContainerRecordState::Exited => "exited",
+            ContainerRecordState::Unknown => "in an unknown state",
+        }
+    }
+
+    pub fn cri(self) -> cri::ContainerState {
+        match self {
+            ContainerRecordState::Creating | ContainerRecordState::Created => cri::ContainerState::ContainerCreated,
+            ContainerRecordState::Running => cri::ContainerState::ContainerRunning,
+            ContainerRecordState::Exited => cri::ContainerState::ContainerExited,
+            ContainerRecordState::Unknown => cri::ContainerState::ContainerUnknown,
+        }
+    }
+}
+
+/// What CreateContainer needs from the request.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub pod_id: String,
+    pub config: cri::ContainerConfig,
+    pub pod_config: Option<cri::PodSandboxConfig>,
+}
+
+/// Owns every container's lifecycle.
+pub struct ContainerManager {
+    layout: Layout,
+    store: Arc<Store>,
+    images: Arc<berth_image::ImageStore>,
+    shims: Shims,
+    cgroup_driver: crate::config::CgroupDriver,
+    /// Serializes creations, so a name is checked and reserved in one step (and a retried request waits
+    /// for the abandoned one it repeats).
+    create_lock: Arc<tokio::sync::Mutex<()>>,
+    events: broadcast::Sender<cri::ContainerEventResponse>,
+}
+
+impl std::fmt::Debug for ContainerManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerManager").finish_non_exhaustive()
+    }
+}
+
+/// A new container id: 64 hex characters from the kernel's random source.
+fn new_id() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn request_hash(request: &CreateRequest) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    request.pod_id.hash(&mut hasher);
+    // Protobuf encoding of maps follows the map's iteration order; sort-insensitive enough for a retry of
+    // the very same request, which is what this recognizes.
+    let mut config = request.config.clone();
+    config.labels = Default::default();
+    config.annotations = Default::default();
+    config.encode_to_vec().hash(&mut hasher);
+    let labels: BTreeMap<_, _> = request.config.labels.iter().collect();
+    let annotations: BTreeMap<_, _> = request.config.annotations.iter().collect();
+    labels.hash(&mut hasher);
+    annotations.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// CRI's reason for an exit.
+fn exit_reason(exit_code: i32, oom_killed: bool) -> &'static str {
+    if oom_killed {
+        "OOMKilled"
+    } else if exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    }
+}
+
+impl ContainerManager {
+    pub fn new(config: &Config, layout: &Layout, store: Arc<Store>, images: Arc<berth_image::ImageStore>) -> ContainerManager {
+        ContainerManager {
+            layout: layout.clone(),
+            store,
+            images,
+            shims: Shims::default(),
+            cgroup_driver: config.cgroup.driver,
+            create_lock: Arc::new(tokio::sync::Mutex::new(())),
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    fn container_dir(&self, record: &ContainerRecord) -> PathBuf {
+        self.layout.pod_dir(&record.pod_id).join("containers").join(&record.id)
+    }
+
+    fn bundle(&self, record: &ContainerRecord) -> PathBuf {
+        self.container_dir(record).join("bundle")
+    }
+
+    /// Subscribes to container lifecycle events (GetContainerEvents).
+    pub fn subscribe(&self) -> broadcast::Receiver<cri::ContainerEventResponse> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, record: &ContainerRecord, kind: cri::ContainerEventType) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let _ = self.events.send(cri::ContainerEventResponse {
+            container_id: record.id.clone(),
+            container_event_type: kind as i32,
+            created_at: now_nanos(),
+            pod_sandbox_status: Some(cri::PodSandboxStatus { id: record.pod_id.clone(), ..Default::default() }),
+            containers_statuses: vec![self.status_of(record)],
+        });
+    }
+
+    async fn shim(&self, pod_id: &str) -> Result<Shim, ShimError> {
+        self.shims.get(pod_id, &self.layout.pod_dir(pod_id)).await
+    }
+
+    /// The container with this id, or the only one whose id starts with it.
+    pub fn find(&self, id: &str) -> Result<Option<ContainerRecord>, ContainerError> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        if let Some(record) = self.store.get::<ContainerRecord>(id)? {
+            return Ok(Some(record));
+        }
+        let matching: Vec<ContainerRecord> =
+            self.store.list::<ContainerRecord>()?.into_iter().filter(|c| c.id.starts_with(id)).collect();
+        Ok(if matching.len() == 1 { matching.into_iter().next() } else { None })
+    }
+
+    fn get(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
+        self.find(id)?.ok_or_else(|| ContainerError::NotFound(id.to_owned()))
+    }
+
+    pub fn list(&self) -> Result<Vec<ContainerRecord>, ContainerError> {
+        Ok(self.store.list::<ContainerRecord>()?)
+    }
+
+    /// CreateContainer. The work runs in its own task holding the creation lock, so a request kubelet
+    /// abandons still completes and its retry gets the same container.
+    pub async fn create(self: &Arc<Self>, pod: PodRecord, request: CreateRequest) -> Result<String, ContainerError> {
+        let metadata = request.config.metadata.clone().unwrap_or_default();
+        if metadata.name.is_empty() {
+            return Err(ContainerError::Invalid("metadata.name is empty".into()));
+        }
+        let image = request.config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        if image.is_empty() {
+            return Err(ContainerError::Invalid("image.image is empty".into()));
+        }
+        if pod.state != PodState::Ready {
+            return Err(ContainerError::PodNotReady(pod.id));
+        }
+        let guard = Arc::clone(&self.create_lock).lock_owned().await;
+        let manager = Arc::clone(self);
+        tokio::spawn(async move {
+            let _guard = guard;
+            manager.create_locked(pod, request, metadata, image).await
+        })
+        .await
+        .map_err(step("", "run the create task"))?
+    }
+
+    async fn create_locked(
+        &self,
+        pod: PodRecord,
+        request: CreateRequest,
+        metadata: cri::ContainerMetadata,
+        image: String,
+    ) -> Result<String, ContainerError> {
+        let hash = request_hash(&request);
+        if let Some(existing) = self
+            .list()?
+            .into_iter()
+            .find(|c| c.pod_id == pod.id && c.name == metadata.name && c.attempt == metadata.attempt)
+        {
+            if existing.request_hash == hash && existing.state != ContainerRecordState::Creating {
+                tracing::info!(container_id = %existing.id, "CreateContainer repeated; returning the container it made");
+                return Ok(existing.id);
+            }
+            return Err(ContainerError::NameTaken {
+                name: metadata.name,
+                attempt: metadata.attempt,
+                pod: pod.id,
+                id: existing.id,
+            });
+        }
+        let image_record = self
+            .images
+            .find(&image)
+            .await
+            .map_err(step("", "look up the image"))?
+            .ok_or_else(|| ContainerError::ImageNotFound(image.clone()))?;
+        let id = new_id().map_err(step("", "generate an id"))?;
+        let config = &request.config;
+        let log_path = if pod.log_directory.is_empty() || config.log_path.is_empty() {
+            String::new()
+        } else {
+            Path::new(&pod.log_directory).join(&config.log_path).display().to_string()
+        };
+        let mut record = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            name: metadata.name.clone(),
+            attempt: metadata.attempt,
+            state: ContainerRecordState::Creating,
+            request_hash: hash,
+            image: image.clone(),
+            image_id: image_record.id.to_string(),
+            image_spec: config.image.clone().unwrap_or_default().encode_to_vec(),
+            mounts: config.mounts.iter().map(|m| m.encode_to_vec()).collect(),
+            resources: config.linux.as_ref().and_then(|l| l.resources.clone()).unwrap_or_default().encode_to_vec(),
+            labels: config.labels.clone().into_iter().collect(),
+            annotations: config.annotations.clone().into_iter().collect(),
+            log_path,
+            uid: 0,
+            gid: 0,
+            supplemental_groups: Vec::new(),
+            stop_signal: 15,
+            tty: config.tty,
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
+            pid: 0,
+            created_at_unix_nanos: now_nanos(),
+            started_at_unix_nanos: 0,
+            finished_at_unix_nanos: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+        };
+        // Intent first: a crash from here on leaves a record that start-up or Remove finishes.
+        self.store.put(&record)?;
+        match self.make(&pod, &request, &image_record, &mut record).await {
+            Ok(()) => {
+                record.state = ContainerRecordState::Created;
+                self.store.put(&record)?;
+                tracing::info!(container_id = %id, pod_sandbox_id = %pod.id, name = %record.name, "container created");
+                self.emit(&record, cri::ContainerEventType::ContainerCreatedEvent);
+                Ok(id)
+            }
+            Err(err) => {
+                if let Err(cleanup) = self.dismantle(&record).await {
+                    tracing::warn!(container_id = %id, error = %berth_error_kind::chain(&cleanup), "undoing a failed CreateContainer failed; Remove will retry");
+                    record.state = ContainerRecordState::Unknown;
+                    record.message = format!("creation failed: {}", berth_error_kind::chain(&err));
+                    self.store.put(&record)?;
+                    return Err(err);
+                }
+                self.store.delete::<ContainerRecord>(&id)?;
+                Err(err)
+            }
+        }
+    }
+
+    /// Every side effect of CreateContainer, in order.
+    async fn make(
+        &self,
+        pod: &PodRecord,
+        request: &CreateRequest,
+        image: &berth_image::ImageRecord,
+        record: &mut ContainerRecord,
+    ) -> Result<(), ContainerError> {
+        let id = record.id.clone();
+        let bundle = self.bundle(record);
+        let rootfs = bundle.join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(step(&id, "create the bundle directory"))?;
+        self.images
+            .mount_rootfs(&id, &image.id.to_string(), &rootfs, false)
+            .await
+            .map_err(step(&id, "mount the container's root filesystem"))?;
+        let image_config = self.images.config(image).await.map_err(step(&id, "read the image config"))?;
+        let shim = self.shim(&pod.id).await?;
+        let pod_dir = self.layout.pod_dir(&pod.id);
+        let pid_namespace = self.pid_namespace(pod, &shim, &request.config)?;
+        let shm = pod_dir.join("shm");
+        let spec_request = spec::SpecRequest {
+            container_id: &id,
+            config: &request.config,
+            pod: spec::PodContext {
+                record: pod,
+                config: request.pod_config.as_ref(),
+                etc_dir: &pod_dir,
+                shm: pod.ipcns.is_some().then_some(shm.as_path()),
+                pid_namespace,
+            },
+            image: &image_config,
+            rootfs: &rootfs,
+            cgroup_driver: self.cgroup_driver,
+            seccomp_root: &self.layout.root.join("seccomp"),
+        };
+        let built = spec::build(&spec_request)?;
+        record.uid = built.uid;
+        record.gid = built.gid;
+        record.supplemental_groups = built.supplemental_groups.clone();
+        record.stop_signal = built.stop_signal;
+        let config_path = bundle.join("config.json");
+        let bytes = serde_json::to_vec(&built.spec).expect("specs serialize");
+        std::fs::write(&config_path, bytes).map_err(step(&id, "write the bundle's config.json"))?;
+        let created = shim
+            .api
+            .clone()
+            .create(pb::CreateRequest {
+                id: id.clone(),
+                bundle: bundle.display().to_string(),
+                log_path: record.log_path.clone(),
+                tty: record.tty,
+                stdin: record.stdin,
+                stdin_once: record.stdin_once,
+            })
+            .await
+            .map_err(shim.failed("Create"))?
+            .into_inner();
+        record.pid = created.pid;
+        Ok(())
+    }
+
+    /// The PID namespace a new container joins, per the container's NamespaceOption.
+    fn pid_namespace(&self, pod: &PodRecord, shim: &Shim, config: &cri::ContainerConfig) -> Result<Option<PathBuf>, ContainerError> {
+        let options = config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.as_ref());
+        let mode = options.map(|o| o.pid).unwrap_or(pod.pid_mode);
+        match mode {
+            // POD: the shim's holder.
+            0 if shim.bootstrap.pid_namespace_holder > 0 => {
+                Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", shim.bootstrap.pid_namespace_holder))))
+            }
+            // TARGET: the target container's namespace (ephemeral debug containers).
+            3 => {
+                let target_id = options.map(|o| o.target_id.clone()).unwrap_or_default();
+                let target = self.get(&target_id).map_err(|_| {
+                    ContainerError::Invalid(format!("namespace_options.target_id {target_id:?} is not a container"))
+                })?;
+                if target.state != ContainerRecordState::Running || target.pod_id != pod.id {
+                    return Err(ContainerError::Invalid(format!(
+                        "namespace_options.target_id {target_id}: the target must be a running container of the same pod"
+                    )));
+                }
+                Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid))))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Removes what CreateContainer made: the shim's container, the rootfs mount and writable layer, the
+    /// bundle. Idempotent.
+    async fn dismantle(&self, record: &ContainerRecord) -> Result<(), ContainerError> {
+        match self.shim(&record.pod_id).await {
+            Ok(shim) => match shim.api.clone().delete(pb::ContainerRequest { id: record.id.clone() }).await {
+                Ok(_) => {}
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => return Err(shim.failed("Delete")(status).into()),
+            },
+            // No shim: its containers died with it; the runtime state is removed directly.
+            Err(err) if err.is_gone() => {
+                let runtime = berth_runtime::Runtime::new(self.layout.runtime_state());
+                let id = record.id.clone();
+                tokio::task::spawn_blocking(move || runtime.delete(&id, true))
+                    .await
+                    .map_err(step(&record.id, "run the delete task"))?
+                    .map_err(step(&record.id, "delete the container's runtime state"))?;
+            }
+            Err(err) => return Err(err.into()),
+        }
+        let bundle = self.bundle(record);
+        self.images
+            .remove_rootfs(&record.id, &bundle.join("rootfs"))
+            .await
+            .map_err(step(&record.id, "remove the container's root filesystem"))?;
+        let dir = self.container_dir(record);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(step(&record.id, "remove the container directory")(err)),
+        }
+    }
+
+    /// StartContainer.
+    pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
+        let mut record = self.get(id)?;
+        if record.state != ContainerRecordState::Created {
+            return Err(ContainerError::WrongState { id: record.id, state: record.state.name(), action: "start it" });
+        }
+        let shim = self.shim(&record.pod_id).await?;
+        let started = shim
+            .api
+            .clone()
+            .start(pb::ContainerRequest { id: record.id.clone() })
+            .await
+            .map_err(shim.failed("Start"))?
+            .into_inner();
+        record.started_at_unix_nanos = started.started_at;
+        // The exit may have been recorded already (its event updates the record as well).
+        let latest = self.get(&record.id)?;
+        if latest.state == ContainerRecordState::Created {
+            record.state = ContainerRecordState::Running;
+            self.store.put(&record)?;
+        } else {
+            let mut latest = latest;
+            latest.started_at_unix_nanos = started.started_at;
+            self.store.put(&latest)?;
+        }
+        tracing::info!(container_id = %record.id, "container started");
+        self.emit(&record, cri::ContainerEventType::ContainerStartedEvent);
+        Ok(())
+    }
+
+    /// StopContainer: the stop signal, then SIGKILL when `timeout` passes (0 = at once). A stopped or
+    /// missing container is not an error.
+    pub async fn stop(&self, id: &str, timeout: Duration) -> Result<(), ContainerError> {
+        let Some(record) = self.find(id)? else { return Ok(()) };
+        if !matches!(record.state, ContainerRecordState::Running | ContainerRecordState::Created) {
+            return Ok(());
+        }
+        let shim = match self.shim(&record.pod_id).await {
+            Ok(shim) => shim,
+            Err(err) if err.is_gone() => {
+                self.shim_gone(&record.pod_id).await?;
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let mut api = shim.api.clone();
+        let request = pb::ContainerRequest { id: record.id.clone() };
+        if !timeout.is_zero() && record.state == ContainerRecordState::Running {
+            api.kill(pb::KillRequest { id: record.id.clone(), signal: record.stop_signal, all: false })
+                .await
+                .map_err(shim.failed("Kill"))?;
+            if let Ok(result) = tokio::time::timeout(timeout, api.wait(request.clone())).await {
+                let exited = result.map_err(shim.failed("Wait"))?.into_inner();
+                self.record_exit(&record.pod_id, &exited)?;
+                return Ok(());
+            }
+            tracing::info!(container_id = %record.id, timeout = ?timeout, "the container outlived its grace period; killing it");
+        }
+        api.kill(pb::KillRequest { id: record.id.clone(), signal: 9, all: true }).await.map_err(shim.failed("Kill"))?;
+        let exited = tokio::time::timeout(KILL_WAIT, api.wait(request))
+            .await
+            .map_err(|_| ContainerError::Step {
+                id: record.id.clone(),
+                step: "wait for the killed container to exit",
+                source: format!("it did not exit within {} s of SIGKILL", KILL_WAIT.as_secs()).into(),
+            })?
+            .map_err(shim.failed("Wait"))?
+            .into_inner();
+        self.record_exit(&record.pod_id, &exited)?;
+        Ok(())
+    }
+
+    /// Records an exit the shim reported (once; later reports of the same exit change nothing).
+    fn record_exit(&self, pod_id: &str, state: &pb::ContainerState) -> Result<(), ContainerError> {
+        if state.status != pb::Status::Exited as i32 {
+            return Ok(());
+        }
+        let Some(mut record) = self.store.get::<ContainerRecord>(&state.id)? else { return Ok(()) };
+        if record.pod_id != pod_id || record.state == ContainerRecordState::Exited {
+            return Ok(());
+        }
+        record.state = ContainerRecordState::Exited;
+        record.exit_code = state.exit_code;
+        record.finished_at_unix_nanos = state.finished_at;
+        if record.started_at_unix_nanos == 0 {
+            record.started_at_unix_nanos = state.started_at;
+        }
+        record.reason = exit_reason(state.exit_code, state.oom_killed).to_owned();
+        record.message = state.message.clone();
+        self.store.put(&record)?;
+        tracing::info!(container_id = %record.id, exit_code = record.exit_code, reason = %record.reason, "container exited");
+        self.emit(&record, cri::ContainerEventType::ContainerStoppedEvent);
+        Ok(())
+    }
+
+    /// RemoveContainer: a running container is killed first. A missing container is not an error.
+    pub async fn remove(&self, id: &str) -> Result<(), ContainerError> {
+        let Some(record) = self.find(id)? else { return Ok(()) };
+        self.dismantle(&record).await?;
+        self.store.delete::<ContainerRecord>(&record.id)?;
+        tracing::info!(container_id = %record.id, "container removed");
+        self.emit(&record, cri::ContainerEventType::ContainerDeletedEvent);
+        Ok(())
+    }
+
+    /// The latest state of a container that may still run: asked of its shim, so an exit that happened a
+    /// moment ago is seen even before its event arrives.
+    pub async fn refresh(&self, record: ContainerRecord) -> ContainerRecord {
+        if !matches!(record.state, ContainerRecordState::Running | ContainerRecordState::Created) {
+            return record;
+        }
+        if let Ok(shim) = self.shim(&record.pod_id).await
+            && let Ok(state) = shim.api.clone().state(pb::ContainerRequest { id: record.id.clone() }).await
+            && state.get_ref().status == pb::Status::Exited as i32
+            && self.record_exit(&record.pod_id, state.get_ref()).is_ok()
+            && let Ok(Some(updated)) = self.store.get::<ContainerRecord>(&record.id)
+        {
+            return updated;
+        }
+        record
+    }
+
+    /// The CRI status of a record.
+    pub fn status_of(&self, record: &ContainerRecord) -> cri::ContainerStatus {
+        let image_spec = cri::ImageSpec::decode(record.image_spec.as_slice()).unwrap_or_default();
+        let resources = cri::LinuxContainerResources::decode(record.resources.as_slice()).ok();
+        cri::ContainerStatus {
+            id: record.id.clone(),
+            metadata: Some(cri::ContainerMetadata { name: record.name.clone(), attempt: record.attempt }),
+            state: record.state.cri() as i32,
+            created_at: record.created_at_unix_nanos,
+            started_at: record.started_at_unix_nanos,
+            finished_at: record.finished_at_unix_nanos,
+            exit_code: record.exit_code,
+            image: Some(image_spec),
+            image_ref: record.image_id.clone(),
+            reason: record.reason.clone(),
+            message: record.message.clone(),
+            labels: record.labels.clone().into_iter().collect(),
+            annotations: record.annotations.clone().into_iter().collect(),
+            mounts: record.mounts.iter().filter_map(|m| cri::Mount::decode(m.as_slice()).ok()).collect(),
+            log_path: record.log_path.clone(),
+            resources: resources.map(|linux| cri::ContainerResources { linux: Some(linux), windows: None }),
+            image_id: record.image_id.clone(),
+            user: Some(cri::ContainerUser {
+                linux: Some(cri::LinuxContainerUser {
+                    uid: record.uid as i64,
+                    gid: record.gid as i64,
+                    supplemental_groups: record.supplemental_groups.iter().map(|&g| g as i64).collect(),
+                }),
+            }),
+            stop_signal: 0,
+        }
+    }
+
+    /// The CRI summary of a record (ListContainers).
+    pub fn summary_of(&self, record: &ContainerRecord) -> cri::Container {
+        cri::Container {
+            id: record.id.clone(),
+            pod_sandbox_id: record.pod_id.clone(),
+            metadata: Some(cri::ContainerMetadata { name: record.name.clone(), attempt: record.attempt }),
+            image: Some(cri::ImageSpec::decode(record.image_spec.as_slice()).unwrap_or_default()),
+            image_ref: record.image_id.clone(),
+            state: record.state.cri() as i32,
+            created_at: record.created_at_unix_nanos,
+            labels: record.labels.clone().into_iter().collect(),
+            annotations: record.annotations.clone().into_iter().collect(),
+            image_id: record.image_id.clone(),
+        }
+    }
+
+    /// Verbose info for ContainerStatus (`info` key), as JSON.
+    pub fn info_of(&self, record: &ContainerRecord) -> String {
+        let bundle = self.bundle(record);
+        let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        serde_json::json!({
+            "sandboxID": record.pod_id,
+            "pid": record.pid,
+            "bundle": bundle,
+            "rootfs": bundle.join("rootfs"),
+            "runtimeSpec": spec,
+        })
+        .to_string()
+    }
+
+    /// ExecSync: runs `command` in the container like its own process (user, env, cwd, capabilities,
+    /// seccomp) and returns its output and exit code.
+    pub async fn exec_sync(&self, id: &str, command: Vec<String>, timeout_seconds: i64) -> Result<pb::ExecSyncResponse, ContainerError> {
+        let record = self.refresh(self.get(id)?).await;
+        if record.state != ContainerRecordState::Running {
+            return Err(ContainerError::WrongState { id: record.id, state: record.state.name(), action: "exec in it" });
+        }
+        if command.is_empty() {
+            return Err(ContainerError::Invalid("cmd is empty".into()));
+        }
+        let spec_path = self.bundle(&record).join("config.json");
+        let spec = oci_spec::runtime::Spec::load(&spec_path).map_err(step(&record.id, "read the container's spec"))?;
+        let mut process = spec.process().clone().unwrap_or_default();
+        process.set_args(Some(command.clone()));
+        process.set_terminal(Some(false));
+        let shim = self.shim(&record.pod_id).await?;
+        let answer = shim
+            .api
+            .clone()
+            .exec_sync(pb::ExecSyncRequest {
+                id: record.id.clone(),
+                process: serde_json::to_vec(&process).expect("processes serialize"),
+                timeout_millis: timeout_seconds.max(0) * 1000,
+            })
+            .await
+            .map_err(shim.failed("ExecSync"))?
+            .into_inner();
+        if answer.timed_out {
+            return Err(ContainerError::ExecTimeout { id: record.id, command: command.join(" "), seconds: timeout_seconds });
+        }
+        Ok(answer)
+    }
+
+    /// ReopenContainerLog.
+    pub async fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
+        let record = self.refresh(self.get(id)?).await;
+        if record.state != ContainerRecordState::Running {
+            return Err(ContainerError::WrongState { id: record.id, state: record.state.name(), action: "reopen its log" });
+        }
+        let shim = self.shim(&record.pod_id).await?;
+        shim.api.clone().reopen_log(pb::ContainerRequest { id: record.id.clone() }).await.map_err(shim.failed("ReopenLog"))?;
+        Ok(())
+    }
+
+    /// UpdateContainerResources: applied to the cgroup at once, then recorded.
+    pub async fn update_resources(&self, id: &str, resources: cri::LinuxContainerResources) -> Result<(), ContainerError> {
+        let mut record = self.get(id)?;
+        if !matches!(record.state, ContainerRecordState::Running | ContainerRecordState::Created) {
+            return Err(ContainerError::WrongState { id: record.id, state: record.state.name(), action: "update its resources" });
+        }
+        let oci = spec::resources(&record.id, &resources)?;
+        let shim = self.shim(&record.pod_id).await?;
+        shim.api
+            .clone()
+            .update(pb::UpdateRequest { id: record.id.clone(), resources: serde_json::to_vec(&oci).expect("resources serialize") })
+            .await
+            .map_err(shim.failed("Update"))?;
+        record.resources = resources.encode_to_vec();
+        self.store.put(&record)?;
+        Ok(())
+    }
+
+    /// Follows a pod's shim: every exit it reports is recorded. Ends when the shim goes away; if it died
+    /// (rather than being shut down), its containers are settled.
+    pub fn watch(self: &Arc<Self>, pod_id: String) {
+        let manager = Arc::clone(self);
+        tokio::spawn(async move {
+            let Ok(shim) = manager.shim(&pod_id).await else { return };
+            let stream = shim.api.clone().events(pb::Empty {}).await;
+            if let Ok(stream) = stream {
+                let mut stream = stream.into_inner();
+                while let Ok(Some(event)) = stream.message().await {
+                    if let Err(err) = manager.record_exit(&pod_id, &event) {
+                        tracing::warn!(pod_sandbox_id = %pod_id, container_id = %event.id, error = %berth_error_kind::chain(&err), "cannot record an exit");
+                    }
+                }
+            }
+            // The stream ended: the pod was removed, the daemon is stopping, or the shim died.
+            manager.shims.forget(&pod_id);
+            if !shim.bootstrap.is_alive()
+                && let Ok(Some(_)) = manager.store.get::<PodRecord>(&pod_id)
+                && let Err(err) = manager.shim_gone(&pod_id).await
+            {
+                tracing::warn!(pod_sandbox_id = %pod_id, error = %berth_error_kind::chain(&err), "cannot settle the containers of a dead shim");
+            }
+        });
+    }
+
+    /// The pod's shim is dead: each of its containers that was not known to have exited gets the exit the
+    /// shim recorded on disk, or is marked Unknown; processes the shim left behind are killed.
+    async fn shim_gone(&self, pod_id: &str) -> Result<(), ContainerError> {
+        self.shims.forget(pod_id);
+        let pod_dir = self.layout.pod_dir(pod_id);
+        for mut record in self.list()?.into_iter().filter(|c| c.pod_id == pod_id) {
+            if !matches!(record.state, ContainerRecordState::Running | ContainerRecordState::Created) {
+                continue;
+            }
+            let runtime = berth_runtime::Runtime::new(self.layout.runtime_state());
+            let id = record.id.clone();
+            let _ = tokio::task::spawn_blocking(move || runtime.kill(&id, nix::sys::signal::Signal::SIGKILL, true)).await;
+            match ExitRecord::load(&pod_dir, &record.id) {
+                Some(exit) => {
+                    record.state = ContainerRecordState::Exited;
+                    record.exit_code = exit.exit_code;
+                    record.finished_at_unix_nanos = exit.finished_at_unix_nanos;
+                    record.reason = exit_reason(exit.exit_code, exit.oom_killed).to_owned();
+                    record.message = exit.message;
+                }
+                None => {
+                    record.state = ContainerRecordState::Unknown;
+                    record.reason = "Unknown".into();
+                    record.message = "the pod's shim died; the container was killed and its exit is unknown".into();
+                    record.exit_code = 255;
+                    record.finished_at_unix_nanos = now_nanos();
+                }
+            }
+            tracing::warn!(container_id = %record.id, pod_sandbox_id = %pod_id, state = record.state.name(), "settled a container of a dead shim");
+            self.store.put(&record)?;
+            self.emit(&record, cri::ContainerEventType::ContainerStoppedEvent);
+        }
+        Ok(())
+    }
+
+    /// StopPodSandbox: every container of the pod is killed at once (kubelet already gave them their grace
+    /// period).
+    pub async fn stop_pod(&self, pod_id: &str) -> Result<(), ContainerError> {
+        for record in self.list()?.into_iter().filter(|c| c.pod_id == pod_id) {
+            self.stop(&record.id, Duration::ZERO).await?;
+        }
+        Ok(())
+    }
+
+    /// RemovePodSandbox, before the pod itself goes: its containers are removed and its shim shut down.
+    pub async fn remove_pod(&self, pod_id: &str) -> Result<(), ContainerError> {
+        for record in self.list()?.into_iter().filter(|c| c.pod_id == pod_id) {
+            self.remove(&record.id).await?;
+        }
+        if let Ok(shim) = self.shim(pod_id).await {
+            let _ = shim.api.clone().shutdown(pb::Empty {}).await;
+        }
+        self.shims.forget(pod_id);
+        Ok(())
+    }
+
+    /// At start, before the daemon serves: reconnect to every pod's shim, reconcile the records with what
+    /// the shims report and the exits they recorded, finish half-made creations, and follow each shim again.
+    pub async fn recover(self: &Arc<Self>, pods: &[PodRecord]) -> Result<(), ContainerError> {
+        let records = self.list()?;
+        let checks = pods.iter().map(|pod| {
+            let manager = Arc::clone(self);
+            let pod_id = pod.id.clone();
+            let records: Vec<ContainerRecord> = records.iter().filter(|c| c.pod_id == pod.id).cloned().collect();
+            async move {
+                let result = tokio::time::timeout(Duration::from_secs(10), manager.recover_pod(&pod_id, records)).await;
+                match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => tracing::warn!(pod_sandbox_id = %pod_id, error = %berth_error_kind::chain(&err), "cannot recover the pod's containers"),
+                    Err(_) => tracing::warn!(pod_sandbox_id = %pod_id, "recovering the pod's containers timed out"),
+                }
+            }
+        });
+        // Bounded concurrency: a node with hundreds of pods reconnects in batches.
+        let checks: Vec<_> = checks.collect();
+        let mut pending = checks.into_iter();
+        loop {
+            let batch: Vec<_> = pending.by_ref().take(16).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let handles: Vec<_> = batch.into_iter().map(tokio::spawn).collect();
+            for handle in handles {
+                let _ = handle.await;
+            }
+        }
+        // Containers of pods that no longer exist (a crash between removing them and the pod).
+        for record in records.iter().filter(|c| !pods.iter().any(|p| p.id == c.pod_id)) {
+            if let Err(err) = self.remove(&record.id).await {
+                tracing::warn!(container_id = %record.id, error = %berth_error_kind::chain(&err), "cannot remove a container of a removed pod");
+            }
+        }
+        Ok(())
+    }
+
+    async fn recover_pod(self: &Arc<Self>, pod_id: &str, records: Vec<ContainerRecord>) -> Result<(), ContainerError> {
+        let shim = match self.shim(pod_id).await {
+            Ok(shim) => shim,
+            Err(err) if err.is_gone() => {
+                tracing::warn!(pod_sandbox_id = %pod_id, error = %berth_error_kind::chain(&err), "the pod's shim is gone");
+                for record in records.iter().filter(|r| r.state == ContainerRecordState::Creating) {
+                    self.remove(&record.id).await?;
+                }
+                return self.shim_gone(pod_id).await;
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let known = shim.api.clone().list(pb::Empty {}).await.map_err(shim.failed("List"))?.into_inner().containers;
+        let pod_dir = self.layout.pod_dir(pod_id);
+        for mut record in records {
+            if record.state == ContainerRecordState::Creating {
+                tracing::info!(container_id = %record.id, "undoing a container a crash left half made");
+                self.remove(&record.id).await?;
+                continue;
+            }
+            match known.iter().find(|s| s.id == record.id) {
+                Some(state) if state.status == pb::Status::Exited as i32 => self.record_exit(pod_id, state)?,
+                Some(state) if state.status == pb::Status::Running as i32 && record.state == ContainerRecordState::Created => {
+                    record.state = ContainerRecordState::Running;
+                    record.started_at_unix_nanos = state.started_at;
+                    self.store.put(&record)?;
+                }
+                Some(_) => {}
+                None if matches!(record.state, ContainerRecordState::Running | ContainerRecordState::Created) => {
+                    // The shim does not know it (it restarted): the exit file, or unknown.
+                    let state = match ExitRecord::load(&pod_dir, &record.id) {
+                        Some(exit) => pb::ContainerState {
+                            id: record.id.clone(),
+                            status: pb::Status::Exited as i32,
+                            exit_code: exit.exit_code,
+                            finished_at: exit.finished_at_unix_nanos,
+                            oom_killed: exit.oom_killed,
+                            message: exit.message,
+                            ..Default::default()
+                        },
+                        None => pb::ContainerState {
+                            id: record.id.clone(),
+                            status: pb::Status::Exited as i32,
+                            exit_code: 255,
+                            finished_at: now_nanos(),
+                            message: "the pod's shim lost the container; its exit is unknown".into(),
+                            ..Default::default()
+                        },
+                    };
+                    self.record_exit(pod_id, &state)?;
+                }
+                None => {}
+            }
+        }
+        self.watch(pod_id.to_owned());
+        Ok(())
+    }
+}

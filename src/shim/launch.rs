@@ -1,0 +1,146 @@
+//! Starting a shim: the daemon's side ([`spawn`], plain `std::process::Command`, nothing between fork and
+//! exec) and the shim's first steps ([`detach_and_run`], in the freshly exec'd, still single-threaded
+//! process).
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_error_kind::{ErrorKind, Kinded};
+use berth_runtime::cgroups::{Cgroup, Layout};
+
+use super::Bootstrap;
+use super::service::{self, Options};
+
+/// How long a new shim may take to serve before the pod fails to start.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("pod {pod}: cannot {step}")]
+    Io {
+        pod: String,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pod {pod}: the shim failed to start: {message}")]
+    Failed { pod: String, message: String },
+}
+
+impl Kinded for LaunchError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Internal
+    }
+}
+
+/// Starts the shim of a pod and returns once it serves. `binary` is berth itself (`/proc/self/exe`).
+pub fn spawn(binary: &Path, pod_id: &str, pod_dir: &Path, runtime_root: &Path, pid_namespace: bool) -> Result<Bootstrap, LaunchError> {
+    let io = |step| {
+        let pod = pod_id.to_owned();
+        move |source| LaunchError::Io { pod, step, source }
+    };
+    let failed = |message: String| LaunchError::Failed { pod: pod_id.to_owned(), message };
+    std::fs::create_dir_all(pod_dir).map_err(io("create the pod directory"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(pod_dir.join("shim.log"))
+        .map_err(io("open the shim's log file"))?;
+    let mut command = Command::new(binary);
+    // `ps` shows which pod a shim serves.
+    command.arg0(format!("berth-shim:{}", &pod_id[..pod_id.len().min(12)]));
+    command.arg("__shim").arg(pod_id).arg(pod_dir).arg(runtime_root);
+    if pid_namespace {
+        command.arg("--pid-namespace");
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(io("start the shim"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    // The first process only detaches and exits; the shim proper is its child and reports on the pipe.
+    let status = child.wait().map_err(io("wait for the shim to detach"))?;
+    if !status.success() {
+        return Err(failed(format!("the shim exited with {status} before detaching (see {}/shim.log)", pod_dir.display())));
+    }
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut poll = [nix::poll::PollFd::new(stdout.as_fd(), nix::poll::PollFlags::POLLIN)];
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let ready = nix::poll::poll(&mut poll, nix::poll::PollTimeout::try_from(remaining).unwrap_or(nix::poll::PollTimeout::MAX))
+        .map_err(|e| io("wait for the shim")(e.into()))?;
+    if ready == 0 {
+        return Err(failed(format!("no answer within {} s (see {}/shim.log)", READY_TIMEOUT.as_secs(), pod_dir.display())));
+    }
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).map_err(io("read the shim's report"))?;
+    match line.trim_end() {
+        "ready" => Bootstrap::load(pod_dir).map_err(io("read the shim's bootstrap file")),
+        "" => Err(failed(format!("the shim exited before serving (see {}/shim.log)", pod_dir.display()))),
+        report => Err(failed(report.trim_start_matches("error: ").to_owned())),
+    }
+}
+
+/// The shim's first steps, before any thread exists: detach from the daemon, enter its own cgroup,
+/// become child subreaper; then serve on a single-threaded runtime until told to shut down.
+pub fn detach_and_run(options: Options) -> ExitCode {
+    let report = |message: &str| println!("error: {message}");
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task")
+        && tasks.count() != 1
+    {
+        report("the shim must start single-threaded");
+        return ExitCode::FAILURE;
+    }
+    if let Err(errno) = nix::unistd::setsid() {
+        report(&format!("setsid: {errno}"));
+        return ExitCode::FAILURE;
+    }
+    // SAFETY: this process was just exec'd and has one thread (checked above), so the child may run any
+    // code; the parent only exits.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => return ExitCode::SUCCESS,
+        Ok(nix::unistd::ForkResult::Child) => {}
+        Err(errno) => {
+            report(&format!("fork: {errno}"));
+            return ExitCode::FAILURE;
+        }
+    }
+    let cgroup = match Layout::detect() {
+        Ok(layout) => Cgroup::new(layout, super::cgroup_path(&options.pod_id)),
+        Err(err) => {
+            report(&format!("cannot find the cgroup hierarchies: {err}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(err) = cgroup.create().and_then(|()| cgroup.add_process(std::process::id() as i32)) {
+        report(&format!("cannot enter the shim's cgroup: {}", berth_error_kind::chain(&err)));
+        return ExitCode::FAILURE;
+    }
+    if let Err(errno) = nix::sys::prctl::set_child_subreaper(true) {
+        report(&format!("cannot become child subreaper: {errno}"));
+        return ExitCode::FAILURE;
+    }
+    let _ = nix::sys::prctl::set_name(c"berth-shim");
+    crate::logging::init_shim();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            report(&format!("cannot start the async runtime: {err}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(service::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            // Before "ready" this reaches the daemon; after it, the shim's log.
+            report(&message);
+            tracing::error!(error = %message, "shim failed");
+            ExitCode::FAILURE
+        }
+    }
+}

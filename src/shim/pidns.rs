@@ -1,0 +1,68 @@
+//! The PID-namespace holder of a pod that shares one PID namespace (`shareProcessNamespace`):
+//! `berth __pidns`, started by the shim. It unshares a PID namespace and forks its pid 1, which only reaps
+//! the orphans of the pod's containers; the first process prints that pid 1's host pid and exits, so the
+//! holder is reparented to the shim (child subreaper), which kills it when the pod goes.
+
+use std::process::ExitCode;
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+
+/// Entry point, dispatched from main.rs before anything else runs (the process is single-threaded).
+pub fn main() -> ExitCode {
+    if let Err(errno) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
+        println!("error: unshare(CLONE_NEWPID): {errno}");
+        return ExitCode::FAILURE;
+    }
+    // SAFETY: single-threaded freshly exec'd process; the child runs only the reaping loop below.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            println!("{child}");
+            ExitCode::SUCCESS
+        }
+        Ok(nix::unistd::ForkResult::Child) => reap_forever(),
+        Err(errno) => {
+            println!("error: fork: {errno}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn reap_forever() -> ExitCode {
+    let _ = nix::sys::prctl::set_name(c"berth-pidns");
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGCHLD);
+    // Blocked, then waited for: no handler runs, and no SIGCHLD is missed between two waits.
+    let _ = signals.thread_block();
+    // Redirect stdio away from the shim's pipe so the shim's read of our pid ends.
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in [0, 1, 2] {
+            // SAFETY: dup2 onto the standard descriptors of this single-threaded process; `null` stays open.
+            unsafe {
+                let _ = nix::libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
+            }
+        }
+    }
+    loop {
+        let _ = signals.wait();
+        while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            if status == nix::sys::wait::WaitStatus::StillAlive {
+                break;
+            }
+        }
+    }
+}
+
+/// Starts a holder (from the shim) and returns its host pid.
+pub fn start() -> Result<i32, String> {
+    let output = std::process::Command::new("/proc/self/exe")
+        .arg("__pidns")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot start the PID-namespace holder: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let text = text.trim();
+    text.parse().map_err(|_| format!("the PID-namespace holder failed: {text}"))
+}
