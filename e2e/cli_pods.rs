@@ -150,7 +150,8 @@ fn a_pod_and_its_container_live_and_die_through_the_cli_with_json_configs() {
         let output = berth(socket, &["logs", &container]);
         String::from_utf8_lossy(&output.stdout) == "hello-out\n" && String::from_utf8_lossy(&output.stderr) == "oops\n"
     });
-    let stamped = berth_ok(socket, &["logs", "--timestamps", "--tail", "1", &container]);
+    // --tail counts the lines of both streams: the last two are hello-out (stdout) and oops (stderr).
+    let stamped = berth_ok(socket, &["logs", "--timestamps", "--tail", "2", &container]);
     let (stamp, line) = stamped.trim_end().split_once(' ').unwrap();
     assert_eq!(line, "hello-out");
     assert!(stamp.ends_with('Z') && stamp.contains('T'), "{stamped}");
@@ -262,7 +263,12 @@ fn run_takes_yaml_configs_pulls_the_image_and_logs_follow_until_the_container_ex
     assert_eq!(inspected["status"]["state"], "CONTAINER_EXITED");
     assert_eq!(inspected["status"]["exitCode"], 0);
     assert_eq!(berth_ok(socket, &["ps", "-q", "--state", "exited"]).trim(), job);
-    assert_eq!(berth_ok(socket, &["logs", "--tail", "2", &job]), "line-2\nline-3\n");
+    // --tail counts the lines of both streams.
+    let tail = berth(socket, &["logs", "--tail", "2", &job]);
+    assert_eq!(
+        (String::from_utf8_lossy(&tail.stdout), String::from_utf8_lossy(&tail.stderr)),
+        ("line-3\n".into(), "done\n".into())
+    );
 
     // A second container in the same pod; rm -f kills it first, and --keep-logs keeps its log.
     let args = ["create", &pod_id[..12], sleeper_config.to_str().unwrap(), pod_config.to_str().unwrap()];
