@@ -24,7 +24,12 @@ fn start_daemon(registry: &TestRegistry) -> (DaemonDirs, Daemon) {
 
 fn pod_config(name: &str, logs: &std::path::Path) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "e2e".into(), attempt: 0 }),
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
         hostname: format!("{name}-host"),
         log_directory: logs.display().to_string(),
         linux: Some(LinuxPodSandboxConfig {
@@ -51,7 +56,10 @@ fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfi
 async fn pull(client: &mut Client, image: &str) {
     client
         .image
-        .pull_image(PullImageRequest { image: Some(ImageSpec { image: image.into(), ..Default::default() }), ..Default::default() })
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec { image: image.into(), ..Default::default() }),
+            ..Default::default()
+        })
         .await
         .expect("pull");
 }
@@ -110,14 +118,26 @@ async fn wait_exited(client: &mut Client, id: &str, within: Duration) -> Contain
 async fn exec(client: &mut Client, id: &str, cmd: &[&str], timeout: i64) -> Result<ExecSyncResponse, tonic::Status> {
     client
         .runtime
-        .exec_sync(ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout })
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        })
         .await
         .map(|r| r.into_inner())
 }
 
 async fn remove_pod(client: &mut Client, pod: &str) {
-    client.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.into() }).await.expect("StopPodSandbox");
-    client.runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.into() }).await.expect("RemovePodSandbox");
+    client
+        .runtime
+        .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.into() })
+        .await
+        .expect("StopPodSandbox");
+    client
+        .runtime
+        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.into() })
+        .await
+        .expect("RemovePodSandbox");
 }
 
 /// The CRI records of a log file: (stream, tag, text).
@@ -180,7 +200,11 @@ async fn a_container_runs_logs_in_cri_format_and_reports_its_exit() {
     other.command = vec!["true".into()];
     let err = client
         .runtime
-        .create_container(CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(other), sandbox_config: None })
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(other),
+            sandbox_config: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
@@ -203,7 +227,10 @@ async fn a_container_runs_logs_in_cri_format_and_reports_its_exit() {
     let listed = client
         .runtime
         .list_containers(ListContainersRequest {
-            filter: Some(ContainerFilter { label_selector: [("app".to_owned(), "talker".to_owned())].into(), ..Default::default() }),
+            filter: Some(ContainerFilter {
+                label_selector: [("app".to_owned(), "talker".to_owned())].into(),
+                ..Default::default()
+            }),
         })
         .await
         .unwrap()
@@ -257,7 +284,8 @@ async fn exec_sync_stop_grace_and_a_pod_of_two_containers() {
     let pod = run_pod(&mut client, &pod_config).await;
 
     // A container that ignores SIGTERM and one that writes to the shared /dev/shm.
-    let mut stubborn = container_config("stubborn", busybox, &["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 1; done"]);
+    let mut stubborn =
+        container_config("stubborn", busybox, &["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 1; done"]);
     stubborn.linux = Some(LinuxContainerConfig {
         security_context: Some(LinuxContainerSecurityContext {
             namespace_options: Some(NamespaceOption { pid: NamespaceMode::Pod as i32, ..Default::default() }),
@@ -311,7 +339,8 @@ async fn exec_sync_stop_grace_and_a_pod_of_two_containers() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 
     remove_pod(&mut client, &pod).await;
-    let listed = client.runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    let listed =
+        client.runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers;
     assert!(listed.is_empty(), "{listed:?}");
 }
 
@@ -324,7 +353,8 @@ async fn a_memory_hog_under_its_limit_is_oom_killed() {
     pull(&mut client, busybox).await;
     let pod_config = pod_config("hog", &dirs.path().join("logs"));
     let pod = run_pod(&mut client, &pod_config).await;
-    let mut hog = container_config("hog", busybox, &["sh", "-c", "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived"]);
+    let mut hog =
+        container_config("hog", busybox, &["sh", "-c", "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived"]);
     hog.linux = Some(LinuxContainerConfig {
         resources: Some(LinuxContainerResources { memory_limit_in_bytes: 15 * 1024 * 1024, ..Default::default() }),
         ..Default::default()
@@ -348,11 +378,21 @@ async fn containers_outlive_a_daemon_killed_with_sigkill_and_a_dead_shim_never_h
     for n in 0..3 {
         let pod_config = pod_config(&format!("survivor-{n}"), &logs);
         let pod = run_pod(&mut client, &pod_config).await;
-        let config = container_config(&format!("ticker-{n}"), busybox, &["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"]);
+        let config = container_config(
+            &format!("ticker-{n}"),
+            busybox,
+            &["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"],
+        );
         let id = create(&mut client, &pod, &pod_config, config).await;
         start(&mut client, &id).await;
         // One that exits while the daemon is down.
-        let brief = create(&mut client, &pod, &pod_config, container_config(&format!("brief-{n}"), busybox, &["sh", "-c", "sleep 1; exit 4"])).await;
+        let brief = create(
+            &mut client,
+            &pod,
+            &pod_config,
+            container_config(&format!("brief-{n}"), busybox, &["sh", "-c", "sleep 1; exit 4"]),
+        )
+        .await;
         start(&mut client, &brief).await;
         pods.push((pod, id, brief));
     }
@@ -396,7 +436,7 @@ async fn containers_outlive_a_daemon_killed_with_sigkill_and_a_dead_shim_never_h
         if state != ContainerState::ContainerRunning as i32 {
             break;
         }
-        assert!(Instant::now() < deadline, "container of a dead shim still reported running");
+        assert!(Instant::now() < deadline, "container of a dead shim still reported running:\n{}", daemon.log_text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for (pod, _, _) in &pods {

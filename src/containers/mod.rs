@@ -24,8 +24,8 @@ use crate::cri::shim as pb;
 use crate::cri::v1 as cri;
 use crate::layout::Layout;
 use crate::records::{ContainerRecord, ContainerRecordState, PodRecord, PodState};
-use crate::shim::client::{Shim, ShimError, Shims};
 use crate::shim::ExitRecord;
+use crate::shim::client::{Shim, ShimError, Shims};
 
 /// How long StopPodSandbox and RemoveContainer wait for a SIGKILLed container to be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -91,7 +91,10 @@ impl Kinded for ContainerError {
     }
 }
 
-fn step<E: std::error::Error + Send + Sync + 'static>(id: &str, step: &'static str) -> impl FnOnce(E) -> ContainerError {
+fn step<E: std::error::Error + Send + Sync + 'static>(
+    id: &str,
+    step: &'static str,
+) -> impl FnOnce(E) -> ContainerError {
     let id = id.to_owned();
     move |source| ContainerError::Step { id, step, source: Box::new(source) }
 }
@@ -184,7 +187,12 @@ fn exit_reason(exit_code: i32, oom_killed: bool) -> &'static str {
 }
 
 impl ContainerManager {
-    pub fn new(config: &Config, layout: &Layout, store: Arc<Store>, images: Arc<berth_image::ImageStore>) -> ContainerManager {
+    pub fn new(
+        config: &Config,
+        layout: &Layout,
+        store: Arc<Store>,
+        images: Arc<berth_image::ImageStore>,
+    ) -> ContainerManager {
         ContainerManager {
             layout: layout.clone(),
             store,
@@ -425,8 +433,14 @@ impl ContainerManager {
     }
 
     /// The PID namespace a new container joins, per the container's NamespaceOption.
-    fn pid_namespace(&self, pod: &PodRecord, shim: &Shim, config: &cri::ContainerConfig) -> Result<Option<PathBuf>, ContainerError> {
-        let options = config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.as_ref());
+    fn pid_namespace(
+        &self,
+        pod: &PodRecord,
+        shim: &Shim,
+        config: &cri::ContainerConfig,
+    ) -> Result<Option<PathBuf>, ContainerError> {
+        let options =
+            config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.as_ref());
         let mode = options.map(|o| o.pid).unwrap_or(pod.pid_mode);
         match mode {
             // POD: the shim's holder.
@@ -673,7 +687,12 @@ impl ContainerManager {
 
     /// ExecSync: runs `command` in the container like its own process (user, env, cwd, capabilities,
     /// seccomp) and returns its output and exit code.
-    pub async fn exec_sync(&self, id: &str, command: Vec<String>, timeout_seconds: i64) -> Result<pb::ExecSyncResponse, ContainerError> {
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        command: Vec<String>,
+        timeout_seconds: i64,
+    ) -> Result<pb::ExecSyncResponse, ContainerError> {
         let record = self.refresh(self.get(id)?).await;
         if record.state != ContainerRecordState::Running {
             return Err(ContainerError::WrongState { id: record.id, state: record.state.name(), action: "exec in it" });
@@ -699,7 +718,11 @@ impl ContainerManager {
             .map_err(shim.failed("ExecSync"))?
             .into_inner();
         if answer.timed_out {
-            return Err(ContainerError::ExecTimeout { id: record.id, command: command.join(" "), seconds: timeout_seconds });
+            return Err(ContainerError::ExecTimeout {
+                id: record.id,
+                command: command.join(" "),
+                seconds: timeout_seconds,
+            });
         }
         Ok(answer)
     }
@@ -708,24 +731,43 @@ impl ContainerManager {
     pub async fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
         let record = self.refresh(self.get(id)?).await;
         if record.state != ContainerRecordState::Running {
-            return Err(ContainerError::WrongState { id: record.id, state: record.state.name(), action: "reopen its log" });
+            return Err(ContainerError::WrongState {
+                id: record.id,
+                state: record.state.name(),
+                action: "reopen its log",
+            });
         }
         let shim = self.shim(&record.pod_id).await?;
-        shim.api.clone().reopen_log(pb::ContainerRequest { id: record.id.clone() }).await.map_err(shim.failed("ReopenLog"))?;
+        shim.api
+            .clone()
+            .reopen_log(pb::ContainerRequest { id: record.id.clone() })
+            .await
+            .map_err(shim.failed("ReopenLog"))?;
         Ok(())
     }
 
     /// UpdateContainerResources: applied to the cgroup at once, then recorded.
-    pub async fn update_resources(&self, id: &str, resources: cri::LinuxContainerResources) -> Result<(), ContainerError> {
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        resources: cri::LinuxContainerResources,
+    ) -> Result<(), ContainerError> {
         let mut record = self.get(id)?;
         if !matches!(record.state, ContainerRecordState::Running | ContainerRecordState::Created) {
-            return Err(ContainerError::WrongState { id: record.id, state: record.state.name(), action: "update its resources" });
+            return Err(ContainerError::WrongState {
+                id: record.id,
+                state: record.state.name(),
+                action: "update its resources",
+            });
         }
         let oci = spec::resources(&record.id, &resources)?;
         let shim = self.shim(&record.pod_id).await?;
         shim.api
             .clone()
-            .update(pb::UpdateRequest { id: record.id.clone(), resources: serde_json::to_vec(&oci).expect("resources serialize") })
+            .update(pb::UpdateRequest {
+                id: record.id.clone(),
+                resources: serde_json::to_vec(&oci).expect("resources serialize"),
+            })
             .await
             .map_err(shim.failed("Update"))?;
         record.resources = resources.encode_to_vec();
@@ -738,23 +780,42 @@ impl ContainerManager {
     pub fn watch(self: &Arc<Self>, pod_id: String) {
         let manager = Arc::clone(self);
         tokio::spawn(async move {
-            let Ok(shim) = manager.shim(&pod_id).await else { return };
-            let stream = shim.api.clone().events(pb::Empty {}).await;
-            if let Ok(stream) = stream {
-                let mut stream = stream.into_inner();
-                while let Ok(Some(event)) = stream.message().await {
-                    if let Err(err) = manager.record_exit(&pod_id, &event) {
-                        tracing::warn!(pod_sandbox_id = %pod_id, container_id = %event.id, error = %berth_error_kind::chain(&err), "cannot record an exit");
+            loop {
+                let Ok(shim) = manager.shim(&pod_id).await else {
+                    // Already gone before we could follow it.
+                    if let Ok(Some(_)) = manager.store.get::<PodRecord>(&pod_id) {
+                        let _ = manager.shim_gone(&pod_id).await;
+                    }
+                    return;
+                };
+                if let Ok(stream) = shim.api.clone().events(pb::Empty {}).await {
+                    let mut stream = stream.into_inner();
+                    while let Ok(Some(event)) = stream.message().await {
+                        if let Err(err) = manager.record_exit(&pod_id, &event) {
+                            tracing::warn!(pod_sandbox_id = %pod_id, container_id = %event.id, error = %berth_error_kind::chain(&err), "cannot record an exit");
+                        }
                     }
                 }
-            }
-            // The stream ended: the pod was removed, the daemon is stopping, or the shim died.
-            manager.shims.forget(&pod_id);
-            if !shim.bootstrap.is_alive()
-                && let Ok(Some(_)) = manager.store.get::<PodRecord>(&pod_id)
-                && let Err(err) = manager.shim_gone(&pod_id).await
-            {
-                tracing::warn!(pod_sandbox_id = %pod_id, error = %berth_error_kind::chain(&err), "cannot settle the containers of a dead shim");
+                // The stream ended: the pod is being removed, or the shim died. A killed process closes its
+                // socket before it is gone from /proc, so give it a moment to finish dying.
+                manager.shims.forget(&pod_id);
+                for _ in 0..40 {
+                    if !shim.bootstrap.is_alive() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if !matches!(manager.store.get::<PodRecord>(&pod_id), Ok(Some(_))) {
+                    return;
+                }
+                if !shim.bootstrap.is_alive() {
+                    if let Err(err) = manager.shim_gone(&pod_id).await {
+                        tracing::warn!(pod_sandbox_id = %pod_id, error = %berth_error_kind::chain(&err), "cannot settle the containers of a dead shim");
+                    }
+                    return;
+                }
+                // Still alive: the connection broke, not the shim. Follow it again.
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
     }
@@ -770,7 +831,8 @@ impl ContainerManager {
             }
             let runtime = berth_runtime::Runtime::new(self.layout.runtime_state());
             let id = record.id.clone();
-            let _ = tokio::task::spawn_blocking(move || runtime.kill(&id, nix::sys::signal::Signal::SIGKILL, true)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || runtime.kill(&id, nix::sys::signal::Signal::SIGKILL, true)).await;
             match ExitRecord::load(&pod_dir, &record.id) {
                 Some(exit) => {
                     record.state = ContainerRecordState::Exited;
@@ -876,7 +938,9 @@ impl ContainerManager {
             }
             match known.iter().find(|s| s.id == record.id) {
                 Some(state) if state.status == pb::Status::Exited as i32 => self.record_exit(pod_id, state)?,
-                Some(state) if state.status == pb::Status::Running as i32 && record.state == ContainerRecordState::Created => {
+                Some(state)
+                    if state.status == pb::Status::Running as i32 && record.state == ContainerRecordState::Created =>
+                {
                     record.state = ContainerRecordState::Running;
                     record.started_at_unix_nanos = state.started_at;
                     self.store.put(&record)?;

@@ -15,7 +15,9 @@ pub fn stream(context: &Context) -> BoxStream<ContainerEventResponse> {
             let item = match events.recv().await {
                 Ok(event) => Ok(event),
                 // A subscriber that falls this far behind has lost events: tell it, so kubelet relists.
-                Err(RecvError::Lagged(missed)) => Err(Status::data_loss(format!("{missed} container events were dropped"))),
+                Err(RecvError::Lagged(missed)) => {
+                    Err(Status::data_loss(format!("{missed} container events were dropped")))
+                }
                 Err(RecvError::Closed) => return,
             };
             let lagged = item.is_err();

@@ -4,9 +4,7 @@ use std::collections::HashMap;
 
 use crate::containers::ContainerError;
 use crate::context::Context;
-use crate::cri::v1::{
-    ContainerStatusRequest, ContainerStatusResponse, ListContainersRequest, ListContainersResponse,
-};
+use crate::cri::v1::{ContainerStatusRequest, ContainerStatusResponse, ListContainersRequest, ListContainersResponse};
 use crate::error::RpcError;
 use crate::records::ContainerRecord;
 use crate::server::trace::record_id;

@@ -5,7 +5,10 @@ use crate::cri::v1::{ReopenContainerLogRequest, ReopenContainerLogResponse};
 use crate::error::RpcError;
 use crate::server::trace::record_id;
 
-pub async fn handle(context: &Context, request: ReopenContainerLogRequest) -> Result<ReopenContainerLogResponse, RpcError> {
+pub async fn handle(
+    context: &Context,
+    request: ReopenContainerLogRequest,
+) -> Result<ReopenContainerLogResponse, RpcError> {
     record_id("container_id", &request.container_id);
     context.containers.reopen_log(&request.container_id).await?;
     Ok(ReopenContainerLogResponse {})

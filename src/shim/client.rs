@@ -81,7 +81,11 @@ impl Shim {
 /// Connects to the shim described by `bootstrap`.
 pub async fn connect(pod_id: &str, bootstrap: Bootstrap) -> Result<Shim, ShimError> {
     if bootstrap.version != super::API_VERSION {
-        return Err(ShimError::Version { pod: pod_id.to_owned(), found: bootstrap.version, wanted: super::API_VERSION });
+        return Err(ShimError::Version {
+            pod: pod_id.to_owned(),
+            found: bootstrap.version,
+            wanted: super::API_VERSION,
+        });
     }
     let socket = bootstrap.socket.clone();
     let dial = socket.clone();

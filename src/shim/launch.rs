@@ -38,7 +38,13 @@ impl Kinded for LaunchError {
 }
 
 /// Starts the shim of a pod and returns once it serves. `binary` is berth itself (`/proc/self/exe`).
-pub fn spawn(binary: &Path, pod_id: &str, pod_dir: &Path, runtime_root: &Path, pid_namespace: bool) -> Result<Bootstrap, LaunchError> {
+pub fn spawn(
+    binary: &Path,
+    pod_id: &str,
+    pod_dir: &Path,
+    runtime_root: &Path,
+    pid_namespace: bool,
+) -> Result<Bootstrap, LaunchError> {
     let io = |step| {
         let pod = pod_id.to_owned();
         move |source| LaunchError::Io { pod, step, source }
@@ -67,15 +73,23 @@ pub fn spawn(binary: &Path, pod_id: &str, pod_dir: &Path, runtime_root: &Path, p
     // The first process only detaches and exits; the shim proper is its child and reports on the pipe.
     let status = child.wait().map_err(io("wait for the shim to detach"))?;
     if !status.success() {
-        return Err(failed(format!("the shim exited with {status} before detaching (see {}/shim.log)", pod_dir.display())));
+        return Err(failed(format!(
+            "the shim exited with {status} before detaching (see {}/shim.log)",
+            pod_dir.display()
+        )));
     }
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut poll = [nix::poll::PollFd::new(stdout.as_fd(), nix::poll::PollFlags::POLLIN)];
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let ready = nix::poll::poll(&mut poll, nix::poll::PollTimeout::try_from(remaining).unwrap_or(nix::poll::PollTimeout::MAX))
-        .map_err(|e| io("wait for the shim")(e.into()))?;
+    let ready =
+        nix::poll::poll(&mut poll, nix::poll::PollTimeout::try_from(remaining).unwrap_or(nix::poll::PollTimeout::MAX))
+            .map_err(|e| io("wait for the shim")(e.into()))?;
     if ready == 0 {
-        return Err(failed(format!("no answer within {} s (see {}/shim.log)", READY_TIMEOUT.as_secs(), pod_dir.display())));
+        return Err(failed(format!(
+            "no answer within {} s (see {}/shim.log)",
+            READY_TIMEOUT.as_secs(),
+            pod_dir.display()
+        )));
     }
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).map_err(io("read the shim's report"))?;

@@ -76,7 +76,10 @@ pub async fn run(options: Options) -> Result<(), String> {
         .map_err(|e| format!("cannot watch SIGCHLD: {e}"))?;
     let socket = options.pod_dir.join("sock");
     if socket.as_os_str().len() >= 108 {
-        return Err(format!("the shim socket path {} is too long for a unix socket (max 107 bytes); use a shorter daemon.state", socket.display()));
+        return Err(format!(
+            "the shim socket path {} is too long for a unix socket (max 107 bytes); use a shorter daemon.state",
+            socket.display()
+        ));
     }
     let _ = std::fs::remove_file(&socket);
     let listener =
@@ -346,7 +349,11 @@ impl Service {
             let (err_read, err_write) = pipe()?;
             outputs.push((out_read, LogStream::Stdout));
             outputs.push((err_read, LogStream::Stderr));
-            let options = CreateOptions { stdio: Stdio::Fds([stdin_read, out_write, err_write]), console_socket: None, pid_file: None };
+            let options = CreateOptions {
+                stdio: Stdio::Fds([stdin_read, out_write, err_write]),
+                console_socket: None,
+                pid_file: None,
+            };
             self.0.runtime.create(id, std::path::Path::new(&request.bundle), options)
         };
         let created = created.map_err(runtime_status)?;
@@ -361,10 +368,11 @@ impl Service {
             ..Default::default()
         };
         let (exited, _) = watch::channel(false);
-        self.0.containers.lock().expect("containers lock").insert(
-            id.to_owned(),
-            Container { state: state.clone(), log, copiers, exited, _stdin: stdin_write },
-        );
+        self.0
+            .containers
+            .lock()
+            .expect("containers lock")
+            .insert(id.to_owned(), Container { state: state.clone(), log, copiers, exited, _stdin: stdin_write });
         tracing::info!(container_id = id, pid = created.pid, "container created");
         Ok(state)
     }
@@ -456,8 +464,11 @@ impl Shim for Service {
             .map_err(|e| Status::invalid_argument(format!("the exec process is not an OCI process: {e}")))?;
         let (out_read, out_write) = pipe()?;
         let (err_read, err_write) = pipe()?;
-        let options =
-            ExecOptions { stdio: Stdio::Fds([dev_null()?, out_write, err_write]), console_socket: None, pid_file: None };
+        let options = ExecOptions {
+            stdio: Stdio::Fds([dev_null()?, out_write, err_write]),
+            console_socket: None,
+            pid_file: None,
+        };
         let pid = self.0.runtime.exec(&request.id, process, options).map_err(runtime_status)?;
         let (sender, exited) = oneshot::channel();
         self.0.waiters.lock().expect("waiters lock").insert(pid, Waiter::Exec(sender));

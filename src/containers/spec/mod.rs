@@ -18,8 +18,8 @@
 
 mod devices;
 mod mounts;
-mod security;
 mod seccomp;
+mod security;
 mod signal;
 mod user;
 
@@ -188,8 +188,7 @@ impl HostFacts {
         let apparmor_enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
             .map(|v| v.trim() == "Y")
             .unwrap_or(false);
-        let hostname =
-            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
         HostFacts { cgroup_v2, swap_accounting, apparmor_enabled, hostname }
     }
 }
@@ -262,7 +261,9 @@ pub(crate) fn build_with(request: &SpecRequest, host: &HostFacts) -> Result<Buil
         // containerd refuses the same: a privileged container in an unprivileged pod would escape what
         // the pod was admitted with.
         if pod_privileged == Some(false) {
-            return Err(Problem::Invalid("a privileged container is not allowed in an unprivileged pod sandbox".into()));
+            return Err(Problem::Invalid(
+                "a privileged container is not allowed in an unprivileged pod sandbox".into(),
+            ));
         }
     }
     let userns = context.and_then(|c| c.namespace_options.as_ref()).and_then(|n| n.userns_options.as_ref());
@@ -341,19 +342,24 @@ pub(crate) fn build_with(request: &SpecRequest, host: &HostFacts) -> Result<Buil
         }
     }
 
-    let mut spec_builder = SpecBuilder::default()
+    // oci_spec's builders start from its own example defaults (masked paths, hostname "youki"), so what
+    // must be absent is cleared explicitly.
+    let mut linux = linux_builder.build()?;
+    if privileged {
+        linux.set_masked_paths(None);
+        linux.set_readonly_paths(None);
+    }
+    let mut spec = SpecBuilder::default()
         .version(berth_runtime::OCI_VERSION)
         .root(RootBuilder::default().path(request.rootfs).readonly(context.is_some_and(|c| c.readonly_rootfs)).build()?)
         .process(process)
         .mounts(mounts.mounts)
         .annotations(annotations(request))
-        .linux(linux_builder.build()?);
-    if let Some(hostname) = hostname {
-        // Only with the pod's own UTS namespace: a runtime sets the hostname it is given, and in the host's
-        // namespace that would rename the node.
-        spec_builder = spec_builder.hostname(hostname);
-    }
-    let spec = spec_builder.build()?;
+        .linux(linux)
+        .build()?;
+    // Only with the pod's own UTS namespace: the runtime sets the hostname it is given, and in the host's
+    // namespace that would rename the node.
+    spec.set_hostname(hostname);
     Ok(BuiltSpec {
         spec,
         uid: identity.uid,
@@ -369,11 +375,8 @@ fn process_args(
     config: &cri::ContainerConfig,
     image: &berth_image::manifest::ContainerDefaults,
 ) -> Result<Vec<String>, Problem> {
-    let mut args: Vec<String> = if config.command.is_empty() {
-        image.entrypoint.clone().unwrap_or_default()
-    } else {
-        config.command.clone()
-    };
+    let mut args: Vec<String> =
+        if config.command.is_empty() { image.entrypoint.clone().unwrap_or_default() } else { config.command.clone() };
     if !config.args.is_empty() {
         args.extend(config.args.iter().cloned());
     } else if config.command.is_empty() {
@@ -411,9 +414,8 @@ fn environment(
         if pair.key.is_empty() || pair.key.contains('=') {
             return Err(Problem::Invalid(format!("invalid environment variable name {:?}", pair.key)));
         }
-        let value = String::from_utf8(pair.value.clone()).map_err(|_| {
-            Problem::Invalid(format!("the value of environment variable {} is not UTF-8", pair.key))
-        })?;
+        let value = String::from_utf8(pair.value.clone())
+            .map_err(|_| Problem::Invalid(format!("the value of environment variable {} is not UTF-8", pair.key)))?;
         set(format!("{}={value}", pair.key));
     }
     Ok(env)
@@ -423,10 +425,8 @@ fn working_dir(
     config: &cri::ContainerConfig,
     image: &berth_image::manifest::ContainerDefaults,
 ) -> Result<PathBuf, Problem> {
-    let dir = [config.working_dir.as_str(), image.working_dir.as_str()]
-        .into_iter()
-        .find(|d| !d.is_empty())
-        .unwrap_or("/");
+    let dir =
+        [config.working_dir.as_str(), image.working_dir.as_str()].into_iter().find(|d| !d.is_empty()).unwrap_or("/");
     if !dir.starts_with('/') {
         return Err(Problem::Invalid(format!("working directory {dir:?} is not absolute")));
     }
@@ -482,7 +482,10 @@ fn namespaces(
 
 /// `linux.resources` from CRI, as containerd fills it: zero means "not set"; without an explicit swap limit
 /// swap is limited to the memory limit (no swapping) where the kernel accounts swap.
-fn linux_resources(resources: Option<&cri::LinuxContainerResources>, host: &HostFacts) -> Result<LinuxResources, Problem> {
+fn linux_resources(
+    resources: Option<&cri::LinuxContainerResources>,
+    host: &HostFacts,
+) -> Result<LinuxResources, Problem> {
     let mut builder = LinuxResourcesBuilder::default();
     let Some(r) = resources else {
         return Ok(builder.build()?);

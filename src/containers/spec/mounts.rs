@@ -38,7 +38,12 @@ fn standard(privileged: bool) -> Result<Vec<Mount>, Problem> {
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
-        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        )?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", sys_mode])?,
         mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", sys_mode])?,
@@ -71,10 +76,9 @@ fn propagation_option(mount: &cri::Mount) -> Result<&'static str, Problem> {
         Ok(MountPropagation::PropagationPrivate) => Ok("rprivate"),
         Ok(MountPropagation::PropagationHostToContainer) => Ok("rslave"),
         Ok(MountPropagation::PropagationBidirectional) => Ok("rshared"),
-        Err(_) => Err(Problem::Invalid(format!(
-            "mount {}: unknown propagation {}",
-            mount.container_path, mount.propagation
-        ))),
+        Err(_) => {
+            Err(Problem::Invalid(format!("mount {}: unknown propagation {}", mount.container_path, mount.propagation)))
+        }
     }
 }
 
@@ -113,7 +117,10 @@ fn cri_mount(mount: &cri::Mount) -> Result<(Mount, &'static str), Problem> {
         // kubelet checks the same; the kernel's recursive read-only (mount_setattr) cannot be undone by a
         // propagated mount, so only private mounts may ask for it.
         if !mount.readonly {
-            return Err(Problem::Invalid(format!("mount {}: recursive read-only needs readonly", mount.container_path)));
+            return Err(Problem::Invalid(format!(
+                "mount {}: recursive read-only needs readonly",
+                mount.container_path
+            )));
         }
         if propagation != "rprivate" {
             return Err(Problem::Invalid(format!(
@@ -155,7 +162,8 @@ pub(crate) fn mounts(request: &MountRequest) -> Result<Mounts, Problem> {
 
     let etc_mode = if request.readonly_rootfs { "ro" } else { "rw" };
     let mut extra: Vec<Mount> = Vec::new();
-    for (file, destination) in [("hostname", "/etc/hostname"), ("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf")]
+    for (file, destination) in
+        [("hostname", "/etc/hostname"), ("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf")]
     {
         if !requested.iter().any(|p| p == Path::new(destination)) {
             extra.push(bind(destination, request.etc_dir.join(file), &["rprivate", etc_mode])?);

@@ -110,7 +110,9 @@ pub(crate) fn capabilities(context: Option<&cri::LinuxContainerSecurityContext>)
 
 /// The CRI's lists when it gives them (kubelet always does, unless `procMount: Unmasked`, which arrives as an
 /// empty list and so also gets the defaults, as with containerd), else kubelet's defaults.
-pub(crate) fn masked_and_readonly_paths(context: Option<&cri::LinuxContainerSecurityContext>) -> (Vec<String>, Vec<String>) {
+pub(crate) fn masked_and_readonly_paths(
+    context: Option<&cri::LinuxContainerSecurityContext>,
+) -> (Vec<String>, Vec<String>) {
     let pick = |given: Option<&Vec<String>>, default: &[&str]| match given {
         Some(given) if !given.is_empty() => given.clone(),
         _ => default.iter().map(|p| (*p).to_owned()).collect(),
@@ -144,7 +146,9 @@ fn requested_profile(
             Ok(ProfileType::Localhost) if !profile.localhost_ref.is_empty() => {
                 Ok(Profile::Localhost(profile.localhost_ref.clone()))
             }
-            Ok(ProfileType::Localhost) => Err(Problem::Invalid(format!("{what} profile Localhost without localhost_ref"))),
+            Ok(ProfileType::Localhost) => {
+                Err(Problem::Invalid(format!("{what} profile Localhost without localhost_ref")))
+            }
             Err(_) => Err(Problem::Invalid(format!("unknown {what} profile type {}", profile.profile_type))),
         };
     }

@@ -46,8 +46,9 @@ struct GroupEntry {
 /// when the file does not exist.
 pub(crate) fn read_in_root(root: &Path, relative: &str) -> Result<Option<String>, Problem> {
     let path = root.join(relative);
-    let root_dir: OwnedFd = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|errno| Problem::Io { step: "open the rootfs", path: root.into(), source: errno.into() })?;
+    let root_dir: OwnedFd =
+        nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|errno| Problem::Io { step: "open the rootfs", path: root.into(), source: errno.into() })?;
     // O_NONBLOCK: a FIFO planted at /etc/passwd must not block the open; it is refused below.
     let how = OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
@@ -142,7 +143,10 @@ impl Id {
             return Err(Problem::Invalid(format!("empty {what} name")));
         }
         if text.bytes().all(|b| b.is_ascii_digit()) {
-            return text.parse().map(Id::Number).map_err(|_| Problem::Invalid(format!("{what} id {text} is out of range")));
+            return text
+                .parse()
+                .map(Id::Number)
+                .map_err(|_| Problem::Invalid(format!("{what} id {text} is out of range")));
         }
         Ok(Id::Name(text.to_owned()))
     }
@@ -186,9 +190,12 @@ pub(crate) fn resolve(
 
     let (uid, name, primary_gid) = match &user {
         Id::Name(name) => {
-            let entry = accounts.passwd()?.iter().find(|e| e.name == *name).cloned().ok_or_else(|| {
-                Problem::NotFound(format!("user {name:?} is not in the image's /etc/passwd"))
-            })?;
+            let entry = accounts
+                .passwd()?
+                .iter()
+                .find(|e| e.name == *name)
+                .cloned()
+                .ok_or_else(|| Problem::NotFound(format!("user {name:?} is not in the image's /etc/passwd")))?;
             (entry.uid, Some(entry.name), entry.gid)
         }
         Id::Number(uid) => match accounts.passwd()?.iter().find(|e| e.uid == *uid) {
@@ -200,11 +207,12 @@ pub(crate) fn resolve(
     let gid = match (context.and_then(|c| c.run_as_group.as_ref()), image_group) {
         (Some(group), _) => id_from_cri(group.value, "run_as_group")?,
         (None, Some(Id::Number(gid))) => gid,
-        (None, Some(Id::Name(group))) => {
-            accounts.group()?.iter().find(|g| g.name == group).map(|g| g.gid).ok_or_else(|| {
-                Problem::NotFound(format!("group {group:?} is not in the image's /etc/group"))
-            })?
-        }
+        (None, Some(Id::Name(group))) => accounts
+            .group()?
+            .iter()
+            .find(|g| g.name == group)
+            .map(|g| g.gid)
+            .ok_or_else(|| Problem::NotFound(format!("group {group:?} is not in the image's /etc/group")))?,
         (None, None) => primary_gid,
     };
 
