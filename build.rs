@@ -16,6 +16,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // serde for the CLI's crictl-style config files (snake_case field names, enums as numbers, missing
+        // fields default) and its JSON/YAML output (camelCase, as crictl prints).
+        .message_attribute(
+            ".runtime.v1",
+            "#[derive(serde::Deserialize, serde::Serialize)] #[serde(default, rename_all(serialize = \"camelCase\"))]",
+        )
+        // An env value is bytes since CRI 1.34 but a string in JSON, as cri-api's own KeyValue.MarshalJSON keeps it.
+        .field_attribute(".runtime.v1.KeyValue.value", "#[serde(with = \"crate::cli::cri_config::string_bytes\")]")
         .compile_protos(&["proto/api.proto", "proto/berth.proto", "proto/shim.proto"], &["proto"])?;
 
     println!("cargo:rustc-env=BERTH_GIT_COMMIT={}", git_commit().unwrap_or_else(|| "unknown".to_owned()));

@@ -7,6 +7,7 @@
 mod support;
 
 mod cli;
+mod cli_pods;
 mod compat;
 mod config;
 mod containers;

@@ -3,10 +3,16 @@
 
 pub mod client;
 mod config_cmd;
+mod containers;
+pub(crate) mod cri_config;
+mod exec;
 mod image_fs_info;
 mod images;
 mod info;
+mod listing;
+mod logs;
 mod output;
+mod pods;
 mod progress;
 mod runtime;
 mod version;
@@ -28,8 +34,9 @@ pub struct Cli {
     /// The daemon's CRI endpoint (unix:///path or a plain path).
     #[arg(long, short = 'r', global = true, env = "CONTAINER_RUNTIME_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     runtime_endpoint: String,
-    /// Seconds to wait for the daemon to connect and answer.
-    #[arg(long, global = true, default_value_t = 10)]
+    /// Seconds to wait for the daemon to connect and answer (before the verb, as crictl takes it: `stop` and
+    /// `exec` have a `--timeout` of their own). Verbs that change things wait at least 4 minutes.
+    #[arg(long, default_value_t = 10)]
     timeout: u64,
     #[command(subcommand)]
     command: Command,
@@ -87,7 +94,47 @@ enum Command {
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Run a pod from a PodSandboxConfig file (like `crictl runp`); prints its ID.
+    Runp(pods::RunPodArgs),
+    /// List pods.
+    Pods(pods::ListPodsArgs),
+    /// Show pods' status and the runtime's information about them.
+    Inspectp(pods::InspectPodArgs),
+    /// Stop pods: their containers are stopped and their network released.
+    Stopp {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove pods.
+    Rmp(pods::RemovePodArgs),
+    /// Create a container in a pod from a ContainerConfig file; prints its ID.
+    Create(containers::CreateArgs),
+    /// Start created containers.
+    Start {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Run a pod and a container in it from their config files; prints the container's ID.
+    Run(containers::RunArgs),
+    /// List containers (running ones unless -a).
+    Ps(containers::ListContainersArgs),
+    /// Show containers' status and the runtime's information about them.
+    Inspect(containers::InspectArgs),
+    /// Print a container's logs.
+    Logs(logs::LogsArgs),
+    /// Run a command in a running container (-s: synchronously) and exit with its exit code.
+    Exec(exec::ExecArgs),
+    /// Stop running containers.
+    Stop(containers::StopArgs),
+    /// Remove containers.
+    Rm(containers::RemoveArgs),
 }
+
+/// The least a verb that changes pods or containers waits for the daemon: kubelet's RunPodSandbox
+/// timeout, so the CLI does not give up on work the daemon finishes anyway.
+const MUTATION_TIMEOUT: Duration = Duration::from_secs(240);
+/// The least `create --with-pull` and `run` wait: a pull takes as long as the image takes.
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Parses the command line, runs the command, and turns any error into one line on stderr.
 pub fn main() -> ExitCode {
@@ -96,8 +143,26 @@ pub fn main() -> ExitCode {
     if let Command::Runtime(args) = cli.command {
         return ExitCode::from(runtime::run(*args));
     }
+    if let Command::Exec(args) = cli.command {
+        // The command's own time limit, and a margin for the runtime to kill it and answer; none without.
+        let timeout = match u64::try_from(args.timeout) {
+            Ok(seconds) if seconds > 0 => timeout.max(Duration::from_secs(seconds.saturating_add(30))),
+            _ => Duration::from_secs(24 * 3600),
+        };
+        let outcome =
+            client_command(&cli.runtime_endpoint, timeout, |client| async move { exec::run(client, args).await });
+        return match outcome {
+            Ok(code) => ExitCode::from(code),
+            Err(message) => {
+                eprintln!("berth: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let mutation_timeout = timeout.max(MUTATION_TIMEOUT);
+    let endpoint = cli.runtime_endpoint.as_str();
     let outcome: Result<(), String> = match cli.command {
-        Command::Runtime(_) => unreachable!("handled above"),
+        Command::Runtime(_) | Command::Exec(_) => unreachable!("handled above"),
         Command::Serve { config } => serve(config),
         Command::Config(command) => config_cmd::run(command),
         Command::Version { output } => {
@@ -132,6 +197,28 @@ pub fn main() -> ExitCode {
         Command::Info { output } => {
             client_command(&cli.runtime_endpoint, timeout, |endpoint| async move { info::run(endpoint, output).await })
         }
+        Command::Runp(args) => client_command(endpoint, mutation_timeout, |client| pods::run(client, args)),
+        Command::Pods(args) => client_command(endpoint, timeout, |client| pods::list(client, args)),
+        Command::Inspectp(args) => client_command(endpoint, timeout, |client| pods::inspect(client, args)),
+        Command::Stopp { ids } => client_command(endpoint, mutation_timeout, |client| pods::stop(client, ids)),
+        Command::Rmp(args) => client_command(endpoint, mutation_timeout, |client| pods::remove(client, args)),
+        Command::Create(args) => {
+            let timeout = if args.pull.with_pull { mutation_timeout.max(PULL_TIMEOUT) } else { mutation_timeout };
+            client_command(endpoint, timeout, |client| containers::create(client, args))
+        }
+        Command::Start { ids } => client_command(endpoint, mutation_timeout, |client| containers::start(client, ids)),
+        Command::Run(args) => {
+            client_command(endpoint, mutation_timeout.max(PULL_TIMEOUT), |client| containers::run(client, args))
+        }
+        Command::Ps(args) => client_command(endpoint, timeout, |client| containers::list(client, args)),
+        Command::Inspect(args) => client_command(endpoint, timeout, |client| containers::inspect(client, args)),
+        Command::Logs(args) => client_command(endpoint, timeout, |client| logs::run(client, args)),
+        Command::Stop(args) => {
+            // Each StopContainer lasts up to its grace period, then the kill.
+            let grace = Duration::from_secs(u64::try_from(args.timeout).unwrap_or(0));
+            client_command(endpoint, mutation_timeout + grace, |client| containers::stop(client, args))
+        }
+        Command::Rm(args) => client_command(endpoint, mutation_timeout, |client| containers::remove(client, args)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,10 +243,10 @@ fn serve(config_path: Option<PathBuf>) -> Result<(), String> {
 }
 
 /// Runs a client verb on a single-threaded runtime: the CLI does one thing at a time.
-fn client_command<F, Fut>(endpoint: &str, timeout: Duration, run: F) -> Result<(), String>
+fn client_command<F, Fut, T>(endpoint: &str, timeout: Duration, run: F) -> Result<T, String>
 where
     F: FnOnce(client::Client) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<T, String>>,
 {
     let endpoint = Endpoint::parse(endpoint).map_err(|err| chain(&err))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -170,4 +257,32 @@ where
         let client = client::Client::connect(endpoint, timeout).await.map_err(|err| chain(&err))?;
         run(client).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_daemon_timeout_comes_before_the_verb_and_verbs_keep_their_own() {
+        let cli = Cli::parse_from(["berth", "--timeout", "3", "stop", "-t", "30", "abc"]);
+        assert_eq!(cli.timeout, 3);
+        let Command::Stop(stop) = cli.command else { panic!("{:?}", cli.command) };
+        assert_eq!((stop.timeout, stop.ids), (30, vec!["abc".to_owned()]));
+        let cli = Cli::parse_from(["berth", "exec", "-s", "--timeout", "2", "abc", "sh", "-c", "exit 3"]);
+        let Command::Exec(exec) = cli.command else { panic!("{:?}", cli.command) };
+        assert_eq!((exec.timeout, exec.command.len()), (2, 3));
+        let cli = Cli::parse_from(["berth", "ps", "-aq", "--label", "a=b", "--label", "c=d", "-r", "/x.sock"]);
+        assert_eq!(cli.runtime_endpoint, "/x.sock", "the endpoint flag stays global");
+        let Command::Ps(ps) = cli.command else { panic!("{:?}", cli.command) };
+        assert!(ps.all && ps.quiet);
+        assert_eq!(ps.labels, ["a=b", "c=d"]);
+    }
 }
