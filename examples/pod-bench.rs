@@ -1,6 +1,6 @@
-//! Pod-ready benchmark over one CRI connection (hack/bench/pods.sh runs it): RunPodSandbox + CreateContainer
-//! + StartContainer of `sleep` from an image, N pods sequentially and N pods at a concurrency, then ExecSync
-//! `true` and stop+remove. Works against any CRI endpoint (berth, containerd).
+//! Pod-ready benchmark over one CRI connection (hack/bench/pods.sh runs it): RunPodSandbox, CreateContainer
+//! and StartContainer of `sleep` from an image, N pods sequentially and N pods at a concurrency, then
+//! ExecSync `true` and stop+remove. Works against any CRI endpoint (berth, containerd).
 //!
 //! Usage: pod-bench ENDPOINT IMAGE [PODS] [CONCURRENCY]
 
@@ -58,14 +58,26 @@ async fn pod_ready(client: &mut Client, image: &str, run: &str, n: usize) -> (St
         .expect("CreateContainer")
         .into_inner()
         .container_id;
-    client.runtime.start_container(StartContainerRequest { container_id: container.clone() }).await.expect("StartContainer");
+    client
+        .runtime
+        .start_container(StartContainerRequest { container_id: container.clone() })
+        .await
+        .expect("StartContainer");
     (pod, container, began.elapsed())
 }
 
 async fn teardown(client: &mut Client, pod: &str) -> Duration {
     let began = Instant::now();
-    client.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.into() }).await.expect("StopPodSandbox");
-    client.runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.into() }).await.expect("RemovePodSandbox");
+    client
+        .runtime
+        .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.into() })
+        .await
+        .expect("StopPodSandbox");
+    client
+        .runtime
+        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.into() })
+        .await
+        .expect("RemovePodSandbox");
     began.elapsed()
 }
 
@@ -102,7 +114,8 @@ async fn main() {
     };
     let pods: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(50);
     let concurrency: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(10);
-    let client = Client::connect(Endpoint::parse(endpoint).expect("endpoint"), Duration::from_secs(30)).await.expect("connect");
+    let client =
+        Client::connect(Endpoint::parse(endpoint).expect("endpoint"), Duration::from_secs(30)).await.expect("connect");
 
     // Sequential.
     let mut ready = Vec::new();
@@ -171,13 +184,25 @@ async fn main() {
     }
 
     println!("pods={pods} concurrency={concurrency}");
-    println!("pod ready sequential   p50 {:7.1} ms  p90 {:7.1} ms", percentile(&mut ready, 0.5), percentile(&mut ready, 0.9));
+    println!(
+        "pod ready sequential   p50 {:7.1} ms  p90 {:7.1} ms",
+        percentile(&mut ready, 0.5),
+        percentile(&mut ready, 0.9)
+    );
     println!(
         "pod ready at {concurrency:<2} conc.  p50 {:7.1} ms  p90 {:7.1} ms  all {pods} in {:.2} s",
         percentile(&mut parallel, 0.5),
         percentile(&mut parallel, 0.9),
         wall.as_secs_f64()
     );
-    println!("ExecSync true          p50 {:7.1} ms  p90 {:7.1} ms", percentile(&mut exec, 0.5), percentile(&mut exec, 0.9));
-    println!("stop+remove            p50 {:7.1} ms  p90 {:7.1} ms", percentile(&mut removal, 0.5), percentile(&mut removal, 0.9));
+    println!(
+        "ExecSync true          p50 {:7.1} ms  p90 {:7.1} ms",
+        percentile(&mut exec, 0.5),
+        percentile(&mut exec, 0.9)
+    );
+    println!(
+        "stop+remove            p50 {:7.1} ms  p90 {:7.1} ms",
+        percentile(&mut removal, 0.5),
+        percentile(&mut removal, 0.9)
+    );
 }
