@@ -526,7 +526,6 @@ async fn security_context_user_caps_readonly_masked_paths_and_resources_are_seen
             ..Default::default()
         }),
         resources: Some(LinuxContainerResources { memory_limit_in_bytes: 64 * 1024 * 1024, ..Default::default() }),
-        ..Default::default()
     });
     let id = create(&mut client, &pod, &pod_config, config).await;
     start(&mut client, &id).await;
