@@ -238,6 +238,21 @@ async fn a_container_runs_logs_in_cri_format_and_reports_its_exit() {
         .containers;
     assert_eq!(listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
 
+    // A terminal: output through the pty, logged as stdout.
+    let mut tty = container_config("tty", busybox, &["sh", "-c", "tty; echo on-a-terminal"]);
+    tty.tty = true;
+    let tty_id = create(&mut client, &pod, &pod_config, tty).await;
+    start(&mut client, &tty_id).await;
+    wait_exited(&mut client, &tty_id, Duration::from_secs(10)).await;
+    let lines: Vec<String> = log_records(&logs.join("tty/0.log"))
+        .into_iter()
+        .map(|(stream, _, text)| format!("{stream} {}", text.trim_end_matches('\r')))
+        .collect();
+    assert!(
+        lines.contains(&"stdout /dev/pts/0".to_owned()) && lines.contains(&"stdout on-a-terminal".to_owned()),
+        "{lines:?}"
+    );
+
     // A successful one reports Completed.
     let done = create(&mut client, &pod, &pod_config, container_config("done", busybox, &["true"])).await;
     start(&mut client, &done).await;
