@@ -136,6 +136,16 @@ fn check_sysctl(key: &str, has_netns: bool, has_ipcns: bool) -> Result<(), PodEr
     }
 }
 
+/// The pod's hostname: kubelet always sends one; other clients (critest, crictl files) may not, and then
+/// it is the node's, as with containerd (the pod name could be longer than the 64 bytes a hostname holds).
+fn effective_hostname(asked: &str) -> String {
+    if asked.is_empty() {
+        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+    } else {
+        asked.to_owned()
+    }
+}
+
 fn now_nanos() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(1)
 }
@@ -227,7 +237,7 @@ impl PodManager {
             attempt: spec.attempt,
             state: PodState::Creating,
             created_at_unix_nanos: now_nanos(),
-            hostname: spec.hostname.clone(),
+            hostname: effective_hostname(&spec.hostname),
             log_directory: spec.log_directory.clone(),
             runtime_handler: spec.runtime_handler.clone(),
             labels: spec.labels.clone(),
@@ -276,7 +286,7 @@ impl PodManager {
         if record.ipcns.is_some() {
             kinds.push(PinnedKind::Ipc);
         }
-        let hostname = if spec.hostname.is_empty() { spec.name.clone() } else { spec.hostname.clone() };
+        let hostname = record.hostname.clone();
         if !kinds.is_empty() {
             let request = PinRequest {
                 dir: dir.join("ns"),
