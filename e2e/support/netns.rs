@@ -32,9 +32,10 @@ impl TestNetns {
             .stdout(Stdio::piped())
             .spawn()
             .expect("unshare --net");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let stdout = child.stdout.take().unwrap();
         let holder = KillOnDrop(child);
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "ready", "the namespace holder did not start");
         TestNetns { holder }
     }
