@@ -417,7 +417,7 @@ async fn after_a_kill_9_and_a_restart_stop_and_remove_leave_no_lease_veth_or_por
     let ip = pod_ip(&mut client, &pod).await;
     run_container(&mut client, &pod, &config, container_config("httpd", &web_image, &[])).await;
     assert_eq!(http_get(&netns, "http://127.0.0.1:18081/"), "berth-test-web\n");
-    assert_eq!(leases(&dirs), [ip.clone()]);
+    assert_eq!(leases(&dirs), std::slice::from_ref(&ip));
     assert_eq!(veths(&netns).len(), 1, "{}", netns.links());
     assert!(!pod_rules(&netns, &pod).is_empty(), "no portmap rules for the pod:\n{}", netns.iptables());
 
@@ -521,7 +521,7 @@ async fn a_failed_del_is_retried_on_remove_and_at_start_up_and_never_blocks_remo
     let daemon = netns.start_daemon(&dirs);
     let mut client = daemon.client().await;
     assert_eq!(cached(&dirs), Vec::<String>::new(), "start-up did not retry the failed DELs");
-    assert_eq!(pod_dirs(&dirs), [stopped.clone()]);
+    assert_eq!(pod_dirs(&dirs), std::slice::from_ref(&stopped));
     assert_eq!(leases(&dirs), Vec::<String>::new());
     let listed = listed_pods(&mut client).await;
     assert_eq!(listed.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [stopped.as_str()]);

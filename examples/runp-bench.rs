@@ -52,11 +52,7 @@ async fn run_pod(client: &mut Client, n: usize) -> (String, Duration) {
 }
 
 async fn remove_pod(client: &mut Client, id: &str) {
-    client
-        .runtime
-        .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.into() })
-        .await
-        .expect("StopPodSandbox");
+    client.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.into() }).await.expect("StopPodSandbox");
     client
         .runtime
         .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.into() })
@@ -105,8 +101,10 @@ async fn main() {
     println!("RunPodSandbox            p50 {:6.1} ms  p90 {:6.1} ms", percentile(&rpc, 0.5), percentile(&rpc, 0.9));
     if let Some(log) = log {
         let plugins = plugin_times(log);
-        let inside: Vec<f64> =
-            made.iter().map(|(id, _)| *plugins.get(id).unwrap_or_else(|| panic!("no CNI ADD event for {id}"))).collect();
+        let inside: Vec<f64> = made
+            .iter()
+            .map(|(id, _)| *plugins.get(id).unwrap_or_else(|| panic!("no CNI ADD event for {id}")))
+            .collect();
         let outside: Vec<f64> = rpc.iter().zip(&inside).map(|(total, inside)| total - inside).collect();
         let share = inside.iter().sum::<f64>() / rpc.iter().sum::<f64>() * 100.0;
         println!(
