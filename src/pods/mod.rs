@@ -9,7 +9,7 @@
 //! made (CNI DEL before the network namespace is unpinned, because plugins such as bridge find the rules
 //! they must delete from inside it); Stop and Remove are idempotent and finish what a crash interrupted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -97,8 +97,9 @@ pub struct PodSpec {
     pub resources: Vec<u8>,
 }
 
-/// Owns every pod's lifecycle. Mutations are serialized by one lock: they are rare next to reads, and one
-/// order of events per node makes crash recovery simple.
+/// Owns every pod's lifecycle. Mutations of one pod are serialized by that pod's lock (creations by the
+/// lock of the name kubelet reserves); different pods are made and removed in parallel, since nothing
+/// they touch is shared (CNI plugins lock their own state).
 pub struct PodManager {
     layout: Layout,
     store: Arc<Store>,
@@ -106,7 +107,8 @@ pub struct PodManager {
     cni: Cni,
     /// The CNI configuration directory, re-read only when it changes (Status asks every few seconds).
     network: std::sync::Mutex<berth_cni::ConfigWatcher>,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    /// Per-object locks: a pod id, or `run:` + the reserved name for a RunPodSandbox in progress.
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for PodManager {
@@ -170,7 +172,7 @@ impl PodManager {
             init_binary: PathBuf::from("/proc/self/exe"),
             cni,
             network: std::sync::Mutex::new(berth_cni::ConfigWatcher::new(config.cni.conf_dir.as_path())),
-            lock: Arc::new(tokio::sync::Mutex::new(())),
+            locks: Default::default(),
         }
     }
 
@@ -193,17 +195,43 @@ impl PodManager {
         for key in spec.sysctls.keys() {
             check_sysctl(key, has_netns, has_ipcns)?;
         }
-        self.exclusive(move |manager| manager.run_blocking(spec)).await
+        let key = format!("run:{}/{}/{}/{}", spec.namespace, spec.name, spec.uid, spec.attempt);
+        let result = self.exclusive(key.clone(), move |manager| manager.run_blocking(spec)).await;
+        self.forget_lock(&key);
+        result
+    }
+
+    /// The lock of `key`, made on first use.
+    fn lock_of(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(self.locks.lock().expect("pod locks").entry(key.to_owned()).or_default())
+    }
+
+    /// Drops the lock of an object that is gone, unless someone else still holds or waits for it.
+    fn forget_lock(&self, key: &str) {
+        let mut locks = self.locks.lock().expect("pod locks");
+        if locks.get(key).is_some_and(|lock| Arc::strong_count(lock) == 1) {
+            locks.remove(key);
+        }
+    }
+
+    /// The full id of the pod `id` names (an id or a unique prefix), for its lock.
+    async fn resolve(self: &Arc<Self>, id: &str) -> Result<Option<String>, PodError> {
+        let manager = Arc::clone(self);
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || Ok(manager.find(&id)?.map(|record| record.id))).await.map_err(|join| {
+            PodError::Step { pod: String::new(), step: "look up the sandbox", source: Box::new(join) }
+        })?
     }
 
     /// Runs `work` on a blocking thread (it spawns helpers and plugins and waits for them) while holding
-    /// the pod lock. The lock travels with the work: a request whose caller gave up (kubelet's timeout)
-    /// still finishes under the lock, so the retry finds its result instead of racing it.
+    /// the lock of `key`. The lock travels with the work: a request whose caller gave up (kubelet's
+    /// timeout) still finishes under the lock, so the retry finds its result instead of racing it.
     async fn exclusive<T: Send + 'static>(
         self: &Arc<Self>,
+        key: String,
         work: impl FnOnce(&PodManager) -> Result<T, PodError> + Send + 'static,
     ) -> Result<T, PodError> {
-        let guard = Arc::clone(&self.lock).lock_owned().await;
+        let guard = self.lock_of(&key).lock_owned().await;
         let manager = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
@@ -417,7 +445,8 @@ impl PodManager {
     /// of keeping it Terminating while a plugin fails; the cached attachment is kept and DEL is retried on
     /// Remove and at daemon start-up.
     pub async fn stop(self: &Arc<Self>, id: String) -> Result<(), PodError> {
-        self.exclusive(move |manager| {
+        let Some(id) = self.resolve(&id).await? else { return Ok(()) };
+        self.exclusive(id.clone(), move |manager| {
             let Some(mut record) = manager.find(&id)? else { return Ok(()) };
             if record.state != PodState::NotReady {
                 record.state = PodState::NotReady;
@@ -438,14 +467,19 @@ impl PodManager {
     /// Removes everything the sandbox had. Idempotent; a missing sandbox is not an error (CRI). A failing
     /// DEL never makes a pod unremovable (see `teardown`).
     pub async fn remove(self: &Arc<Self>, id: String) -> Result<(), PodError> {
-        self.exclusive(move |manager| {
-            let Some(record) = manager.find(&id)? else { return Ok(()) };
-            let outcome = manager.teardown(&record)?;
-            manager.store.delete::<PodRecord>(&record.id)?;
-            tracing::info!(pod_sandbox_id = %record.id, network_kept = outcome == Teardown::NetworkKept, "pod sandbox removed");
-            Ok(())
-        })
-        .await
+        let Some(id) = self.resolve(&id).await? else { return Ok(()) };
+        let key = id.clone();
+        let result = self
+            .exclusive(key.clone(), move |manager| {
+                let Some(record) = manager.find(&id)? else { return Ok(()) };
+                let outcome = manager.teardown(&record)?;
+                manager.store.delete::<PodRecord>(&record.id)?;
+                tracing::info!(pod_sandbox_id = %record.id, network_kept = outcome == Teardown::NetworkKept, "pod sandbox removed");
+                Ok(())
+            })
+            .await;
+        self.forget_lock(&key);
+        result
     }
 
     /// UpdatePodSandboxResources: kubelet writes the pod's cgroup itself; the runtime records what it was
@@ -457,8 +491,8 @@ impl PodManager {
         resources: Option<crate::cri::v1::LinuxContainerResources>,
     ) -> Result<(), PodError> {
         use prost::Message;
-        let id = id.to_owned();
-        self.exclusive(move |manager| {
+        let id = self.resolve(id).await?.ok_or_else(|| PodError::NotFound(id.to_owned()))?;
+        self.exclusive(id.clone(), move |manager| {
             let mut record = manager.find(&id)?.ok_or_else(|| PodError::NotFound(id.clone()))?;
             record.overhead = overhead.map(|o| o.encode_to_vec()).unwrap_or_default();
             record.resources = resources.map(|r| r.encode_to_vec()).unwrap_or_default();

@@ -284,11 +284,10 @@ fn security_context_users_and_groups_override_the_image() {
     let identity = resolve(&fixture, Some(&c), "");
     assert_eq!(identity.additional_gids, [3000, 4000, 10], "Strict: only the CRI's");
 
-    // run_as_group alone applies to the image's user.
+    // run_as_group alone is refused (containerd, critest).
     let mut c = context();
     c.run_as_group = Some(cri::Int64Value { value: 7 });
-    let identity = resolve(&fixture, Some(&c), "alice:staff");
-    assert_eq!((identity.uid, identity.gid), (1000, 7));
+    assert!(matches!(user::resolve(&fixture.rootfs(), Some(&c), "alice:staff"), Err(Problem::Invalid(_))));
 
     let mut c = context();
     c.run_as_user = Some(cri::Int64Value { value: -1 });

@@ -165,14 +165,21 @@ fn id_from_cri(value: i64, what: &str) -> Result<u32, Problem> {
 /// (policy Merge, the default) every /etc/group entry listing the user's name, then the CRI's
 /// `supplemental_groups`; policy Strict leaves out /etc/group.
 ///
-/// Differs from containerd in one case: `run_as_group` without a user applies to the image's user instead
-/// of being refused (CRI-O's behaviour; kubelet sends it when only `runAsGroup` is set).
+/// `run_as_group` without `run_as_user` or `run_as_username` is refused, as containerd does and critest
+/// checks (kubelet's validation already requires runAsUser with runAsGroup).
 pub(crate) fn resolve(
     root: &Path,
     context: Option<&cri::LinuxContainerSecurityContext>,
     image_user: &str,
 ) -> Result<Identity, Problem> {
     let mut accounts = Accounts { root, passwd: None, group: None };
+    if let Some(c) = context
+        && c.run_as_group.is_some()
+        && c.run_as_user.is_none()
+        && c.run_as_username.is_empty()
+    {
+        return Err(Problem::Invalid("run_as_group is set without run_as_user or run_as_username".into()));
+    }
     let (user, image_group) = match context {
         Some(c) if !c.run_as_username.is_empty() => (Id::parse(&c.run_as_username, "user")?, None),
         Some(c) if c.run_as_user.is_some() => {
