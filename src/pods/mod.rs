@@ -305,10 +305,31 @@ impl PodManager {
         }
     }
 
-    /// Every side effect of RunPodSandbox, in order.
+    /// Every side effect of RunPodSandbox. The shim starts first and comes up while the namespaces are
+    /// pinned and CNI runs (it needs neither); it is waited for last.
     fn make(&self, spec: &PodSpec, record: &mut PodRecord, dir: &Path) -> Result<(), PodError> {
         let id = record.id.clone();
+        let began = std::time::Instant::now();
         std::fs::create_dir_all(dir).map_err(step(&id, "create the pod directory"))?;
+        let shim = crate::shim::launch::start(
+            &self.init_binary,
+            &id,
+            dir,
+            &self.layout.runtime_state(),
+            spec.pid_mode == MODE_POD,
+        )
+        .map_err(step(&id, "start the pod's shim"))?;
+        let result = self.make_namespaces_and_network(spec, record, dir);
+        // Waited for even after a failure, so teardown finds it in its cgroup (and kills it).
+        let ready = shim.wait_ready().map_err(step(&id, "start the pod's shim"));
+        result?;
+        ready?;
+        tracing::debug!(pod_sandbox_id = %id, elapsed_ms = began.elapsed().as_secs_f64() * 1000.0, "pod sandbox made");
+        Ok(())
+    }
+
+    fn make_namespaces_and_network(&self, spec: &PodSpec, record: &mut PodRecord, dir: &Path) -> Result<(), PodError> {
+        let id = record.id.clone();
         let mut kinds = Vec::new();
         if record.netns.is_some() {
             kinds.extend([PinnedKind::Net, PinnedKind::Uts]);
@@ -350,14 +371,6 @@ impl PodManager {
         if record.ipcns.is_some() {
             mount_shm(&dir.join("shm")).map_err(step(&id, "mount the pod's /dev/shm"))?;
         }
-        crate::shim::launch::spawn(
-            &self.init_binary,
-            &id,
-            dir,
-            &self.layout.runtime_state(),
-            spec.pid_mode == MODE_POD,
-        )
-        .map_err(step(&id, "start the pod's shim"))?;
         Ok(())
     }
 

@@ -37,19 +37,26 @@ impl Kinded for LaunchError {
     }
 }
 
-/// Starts the shim of a pod and returns once it serves. `binary` is berth itself (`/proc/self/exe`).
-pub fn spawn(
+/// A shim on its way up: the daemon can do other work for the pod (namespaces, CNI) meanwhile.
+#[derive(Debug)]
+pub struct Launching {
+    pod_id: String,
+    pod_dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+/// Starts the shim of a pod; [`Launching::wait_ready`] waits until it serves.
+pub fn start(
     binary: &Path,
     pod_id: &str,
     pod_dir: &Path,
     runtime_root: &Path,
     pid_namespace: bool,
-) -> Result<Bootstrap, LaunchError> {
+) -> Result<Launching, LaunchError> {
     let io = |step| {
         let pod = pod_id.to_owned();
         move |source| LaunchError::Io { pod, step, source }
     };
-    let failed = |message: String| LaunchError::Failed { pod: pod_id.to_owned(), message };
     std::fs::create_dir_all(pod_dir).map_err(io("create the pod directory"))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -63,40 +70,56 @@ pub fn spawn(
     if pid_namespace {
         command.arg("--pid-namespace");
     }
-    let mut child = command
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
         .map_err(io("start the shim"))?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    // The first process only detaches and exits; the shim proper is its child and reports on the pipe.
-    let status = child.wait().map_err(io("wait for the shim to detach"))?;
-    if !status.success() {
-        return Err(failed(format!(
-            "the shim exited with {status} before detaching (see {}/shim.log)",
-            pod_dir.display()
-        )));
-    }
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut poll = [nix::poll::PollFd::new(stdout.as_fd(), nix::poll::PollFlags::POLLIN)];
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let ready =
-        nix::poll::poll(&mut poll, nix::poll::PollTimeout::try_from(remaining).unwrap_or(nix::poll::PollTimeout::MAX))
-            .map_err(|e| io("wait for the shim")(e.into()))?;
-    if ready == 0 {
-        return Err(failed(format!(
-            "no answer within {} s (see {}/shim.log)",
-            READY_TIMEOUT.as_secs(),
-            pod_dir.display()
-        )));
-    }
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).map_err(io("read the shim's report"))?;
-    match line.trim_end() {
-        "ready" => Bootstrap::load(pod_dir).map_err(io("read the shim's bootstrap file")),
-        "" => Err(failed(format!("the shim exited before serving (see {}/shim.log)", pod_dir.display()))),
-        report => Err(failed(report.trim_start_matches("error: ").to_owned())),
+    Ok(Launching { pod_id: pod_id.to_owned(), pod_dir: pod_dir.to_owned(), child })
+}
+
+impl Launching {
+    /// Waits until the shim serves (or failed), and returns how to reach it.
+    pub fn wait_ready(mut self) -> Result<Bootstrap, LaunchError> {
+        let pod_id = self.pod_id.as_str();
+        let pod_dir = self.pod_dir.as_path();
+        let io = |step| {
+            let pod = pod_id.to_owned();
+            move |source| LaunchError::Io { pod, step, source }
+        };
+        let failed = |message: String| LaunchError::Failed { pod: pod_id.to_owned(), message };
+        let stdout = self.child.stdout.take().expect("stdout is piped");
+        // The first process only detaches and exits; the shim proper is its child and reports on the pipe.
+        let status = self.child.wait().map_err(io("wait for the shim to detach"))?;
+        if !status.success() {
+            return Err(failed(format!(
+                "the shim exited with {status} before detaching (see {}/shim.log)",
+                pod_dir.display()
+            )));
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut poll = [nix::poll::PollFd::new(stdout.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let ready = nix::poll::poll(
+            &mut poll,
+            nix::poll::PollTimeout::try_from(remaining).unwrap_or(nix::poll::PollTimeout::MAX),
+        )
+        .map_err(|e| io("wait for the shim")(e.into()))?;
+        if ready == 0 {
+            return Err(failed(format!(
+                "no answer within {} s (see {}/shim.log)",
+                READY_TIMEOUT.as_secs(),
+                pod_dir.display()
+            )));
+        }
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map_err(io("read the shim's report"))?;
+        match line.trim_end() {
+            "ready" => Bootstrap::load(pod_dir).map_err(io("read the shim's bootstrap file")),
+            "" => Err(failed(format!("the shim exited before serving (see {}/shim.log)", pod_dir.display()))),
+            report => Err(failed(report.trim_start_matches("error: ").to_owned())),
+        }
     }
 }
 

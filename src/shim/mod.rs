@@ -1,6 +1,6 @@
 //! The per-pod shim (`berth __shim`): the process that owns a pod's containers.
 //!
-//! The daemon starts one per pod sandbox ([`launch::spawn`]). It detaches before any thread exists (new
+//! The daemon starts one per pod sandbox ([`launch::start`]). It detaches before any thread exists (new
 //! session, a fork so the daemon's child exits at once and the shim is reparented, its own cgroup), becomes
 //! child subreaper, and only then starts a single-threaded tokio runtime serving `berth.shim.v1.Shim`
 //! (proto/shim.proto) on `<pod dir>/sock`. It creates containers through `berth_runtime` (whose init helper
