@@ -136,6 +136,64 @@ pub struct Stats {
     pub pids_current: u64,
     pub pids_limit: Option<u64>,
     pub oom_kills: u64,
+    /// Swap in use (v1: memory+swap usage minus memory usage; needs swap accounting), and its limit.
+    pub swap_usage_bytes: Option<u64>,
+    pub swap_limit_bytes: Option<u64>,
+    /// Pressure stall information, where the kernel has PSI and the cgroup has a v2 directory (always on v2;
+    /// on v1 hosts through the unified mount beside the controllers, if there is one).
+    pub cpu_pressure: Option<Pressure>,
+    pub memory_pressure: Option<Pressure>,
+    pub io_pressure: Option<Pressure>,
+}
+
+/// One `*.pressure` file (Documentation/accounting/psi.rst): the share of time some or all tasks stalled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Pressure {
+    pub some: PressureLine,
+    /// Absent from cpu.pressure before Linux 5.13.
+    pub full: Option<PressureLine>,
+}
+
+/// `avg10=0.00 avg60=0.00 avg300=0.00 total=0`: averages in percent, total in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PressureLine {
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    pub total_us: u64,
+}
+
+impl Pressure {
+    /// Parses a `*.pressure` file; `None` when it has no `some` line.
+    pub fn parse(text: &str) -> Option<Pressure> {
+        let mut some = None;
+        let mut full = None;
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let slot = match fields.next() {
+                Some("some") => &mut some,
+                Some("full") => &mut full,
+                _ => continue,
+            };
+            let mut parsed = PressureLine::default();
+            for field in fields {
+                match field.split_once('=') {
+                    Some(("avg10", v)) => parsed.avg10 = v.parse().ok()?,
+                    Some(("avg60", v)) => parsed.avg60 = v.parse().ok()?,
+                    Some(("avg300", v)) => parsed.avg300 = v.parse().ok()?,
+                    Some(("total", v)) => parsed.total_us = v.parse().ok()?,
+                    _ => {}
+                }
+            }
+            *slot = Some(parsed);
+        }
+        Some(Pressure { some: some?, full })
+    }
+
+    /// The pressure files of a v2 cgroup directory.
+    fn read_all(dir: &Path) -> [Option<Pressure>; 3] {
+        ["cpu.pressure", "memory.pressure", "io.pressure"].map(|file| read(dir, file).and_then(|t| Pressure::parse(&t)))
+    }
 }
 
 /// One container's cgroup.
@@ -265,11 +323,33 @@ impl Cgroup {
         }
     }
 
-    /// Usage figures.
+    /// Usage figures. A cgroup that does not exist (never created, or removed) is [`RuntimeError::NotFound`]
+    /// rather than a row of zeros.
     pub fn stats(&self) -> Result<Stats> {
+        let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
+        let (mut stats, v2_dir) = match &self.layout {
+            Layout::V2 { root } => {
+                let dir = root.join(relative);
+                (v2::stats(&dir)?, Some(dir))
+            }
+            Layout::V1 { unified, .. } => (v1::stats(self)?, unified.as_ref().map(|u| u.join(relative))),
+        };
+        if let Some(dir) = v2_dir {
+            [stats.cpu_pressure, stats.memory_pressure, stats.io_pressure] = Pressure::read_all(&dir);
+        }
+        Ok(stats)
+    }
+
+    /// Whether the cgroup exists (in the memory hierarchy on v1, where usage is read from).
+    pub fn exists(&self) -> bool {
+        let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
         match &self.layout {
-            Layout::V2 { root } => v2::stats(&root.join(self.path.strip_prefix("/").unwrap_or(&self.path))),
-            Layout::V1 { .. } => v1::stats(self),
+            Layout::V2 { root } => root.join(relative).is_dir(),
+            Layout::V1 { .. } => self
+                .layout
+                .v1_controller("memory")
+                .or_else(|| self.layout.v1_controller("cpuacct"))
+                .is_some_and(|mount| mount.join(relative).is_dir()),
         }
     }
 
@@ -378,6 +458,19 @@ mod tests {
             PathBuf::from("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-berth-abc.scope")
         );
         assert!(Cgroup::path_for(Some(Path::new("/a/../../etc")), "c").is_err());
+    }
+
+    #[test]
+    fn pressure_files_parse() {
+        let memory =
+            "some avg10=1.50 avg60=0.25 avg300=0.00 total=12345\nfull avg10=0.10 avg60=0.00 avg300=0.00 total=99\n";
+        let parsed = Pressure::parse(memory).unwrap();
+        assert_eq!(parsed.some, PressureLine { avg10: 1.5, avg60: 0.25, avg300: 0.0, total_us: 12345 });
+        assert_eq!(parsed.full.unwrap().total_us, 99);
+        let old_cpu = Pressure::parse("some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n").unwrap();
+        assert_eq!((old_cpu.some.total_us, old_cpu.full), (7, None));
+        assert_eq!(Pressure::parse(""), None);
+        assert_eq!(Pressure::parse("some avg10=x total=1\n"), None);
     }
 
     #[test]
