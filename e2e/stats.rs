@@ -208,12 +208,12 @@ async fn a_busy_container_uses_a_core_and_a_50_mib_one_has_a_50_mib_working_set(
     // machine (2 cores, shared with builds) is busy, so the floor is what it could have had: its own use plus
     // the host's idle time over the same window.
     let first = container_stats(&mut client, &burner).await;
-    let first_cpu = first.cpu.clone().unwrap();
+    let first_cpu = first.cpu.unwrap();
     let idle_before = host_idle_ns();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_after = host_idle_ns();
     let second = container_stats(&mut client, &burner).await;
-    let cpu = second.cpu.clone().unwrap();
+    let cpu = second.cpu.unwrap();
     let nano_cores = value(cpu.usage_nano_cores);
     let used = value(cpu.usage_core_nano_seconds) - value(first_cpu.usage_core_nano_seconds);
     let elapsed = (cpu.timestamp - first_cpu.timestamp) as f64;
