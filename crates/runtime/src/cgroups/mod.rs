@@ -460,6 +460,109 @@ mod tests {
         assert!(Cgroup::path_for(Some(Path::new("/a/../../etc")), "c").is_err());
     }
 
+    fn write_files(dir: &Path, files: &[(&str, &str)]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    }
+
+    const PRESSURE: &str =
+        "some avg10=2.00 avg60=1.00 avg300=0.50 total=4000000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=1000000\n";
+
+    #[test]
+    fn v2_stats_read_the_unified_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("pod/c1");
+        write_files(
+            &dir,
+            &[
+                ("cpu.stat", "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n"),
+                ("memory.current", "10485760\n"),
+                ("memory.stat", "anon 6291456\nfile 4194304\ninactive_file 2097152\npgfault 100\npgmajfault 2\n"),
+                ("memory.max", "max\n"),
+                ("memory.events", "low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n"),
+                ("memory.swap.current", "4096\n"),
+                ("memory.swap.max", "max\n"),
+                ("pids.current", "3\n"),
+                ("pids.max", "max\n"),
+                ("cpu.pressure", PRESSURE),
+                ("memory.pressure", PRESSURE),
+                ("io.pressure", PRESSURE),
+            ],
+        );
+        let cgroup = Cgroup::new(Layout::V2 { root: root.path().to_owned() }, PathBuf::from("/pod/c1"));
+        let stats = cgroup.stats().unwrap();
+        assert_eq!(
+            (stats.cpu_usage_ns, stats.cpu_user_ns, stats.cpu_system_ns),
+            (1_500_000_000, 1_000_000_000, 500_000_000)
+        );
+        assert_eq!(stats.memory_usage_bytes, 10_485_760);
+        assert_eq!(stats.memory_working_set_bytes, 10_485_760 - 2_097_152);
+        assert_eq!((stats.memory_rss_bytes, stats.page_faults, stats.major_page_faults), (6_291_456, 100, 2));
+        assert_eq!(
+            (stats.memory_limit_bytes, stats.oom_kills, stats.pids_current, stats.pids_limit),
+            (None, 1, 3, None)
+        );
+        assert_eq!((stats.swap_usage_bytes, stats.swap_limit_bytes), (Some(4096), None));
+        assert_eq!(stats.io_pressure.unwrap().some.total_us, 4_000_000);
+        assert_eq!(stats.cpu_pressure.unwrap().full.unwrap().total_us, 1_000_000);
+        let gone = Cgroup::new(Layout::V2 { root: root.path().to_owned() }, PathBuf::from("/pod/c2"));
+        assert!(matches!(gone.stats(), Err(RuntimeError::CgroupMissing { .. })));
+    }
+
+    #[test]
+    fn v1_stats_read_each_controller_and_pressure_from_the_unified_mount() {
+        let root = tempfile::tempdir().unwrap();
+        let mount = |name: &str| root.path().join(name);
+        let layout = Layout::V1 {
+            hierarchies: vec![
+                (mount("cpuacct"), vec!["cpuacct".into()]),
+                (mount("memory"), vec!["memory".into()]),
+                (mount("pids"), vec!["pids".into()]),
+            ],
+            unified: Some(mount("unified")),
+        };
+        write_files(
+            &mount("cpuacct/berth/c1"),
+            &[("cpuacct.usage", "2500000000\n"), ("cpuacct.stat", "user 150\nsystem 50\n")],
+        );
+        write_files(
+            &mount("memory/berth/c1"),
+            &[
+                ("memory.usage_in_bytes", "8388608\n"),
+                (
+                    "memory.stat",
+                    "cache 100\nrss 1\ninactive_file 1\ntotal_rss 4194304\ntotal_inactive_file 1048576\ntotal_pgfault 50\ntotal_pgmajfault 1\n",
+                ),
+                ("memory.limit_in_bytes", "16777216\n"),
+                ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+                ("memory.memsw.usage_in_bytes", "9437184\n"),
+                ("memory.memsw.limit_in_bytes", "33554432\n"),
+            ],
+        );
+        write_files(&mount("pids/berth/c1"), &[("pids.current", "4\n"), ("pids.max", "100\n")]);
+        write_files(&mount("unified/berth/c1"), &[("memory.pressure", PRESSURE)]);
+        let cgroup = Cgroup::new(layout.clone(), PathBuf::from("/berth/c1"));
+        let stats = cgroup.stats().unwrap();
+        assert_eq!(
+            (stats.cpu_usage_ns, stats.cpu_user_ns, stats.cpu_system_ns),
+            (2_500_000_000, 1_500_000_000, 500_000_000)
+        );
+        assert_eq!((stats.memory_usage_bytes, stats.memory_working_set_bytes), (8_388_608, 8_388_608 - 1_048_576));
+        assert_eq!((stats.memory_rss_bytes, stats.page_faults, stats.major_page_faults), (4_194_304, 50, 1));
+        assert_eq!((stats.memory_limit_bytes, stats.oom_kills), (Some(16_777_216), 2));
+        assert_eq!(stats.swap_usage_bytes, Some(1_048_576), "memsw minus memory");
+        assert_eq!(stats.swap_limit_bytes, Some(16_777_216), "memsw limit minus memory limit");
+        assert_eq!((stats.pids_current, stats.pids_limit), (4, Some(100)));
+        assert_eq!(stats.memory_pressure.unwrap().some.avg10, 2.0);
+        assert_eq!(stats.cpu_pressure, None, "no cpu.pressure file");
+        assert!(matches!(
+            Cgroup::new(layout, PathBuf::from("/berth/c2")).stats(),
+            Err(RuntimeError::CgroupMissing { .. })
+        ));
+    }
+
     #[test]
     fn pressure_files_parse() {
         let memory =
