@@ -238,6 +238,21 @@ async fn a_container_runs_logs_in_cri_format_and_reports_its_exit() {
         .containers;
     assert_eq!(listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
 
+    // A terminal: output through the pty, logged as stdout.
+    let mut tty = container_config("tty", busybox, &["sh", "-c", "tty; echo on-a-terminal"]);
+    tty.tty = true;
+    let tty_id = create(&mut client, &pod, &pod_config, tty).await;
+    start(&mut client, &tty_id).await;
+    wait_exited(&mut client, &tty_id, Duration::from_secs(10)).await;
+    let lines: Vec<String> = log_records(&logs.join("tty/0.log"))
+        .into_iter()
+        .map(|(stream, _, text)| format!("{stream} {}", text.trim_end_matches('\r')))
+        .collect();
+    assert!(
+        lines.contains(&"stdout /dev/pts/0".to_owned()) && lines.contains(&"stdout on-a-terminal".to_owned()),
+        "{lines:?}"
+    );
+
     // A successful one reports Completed.
     let done = create(&mut client, &pod, &pod_config, container_config("done", busybox, &["true"])).await;
     start(&mut client, &done).await;
@@ -375,7 +390,7 @@ async fn containers_outlive_a_daemon_killed_with_sigkill_and_a_dead_shim_never_h
     pull(&mut client, busybox).await;
     let logs = dirs.path().join("logs");
     let mut pods = Vec::new();
-    for n in 0..3 {
+    for n in 0..20 {
         let pod_config = pod_config(&format!("survivor-{n}"), &logs);
         let pod = run_pod(&mut client, &pod_config).await;
         let config = container_config(
@@ -385,6 +400,10 @@ async fn containers_outlive_a_daemon_killed_with_sigkill_and_a_dead_shim_never_h
         );
         let id = create(&mut client, &pod, &pod_config, config).await;
         start(&mut client, &id).await;
+        if n >= 3 {
+            pods.push((pod, id, String::new()));
+            continue;
+        }
         // One that exits while the daemon is down.
         let brief = create(
             &mut client,
@@ -411,6 +430,9 @@ async fn containers_outlive_a_daemon_killed_with_sigkill_and_a_dead_shim_never_h
     for (_, id, brief) in &pods {
         let now = status(&mut client, id).await;
         assert_eq!(now, before[id], "the status changed across the restart");
+        if brief.is_empty() {
+            continue;
+        }
         let exited = status(&mut client, brief).await;
         assert_eq!((exited.state, exited.exit_code), (ContainerState::ContainerExited as i32, 4), "{exited:?}");
     }
@@ -445,4 +467,178 @@ async fn containers_outlive_a_daemon_killed_with_sigkill_and_a_dead_shim_never_h
     assert!(processes_with("tick $i").is_empty(), "a container process outlived its pod");
     let listed = client.runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
     assert!(listed.is_empty());
+}
+
+/// What a pod and its containers could leave on the host, by their ids: mounts and nsfs mounts under the
+/// test's directories, cgroup directories, processes (shims, holders, containers) and state entries.
+fn leftovers(dirs: &DaemonDirs, ids: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    let prefix = dirs.path().to_string_lossy().into_owned();
+    for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines() {
+        if line.split(' ').nth(4).is_some_and(|target| target.starts_with(&prefix)) {
+            found.push(format!("mount: {line}"));
+        }
+    }
+    let mut stack = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if ids.iter().any(|id| name.contains(id.as_str())) {
+                    found.push(format!("cgroup: {}", entry.path().display()));
+                }
+                stack.push(entry.path());
+            }
+        }
+    }
+    for pid in std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        // A zombie holds nothing but its pid until its parent (init, for a shim) reaps it.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) {
+            continue;
+        }
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let cmdline =
+            String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).into_owned();
+        if ids.iter().any(|id| cgroup.contains(id.as_str()) || cmdline.contains(&id[..12])) {
+            found.push(format!("process {pid}: {cmdline}"));
+        }
+    }
+    for dir in [dirs.state().join("pods"), dirs.state().join("runtime"), dirs.root().join("images/containers")] {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            found.push(format!("state: {}", entry.path().display()));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn security_context_user_caps_readonly_masked_paths_and_resources_are_seen_inside() {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let (dirs, daemon) = start_daemon(&registry);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+    let logs = dirs.path().join("logs");
+    let pod_config = pod_config("secure", &logs);
+    let pod = run_pod(&mut client, &pod_config).await;
+    let mut config = container_config("locked", busybox, &["sleep", "1000"]);
+    config.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            run_as_user: Some(Int64Value { value: 65534 }),
+            run_as_group: Some(Int64Value { value: 65534 }),
+            supplemental_groups: vec![1234],
+            readonly_rootfs: true,
+            no_new_privs: true,
+            capabilities: Some(Capability {
+                drop_capabilities: vec!["ALL".into()],
+                add_capabilities: vec!["NET_BIND_SERVICE".into()],
+                ..Default::default()
+            }),
+            masked_paths: vec!["/etc/group".into(), "/proc/keys".into()],
+            readonly_paths: vec!["/proc/sys".into()],
+            ..Default::default()
+        }),
+        resources: Some(LinuxContainerResources { memory_limit_in_bytes: 64 * 1024 * 1024, ..Default::default() }),
+    });
+    let id = create(&mut client, &pod, &pod_config, config).await;
+    start(&mut client, &id).await;
+    let out = |r: ExecSyncResponse| String::from_utf8_lossy(&r.stdout).trim().to_owned();
+
+    let ids = out(exec(&mut client, &id, &["id"], 10).await.unwrap());
+    assert!(ids.starts_with("uid=65534") && ids.contains("gid=65534") && ids.contains("1234"), "{ids}");
+    let user = status(&mut client, &id).await.user.unwrap().linux.unwrap();
+    assert_eq!((user.uid, user.gid), (65534, 65534));
+    assert!(user.supplemental_groups.contains(&1234), "{user:?}");
+    let caps = out(exec(&mut client, &id, &["grep", "-E", "^(CapEff|CapBnd|NoNewPrivs)", "/proc/self/status"], 10)
+        .await
+        .unwrap());
+    // NET_BIND_SERVICE is bit 10.
+    assert!(caps.contains("CapBnd:\t0000000000000400"), "{caps}");
+    assert!(caps.contains("NoNewPrivs:\t1"), "{caps}");
+    let write = exec(&mut client, &id, &["touch", "/newfile"], 10).await.unwrap();
+    assert_ne!(write.exit_code, 0, "the read-only rootfs was writable");
+    // Masked files read empty; /proc/sys is read-only; /dev/shm works.
+    let group = exec(&mut client, &id, &["cat", "/etc/group"], 10).await.unwrap();
+    assert!(group.stdout.is_empty() && group.exit_code == 0, "{group:?}");
+    let keys = exec(&mut client, &id, &["wc", "-c", "/proc/keys"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&keys.stdout).split_whitespace().next(), Some("0"), "{keys:?}");
+    let mounts = out(exec(&mut client, &id, &["cat", "/proc/self/mountinfo"], 10).await.unwrap());
+    assert!(
+        mounts.contains(" /proc/keys ") && mounts.contains(" /etc/group "),
+        "masked paths are not mounted over:\n{mounts}"
+    );
+    let sysctl = exec(&mut client, &id, &["sh", "-c", "echo 1 > /proc/sys/kernel/ns_last_pid"], 10).await.unwrap();
+    assert_ne!(sysctl.exit_code, 0);
+    assert_eq!(exec(&mut client, &id, &["touch", "/dev/shm/ok"], 10).await.unwrap().exit_code, 0);
+
+    // UpdateContainerResources applies at once.
+    client
+        .runtime
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(LinuxContainerResources { memory_limit_in_bytes: 96 * 1024 * 1024, ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let limit = out(exec(
+        &mut client,
+        &id,
+        &["sh", "-c", "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes"],
+        10,
+    )
+    .await
+    .unwrap());
+    assert_eq!(limit, (96 * 1024 * 1024).to_string());
+    let recorded = status(&mut client, &id).await.resources.unwrap().linux.unwrap();
+    assert_eq!(recorded.memory_limit_in_bytes, 96 * 1024 * 1024);
+
+    // ReopenContainerLog: after a rename, new output goes to a new file.
+    let mut talker = container_config("talker", busybox, &["sh", "-c", "while true; do echo line; sleep 0.05; done"]);
+    talker.log_path = "talker.log".into();
+    let talker_id = create(&mut client, &pod, &pod_config, talker).await;
+    start(&mut client, &talker_id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::rename(logs.join("talker.log"), logs.join("talker.log.1")).unwrap();
+    client.runtime.reopen_container_log(ReopenContainerLogRequest { container_id: talker_id.clone() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rotated = log_records(&logs.join("talker.log.1")).len();
+    let fresh = log_records(&logs.join("talker.log")).len();
+    assert!(rotated > 0 && fresh > 0, "rotated {rotated}, fresh {fresh}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(log_records(&logs.join("talker.log.1")).len(), rotated, "the old file still grows after reopen");
+
+    let pod_status = client
+        .runtime
+        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pod_status.containers_statuses.len(), 2);
+
+    let everything = vec![pod.clone(), id.clone(), talker_id.clone()];
+    remove_pod(&mut client, &pod).await;
+    let left = leftovers(&dirs, &everything);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[tokio::test]
+async fn a_run_pod_sandbox_the_client_abandoned_completes_and_the_retry_gets_it() {
+    let registry = TestRegistry::get();
+    let (dirs, daemon) = start_daemon(&registry);
+    let mut client = daemon.client().await;
+    let pod_config = pod_config("abandoned", &dirs.path().join("logs"));
+    let mut request =
+        tonic::Request::new(RunPodSandboxRequest { config: Some(pod_config.clone()), ..Default::default() });
+    request.set_timeout(Duration::from_millis(1));
+    let abandoned = client.runtime.run_pod_sandbox(request).await;
+    assert!(abandoned.is_err(), "expected the 1 ms deadline to pass first: {abandoned:?}");
+    let id = run_pod(&mut client, &pod_config).await;
+    let listed = client.runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert_eq!(listed.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [id.as_str()], "one sandbox, not two");
+    remove_pod(&mut client, &id).await;
+    let left = leftovers(&dirs, &[id]);
+    assert!(left.is_empty(), "left behind: {left:#?}");
 }

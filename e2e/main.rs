@@ -18,6 +18,7 @@ mod images_tls;
 mod images_token;
 mod lifecycle;
 mod pods;
+mod pods_network;
 mod registry;
 mod runtime_containerd;
 mod runtime_oci;

@@ -469,3 +469,27 @@ fn pinned_namespaces_outlive_their_helper_are_joined_by_containers_and_unpin_cle
     assert!(err.contains("net/no/such/knob"), "{err}");
     assert!(!dir.exists(), "a failed pin left {}", dir.display());
 }
+
+#[test]
+fn a_recursive_read_only_mount_makes_its_submounts_read_only_too() {
+    let bundle = Bundle::busybox();
+    let source = bundle.path().join("rro-source");
+    std::fs::create_dir_all(source.join("sub")).unwrap();
+    nix::mount::mount(Some("tmpfs"), &source.join("sub"), Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=1m"))
+        .expect("mount a tmpfs below the source");
+    bundle.set_args(&[
+        "sh",
+        "-c",
+        "touch /data/top 2>/dev/null && echo top-writable; touch /data/sub/x 2>/dev/null && echo sub-writable; \
+         echo done",
+    ]);
+    bundle.edit(|spec| {
+        spec["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data", "type": "bind", "source": source, "options": ["rbind", "rro", "rprivate"]
+        }))
+    });
+    let output = bundle.berth(&["run", "rro"]);
+    let _ = nix::mount::umount2(&source.join("sub"), nix::mount::MntFlags::MNT_DETACH);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(stdout(&output), "done\n", "both the mount and its submount must be read-only");
+}

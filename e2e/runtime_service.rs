@@ -137,14 +137,13 @@ async fn rpcs_not_built_yet_answer_unimplemented_naming_the_rpc() {
     let (_dirs, daemon) = Daemon::start();
     let mut client = daemon.client().await;
     let checks = [
-        ("CreateContainer", client.runtime.create_container(CreateContainerRequest::default()).await.unwrap_err()),
-        ("ListContainers", client.runtime.list_containers(ListContainersRequest::default()).await.unwrap_err()),
-        ("ExecSync", client.runtime.exec_sync(ExecSyncRequest::default()).await.unwrap_err()),
+        ("Exec", client.runtime.exec(ExecRequest::default()).await.unwrap_err()),
+        ("Attach", client.runtime.attach(AttachRequest::default()).await.unwrap_err()),
+        ("PortForward", client.runtime.port_forward(PortForwardRequest::default()).await.unwrap_err()),
         (
-            "UpdatePodSandboxResources",
-            client.runtime.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest::default()).await.unwrap_err(),
+            "CheckpointContainer",
+            client.runtime.checkpoint_container(CheckpointContainerRequest::default()).await.unwrap_err(),
         ),
-        ("GetContainerEvents", client.runtime.get_container_events(GetEventsRequest::default()).await.unwrap_err()),
     ];
     for (rpc, status) in checks {
         assert_eq!(status.code(), Code::Unimplemented, "{rpc}: {status:?}");
@@ -153,5 +152,8 @@ async fn rpcs_not_built_yet_answer_unimplemented_naming_the_rpc() {
     // The daemon logs one line per RPC with its name and code.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let log = daemon.log_text();
-    assert!(log.contains("method=CreateContainer") && log.contains("code=Unimplemented"), "{log}");
+    assert!(log.contains("method=PortForward") && log.contains("code=Unimplemented"), "{log}");
+    // Built RPCs refuse an empty request for what it is, not as unimplemented.
+    let status = client.runtime.create_container(CreateContainerRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 }

@@ -128,8 +128,18 @@ async fn main() {
     // Memory with every sequential pod running: the daemon's RSS, and per pod what runs for it (berth's
     // shim; containerd's shim and pause process), from /proc/PID/smaps_rollup.
     if let Some(daemon) = std::env::var("BENCH_DAEMON_PID").ok().and_then(|p| p.parse::<i32>().ok()) {
-        let per_pod = std::env::var("BENCH_PER_POD_MATCH").unwrap_or_else(|_| "berth-shim:".into());
-        let (rss, pss, count) = processes_matching(&per_pod);
+        // Only the shims of this run's pods (other berth daemons may run on the machine).
+        let mut rss = 0.0;
+        let mut pss = 0.0;
+        let mut count = 0;
+        for (pod, _) in &made {
+            let needle = std::env::var("BENCH_PER_POD_MATCH").unwrap_or_else(|_| "berth-shim:{pod}".into());
+            let (r, p, c) = processes_matching(&needle.replace("{pod}", &pod[..12]));
+            rss += r;
+            pss += p;
+            count += c;
+        }
+        let per_pod = "berth-shim:<pod>";
         println!("daemon RSS with {pods} pods      {:7.1} MiB", kib(daemon, "Rss") / 1024.0);
         println!(
             "per pod ({count} processes matching {per_pod:?}): RSS {:.2} MiB  PSS {:.2} MiB",

@@ -12,6 +12,8 @@ the OCI distribution HTTP API (POST + PUT blob upload, PUT manifest as applicati
     web      berth-test/web:latest      busybox layer + /www/index.html; runs `httpd -f -p 80 -h /www`
     big      berth-test/big:latest      busybox layer + four 25 MiB layers of incompressible bytes (~100 MiB),
                                         for pull benchmarks
+    pause    berth-test/pause:latest    busybox layer; runs `sleep 2000000000` (a sandbox image for containerd's
+                                        CRI plugin in hack/bench/runp.sh)
 
 It prints (and with --out writes) JSON describing each image, e.g.
     {"busybox": {"ref": "127.0.0.1:PORT/berth-test/busybox:latest", "manifest_digest": "sha256:...",
@@ -59,7 +61,7 @@ MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
-IMAGES = ("busybox", "web", "big")
+IMAGES = ("busybox", "web", "big", "pause")
 
 
 def log(msg):
@@ -289,6 +291,11 @@ def build_images(busybox, cache_root, names):
         "big": {
             "layers": [("busybox", base)] + [(f"big-{i}", None) for i in range(1, BIG_LAYERS + 1)],
             "config": {"Env": [PATH_ENV], "Cmd": ["sh"]},
+        },
+        # A sandbox ("pause") image for containerd's CRI plugin in benchmarks: it only has to stay up.
+        "pause": {
+            "layers": [("busybox", base)],
+            "config": {"Env": [PATH_ENV], "Cmd": ["sleep", "2000000000"]},
         },
     }
     builders = {"web": web_layer}

@@ -87,9 +87,14 @@ impl DaemonDirs {
     /// Writes the config file: the private directories, then `extra` TOML (whole tables, so it must not
     /// repeat `[daemon]` or `[cni]`).
     pub fn write_config(&self, extra: &str) -> PathBuf {
+        self.write_config_with_cni("", extra)
+    }
+
+    /// [`DaemonDirs::write_config`] with more keys of the `[cni]` table (e.g. `bin_dirs = [...]`).
+    pub fn write_config_with_cni(&self, cni_keys: &str, extra: &str) -> PathBuf {
         let text = format!(
             "[daemon]\nroot = {root:?}\nstate = {state:?}\nsocket = {socket:?}\nshutdown_grace_seconds = 5\n\n\
-             [cni]\nconf_dir = {cni:?}\n\n{extra}",
+             [cni]\nconf_dir = {cni:?}\n{cni_keys}\n{extra}",
             root = self.root(),
             state = self.state(),
             socket = self.socket(),
@@ -142,8 +147,6 @@ impl Daemon {
     }
 
     fn spawn(dirs: &DaemonDirs, own_netns: bool) -> Daemon {
-        let log = dirs.path().join(format!("daemon-{}.log", Instant::now().elapsed().as_nanos()));
-        let log_file = std::fs::File::create(&log).expect("daemon log");
         let mut command = dirs.serve_command();
         if own_netns {
             super::require_tool("unshare");
@@ -151,6 +154,16 @@ impl Daemon {
             command = Command::new("unshare");
             command.arg("--net").arg("--").arg(serve.get_program()).args(serve.get_args()).env_remove("BERTH_LOG");
         }
+        Daemon::spawn_command(dirs, command)
+    }
+
+    /// Starts `command` (which must exec `berth serve` on `dirs` in place, so its pid is the daemon's) with
+    /// its output in a log file under `dirs`, and waits until it answers.
+    pub fn spawn_command(dirs: &DaemonDirs, mut command: Command) -> Daemon {
+        // A fresh name per start: a restarted daemon's log does not overwrite its predecessor's.
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let log = dirs.path().join(format!("daemon-{started}.log"));
+        let log_file = std::fs::File::create(&log).expect("daemon log");
         let child = command
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log"))

@@ -3,6 +3,7 @@
 pub mod bundle;
 pub mod daemon;
 pub mod http;
+pub mod netns;
 pub mod oci;
 pub mod registry;
 

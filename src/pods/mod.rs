@@ -136,6 +136,16 @@ fn check_sysctl(key: &str, has_netns: bool, has_ipcns: bool) -> Result<(), PodEr
     }
 }
 
+/// The pod's hostname: kubelet always sends one; other clients (critest, crictl files) may not, and then
+/// it is the node's, as with containerd (the pod name could be longer than the 64 bytes a hostname holds).
+fn effective_hostname(asked: &str) -> String {
+    if asked.is_empty() {
+        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+    } else {
+        asked.to_owned()
+    }
+}
+
 fn now_nanos() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(1)
 }
@@ -227,7 +237,7 @@ impl PodManager {
             attempt: spec.attempt,
             state: PodState::Creating,
             created_at_unix_nanos: now_nanos(),
-            hostname: spec.hostname.clone(),
+            hostname: effective_hostname(&spec.hostname),
             log_directory: spec.log_directory.clone(),
             runtime_handler: spec.runtime_handler.clone(),
             labels: spec.labels.clone(),
@@ -255,6 +265,8 @@ impl PodManager {
                 Ok(id)
             }
             Err(err) => {
+                // A DEL that fails here keeps only the netns and the cached attachment, for start-up to
+                // retry; the record goes either way, since kubelet never learnt this id.
                 if let Err(cleanup) = self.teardown(&record) {
                     tracing::warn!(pod_sandbox_id = %id, error = %berth_error_kind::chain(&cleanup), "undoing a failed RunPodSandbox failed; Remove will retry");
                     return Err(err);
@@ -276,7 +288,7 @@ impl PodManager {
         if record.ipcns.is_some() {
             kinds.push(PinnedKind::Ipc);
         }
-        let hostname = if spec.hostname.is_empty() { spec.name.clone() } else { spec.hostname.clone() };
+        let hostname = record.hostname.clone();
         if !kinds.is_empty() {
             let request = PinRequest {
                 dir: dir.join("ns"),
@@ -354,49 +366,83 @@ impl PodManager {
     /// CNI DEL of the pod's attachment, from the cached result (idempotent).
     fn release_network(&self, record: &PodRecord) -> Result<(), PodError> {
         if record.network.is_some() {
-            let attachment =
-                AttachmentRef { container_id: record.id.clone(), ifname: "eth0".into(), netns: record.netns.clone() };
-            self.cni.del(&attachment, None).map_err(step(&record.id, "release the pod network (CNI DEL)"))?;
+            self.release_attachment(&record.id, record.netns.clone())?;
         }
         Ok(())
     }
 
+    /// CNI DEL of whatever is cached for `id` (a no-op when nothing is).
+    fn release_attachment(&self, id: &str, netns: Option<PathBuf>) -> Result<(), PodError> {
+        let attachment = AttachmentRef { container_id: id.to_owned(), ifname: "eth0".into(), netns };
+        self.cni.del(&attachment, None).map_err(step(id, "release the pod network (CNI DEL)"))?;
+        Ok(())
+    }
+
     /// Releases the network and unpins the namespaces: the reverse of `make`, tolerant of half-made pods.
-    fn teardown(&self, record: &PodRecord) -> Result<(), PodError> {
-        self.release_network(record)?;
-        let dir = self.pod_dir(&record.id);
-        stop_shim(&record.id).map_err(step(&record.id, "stop the pod's shim"))?;
-        unmount(&dir.join("shm")).map_err(step(&record.id, "unmount the pod's /dev/shm"))?;
-        berth_runtime::pin::unpin(&dir.join("ns")).map_err(step(&record.id, "unpin the pod's namespaces"))?;
+    ///
+    /// A DEL that fails does not fail the teardown (a pod must always be removable): the shim and /dev/shm
+    /// go, but the pinned namespaces and the pod directory stay, with the cached attachment, until a DEL
+    /// succeeds — bridge deletes its masquerade rules by the addresses it finds inside the netns, so
+    /// unpinning first would leak them. Daemon start-up retries (`recover`).
+    fn teardown(&self, record: &PodRecord) -> Result<Teardown, PodError> {
+        let network = self.release_network(record);
+        self.teardown_after_del(&record.id, network)
+    }
+
+    fn teardown_after_del(&self, id: &str, network: Result<(), PodError>) -> Result<Teardown, PodError> {
+        let dir = self.pod_dir(id);
+        stop_shim(id).map_err(step(id, "stop the pod's shim"))?;
+        unmount(&dir.join("shm")).map_err(step(id, "unmount the pod's /dev/shm"))?;
+        if let Err(err) = network {
+            tracing::warn!(
+                pod_sandbox_id = %id,
+                error = %berth_error_kind::chain(&err),
+                "CNI DEL failed; the pod's network namespace stays pinned and its attachment cached until a DEL \
+                 succeeds (retried on Remove and at daemon start-up)"
+            );
+            return Ok(Teardown::NetworkKept);
+        }
+        berth_runtime::pin::unpin(&dir.join("ns")).map_err(step(id, "unpin the pod's namespaces"))?;
         match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(step(&record.id, "remove the pod directory")(err)),
+            Ok(()) => Ok(Teardown::Done),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Teardown::Done),
+            Err(err) => Err(step(id, "remove the pod directory")(err)),
         }
     }
 
-    /// Stops the sandbox: releases its network (containers come with the pods work). Idempotent; a
-    /// missing sandbox is not an error (CRI).
+    /// Stops the sandbox (its containers were stopped first): marks it NotReady, then releases its network.
+    /// Idempotent; a missing sandbox is not an error (CRI).
+    ///
+    /// A failed DEL does not fail Stop: the pod is NotReady first, so kubelet can go on to remove it instead
+    /// of keeping it Terminating while a plugin fails; the cached attachment is kept and DEL is retried on
+    /// Remove and at daemon start-up.
     pub async fn stop(self: &Arc<Self>, id: String) -> Result<(), PodError> {
         self.exclusive(move |manager| {
             let Some(mut record) = manager.find(&id)? else { return Ok(()) };
-            manager.release_network(&record)?;
             if record.state != PodState::NotReady {
                 record.state = PodState::NotReady;
                 manager.store.put(&record)?;
+            }
+            if let Err(err) = manager.release_network(&record) {
+                tracing::warn!(
+                    pod_sandbox_id = %record.id,
+                    error = %berth_error_kind::chain(&err),
+                    "CNI DEL failed at StopPodSandbox; retried on Remove and at daemon start-up"
+                );
             }
             Ok(())
         })
         .await
     }
 
-    /// Removes everything the sandbox had. Idempotent; a missing sandbox is not an error (CRI).
+    /// Removes everything the sandbox had. Idempotent; a missing sandbox is not an error (CRI). A failing
+    /// DEL never makes a pod unremovable (see `teardown`).
     pub async fn remove(self: &Arc<Self>, id: String) -> Result<(), PodError> {
         self.exclusive(move |manager| {
             let Some(record) = manager.find(&id)? else { return Ok(()) };
-            manager.teardown(&record)?;
+            let outcome = manager.teardown(&record)?;
             manager.store.delete::<PodRecord>(&record.id)?;
-            tracing::info!(pod_sandbox_id = %record.id, "pod sandbox removed");
+            tracing::info!(pod_sandbox_id = %record.id, network_kept = outcome == Teardown::NetworkKept, "pod sandbox removed");
             Ok(())
         })
         .await
@@ -422,17 +468,68 @@ impl PodManager {
         .await
     }
 
-    /// Finishes what a crash interrupted, before the daemon serves: a sandbox still `Creating` was never
-    /// answered to kubelet, so it is undone (CNI DEL, unpin, files, record), exactly as a failed
-    /// RunPodSandbox would have been. Ready and stopped sandboxes are kept as they are.
+    /// Finishes what a crash or a failing plugin left, before the daemon serves. It assumes:
+    /// - a sandbox still `Creating` was never answered to kubelet, so it is undone (CNI DEL, unpin, files,
+    ///   record), exactly as a failed RunPodSandbox would have been;
+    /// - a `NotReady` sandbox with a cached CNI attachment is one whose DEL failed at Stop: DEL is retried;
+    /// - a cached attachment or a pod directory without a record belongs to a sandbox removed while its DEL
+    ///   failed: DEL is retried with its still-pinned netns, then the namespaces and the directory go.
+    ///
+    /// Nothing here stops the daemon from starting: a failure is logged, and the next start-up (or, for
+    /// sandboxes still recorded, Remove) retries. Ready sandboxes are kept as they are.
     pub fn recover(&self) -> Result<usize, PodError> {
         let mut undone = 0;
-        for record in self.store.list::<PodRecord>()? {
-            if record.state == PodState::Creating {
-                tracing::info!(pod_sandbox_id = %record.id, "undoing a sandbox a crash left half made");
-                self.teardown(&record)?;
-                self.store.delete::<PodRecord>(&record.id)?;
-                undone += 1;
+        let cache_dir = &self.cni.options().cache_dir;
+        let cached = berth_cni::cached_container_ids(cache_dir).unwrap_or_else(|err| {
+            tracing::warn!(path = %cache_dir.display(), error = %err, "cannot list the CNI result cache");
+            Vec::new()
+        });
+        let mut recorded = std::collections::HashSet::new();
+        for mut record in self.store.list::<PodRecord>()? {
+            match record.state {
+                PodState::Creating => {
+                    tracing::info!(pod_sandbox_id = %record.id, "undoing a sandbox a crash left half made");
+                    match self.teardown(&record) {
+                        Ok(_) => {
+                            self.store.delete::<PodRecord>(&record.id)?;
+                            undone += 1;
+                            continue;
+                        }
+                        Err(err) => {
+                            // Listed as stopped, so kubelet removes it (and Remove retries).
+                            tracing::warn!(pod_sandbox_id = %record.id, error = %berth_error_kind::chain(&err), "undoing a half-made sandbox failed; it is kept as NotReady");
+                            record.state = PodState::NotReady;
+                            self.store.put(&record)?;
+                        }
+                    }
+                }
+                PodState::NotReady if cached.contains(&record.id) => {
+                    tracing::info!(pod_sandbox_id = %record.id, "retrying the CNI DEL of a stopped sandbox");
+                    if let Err(err) = self.release_network(&record) {
+                        tracing::warn!(pod_sandbox_id = %record.id, error = %berth_error_kind::chain(&err), "CNI DEL failed again; retried on Remove and at the next start-up");
+                    }
+                }
+                _ => {}
+            }
+            recorded.insert(record.id);
+        }
+        let pods_dir = self.layout.state.join("pods");
+        let mut leftovers: Vec<String> = std::fs::read_dir(&pods_dir)
+            .map(|entries| entries.flatten().filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        leftovers.extend(cached);
+        leftovers.sort();
+        leftovers.dedup();
+        for id in leftovers.into_iter().filter(|id| !recorded.contains(id) && is_pod_id(id)) {
+            tracing::info!(pod_sandbox_id = %id, "retrying the cleanup of a removed sandbox");
+            let netns = self.pod_dir(&id).join("ns").join("net");
+            let network = self.release_attachment(&id, Some(netns));
+            match self.teardown_after_del(&id, network) {
+                Ok(Teardown::Done) => undone += 1,
+                Ok(Teardown::NetworkKept) => {}
+                Err(err) => {
+                    tracing::warn!(pod_sandbox_id = %id, error = %berth_error_kind::chain(&err), "cleaning up a removed sandbox failed; retried at the next start-up");
+                }
             }
         }
         Ok(undone)
@@ -463,6 +560,20 @@ impl PodManager {
     pub fn list(&self) -> Result<Vec<PodRecord>, PodError> {
         Ok(self.store.list::<PodRecord>()?)
     }
+}
+
+/// What a teardown did: everything, or everything but the network, whose DEL failed (see
+/// `PodManager::teardown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Teardown {
+    Done,
+    NetworkKept,
+}
+
+/// A sandbox id as `new_id` makes them (64 lowercase hex digits): only such directories and cache entries
+/// are treated as pods'.
+fn is_pod_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The pod's /dev/shm: one tmpfs its containers share (bind-mounted into each), 64 MiB like Docker's and

@@ -47,6 +47,8 @@ pub async fn status(context: &Context, request: PodSandboxStatusRequest) -> Resu
             "cgroupParent": record.cgroup_parent,
             "hostname": record.hostname,
             "state": format!("{:?}", record.state),
+            "podDir": context.layout.pod_dir(&record.id),
+            "shim": crate::shim::Bootstrap::load(&context.layout.pod_dir(&record.id)).ok(),
         });
         info.insert("info".to_owned(), detail.to_string());
     }
@@ -72,7 +74,14 @@ pub async fn status(context: &Context, request: PodSandboxStatusRequest) -> Resu
             runtime_handler: record.runtime_handler.clone(),
         }),
         info,
-        containers_statuses: Vec::new(),
+        // For kubelet's evented PLEG: the pod's containers as ContainerStatus reports them.
+        containers_statuses: context
+            .containers
+            .list()?
+            .iter()
+            .filter(|c| c.pod_id == record.id)
+            .map(|c| context.containers.status_of(c))
+            .collect(),
         timestamp: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)

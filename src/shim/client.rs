@@ -93,11 +93,25 @@ pub async fn connect(pod_id: &str, bootstrap: Bootstrap) -> Result<Shim, ShimErr
         .connect_timeout(CONNECT_TIMEOUT)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = dial.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move { Ok::<_, std::io::Error>(TokioIo::new(connect_socket(&path).await?)) }
         }))
         .await
         .map_err(|source| ShimError::Connect { pod: pod_id.to_owned(), socket, source })?;
     Ok(Shim { pod_id: pod_id.to_owned(), bootstrap, api: ShimClient::new(channel) })
+}
+
+/// Connects to a socket whose path may be longer than the 107 bytes a socket address holds: through the
+/// directory's descriptor (`/proc/self/fd/N/<name>`), which the kernel resolves like the full path.
+async fn connect_socket(path: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    use std::os::fd::AsRawFd;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return tokio::net::UnixStream::connect(path).await;
+    };
+    let dir = std::fs::File::open(dir)?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+    let stream = tokio::net::UnixStream::connect(short).await;
+    drop(dir);
+    stream
 }
 
 /// The daemon's connections to shims, by pod id.

@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// The shim's socket, in the pod directory.
+pub const SOCKET_NAME: &str = "sock";
+
 /// The shim API version this binary serves and speaks (the proto package is `berth.shim.v1`).
 pub const API_VERSION: &str = "v1";
 

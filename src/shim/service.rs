@@ -74,16 +74,15 @@ struct Service(Arc<ShimState>);
 pub async fn run(options: Options) -> Result<(), String> {
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
         .map_err(|e| format!("cannot watch SIGCHLD: {e}"))?;
-    let socket = options.pod_dir.join("sock");
-    if socket.as_os_str().len() >= 108 {
-        return Err(format!(
-            "the shim socket path {} is too long for a unix socket (max 107 bytes); use a shorter daemon.state",
-            socket.display()
-        ));
-    }
-    let _ = std::fs::remove_file(&socket);
-    let listener =
-        tokio::net::UnixListener::bind(&socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    // Unix socket paths are limited to 107 bytes and a pod directory under a long state path can exceed
+    // that: the shim works from its pod directory and binds relative names (the daemon connects through
+    // /proc/self/fd, see client.rs).
+    std::env::set_current_dir(&options.pod_dir)
+        .map_err(|e| format!("cannot enter the pod directory {}: {e}", options.pod_dir.display()))?;
+    let socket = options.pod_dir.join(super::SOCKET_NAME);
+    let _ = std::fs::remove_file(super::SOCKET_NAME);
+    let listener = tokio::net::UnixListener::bind(super::SOCKET_NAME)
+        .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
     let holder = if options.pid_namespace { super::pidns::start()? } else { 0 };
     let pid = std::process::id() as i32;
     let bootstrap = Bootstrap {
@@ -328,7 +327,8 @@ impl Service {
         };
         let mut outputs = Vec::new();
         let created = if request.tty {
-            let socket_path = dir.join("console.sock");
+            // Relative to the shim's working directory (the pod directory): short enough for a socket path.
+            let socket_path = PathBuf::from(format!("console-{id}.sock"));
             let _ = std::fs::remove_file(&socket_path);
             let listener = std::os::unix::net::UnixListener::bind(&socket_path)
                 .map_err(|e| Status::internal(format!("bind {}: {e}", socket_path.display())))?;

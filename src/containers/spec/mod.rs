@@ -272,7 +272,8 @@ pub(crate) fn build_with(request: &SpecRequest, host: &HostFacts) -> Result<Buil
     }
 
     let hostname = if record.utsns.is_some() {
-        Some(if record.hostname.is_empty() { record.name.clone() } else { record.hostname.clone() })
+        // Records keep the effective hostname; an empty one (older records) meant the node's.
+        Some(if record.hostname.is_empty() { host.hostname.clone() } else { record.hostname.clone() })
     } else {
         None
     };

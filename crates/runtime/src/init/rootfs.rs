@@ -50,14 +50,26 @@ struct MountOptions {
     propagation: Vec<MsFlags>,
     data: Vec<String>,
     bind: bool,
+    /// `rro`: read-only recursively, submounts included (mount_setattr, Linux 5.12).
+    recursive_read_only: bool,
 }
 
 fn parse_options(options: &[String]) -> MountOptions {
-    let mut parsed = MountOptions { flags: MsFlags::empty(), propagation: Vec::new(), data: Vec::new(), bind: false };
+    let mut parsed = MountOptions {
+        flags: MsFlags::empty(),
+        propagation: Vec::new(),
+        data: Vec::new(),
+        bind: false,
+        recursive_read_only: false,
+    };
     for option in options {
         let (set, clear) = match option.as_str() {
             "defaults" => (MsFlags::empty(), MsFlags::empty()),
-            "ro" | "rro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rro" => {
+                parsed.recursive_read_only = true;
+                (MsFlags::MS_RDONLY, MsFlags::empty())
+            }
             "rw" | "rrw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
             "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
             "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
@@ -147,11 +159,43 @@ fn mount_one(spec: &Spec, rootfs: &Path, spec_mount: &Mount, cgroup_path: &Path)
             Err(errno) => return Err(mount_error(describe("mount"))(errno)),
         }
     }
+    if options.recursive_read_only {
+        set_read_only_recursively(&destination).map_err(mount_error(describe("make recursively read-only")))?;
+    }
     for propagation in &options.propagation {
         mount(None::<&str>, &destination, None::<&str>, *propagation, None::<&str>)
             .map_err(mount_error(describe(&format!("set propagation {propagation:?} of"))))?;
     }
     Ok(())
+}
+
+/// Makes a mount and every mount below it read-only (`rro`): a remount only changes the top mount.
+fn set_read_only_recursively(destination: &Path) -> nix::Result<()> {
+    /// `struct mount_attr` of linux/mount.h.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    let path =
+        std::ffi::CString::new(destination.as_os_str().as_encoded_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
+    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    // SAFETY: the path is a NUL-terminated string and `attr` a live mount_attr of the size passed; the kernel
+    // only reads both during the call.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if result == 0 { Ok(()) } else { Err(nix::errno::Errno::last()) }
 }
 
 /// Remounts a bind mount with new flags, keeping the flags the kernel locks on it (nosuid, nodev, noexec
@@ -463,6 +507,16 @@ pub(super) fn finish(spec: &Spec) -> Result<()> {
             .map_err(mount_error(format!("remount {} read-only", path.display())))?;
     }
     if let Some(hostname) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        // In the host's UTS namespace this would rename the node (runc refuses it as well).
+        let own_uts =
+            spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).is_some_and(|namespaces| {
+                namespaces.iter().any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Uts)
+            });
+        if !own_uts {
+            return Err(RuntimeError::sys(format!(
+                "sethostname {hostname:?} without a UTS namespace of the container's own"
+            ))(nix::errno::Errno::EINVAL));
+        }
         nix::unistd::sethostname(hostname).map_err(RuntimeError::sys(format!("sethostname {hostname:?}")))?;
     }
     if let Some(domainname) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
