@@ -20,7 +20,7 @@ if [[ -z ${BERTH_BENCH_IN_NETNS:-} ]]; then
   exec env BERTH_BENCH_IN_NETNS=1 unshare --net "$0" "$@"
 fi
 ip link set lo up
-work=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-stats.XXXXXX")
+work=$(mktemp -d "${TMPDIR:-/tmp}/bstats.XXXXXX")
 daemon_pid=
 cleanup() {
   [[ -n $daemon_pid ]] && { kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; }
