@@ -45,6 +45,7 @@ bench: release
 	python3 hack/bench/runtime-run.py
 	bash hack/bench/cni-add.sh
 	bash hack/bench/pods.sh
+	bash hack/bench/stats.sh
 
 clean:
 	$(CARGO) clean

@@ -23,3 +23,4 @@ mod registry;
 mod runtime_containerd;
 mod runtime_oci;
 mod runtime_service;
+mod stats;

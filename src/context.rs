@@ -21,6 +21,8 @@ pub struct Context {
     pub pods: Arc<crate::pods::PodManager>,
     /// Containers, through each pod's shim.
     pub containers: Arc<crate::containers::ContainerManager>,
+    /// Container and pod statistics (previous CPU samples, writable-layer usage, network counters).
+    pub stats: Arc<crate::stats::StatsCollector>,
 }
 
 impl Context {

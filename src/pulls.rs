@@ -35,6 +35,7 @@ impl PullHub {
                 progress_tx.send_replace(state.clone());
             }
             state.finished = true;
+            crate::metrics::global().pulled_bytes(state.layers.iter().filter(|l| !l.cached).map(|l| l.bytes).sum());
             progress_tx.send_replace(state);
             let mut pulls = hub.pulls.lock().expect("pull hub lock");
             // Only forget it if no newer pull of the same image replaced it meanwhile.

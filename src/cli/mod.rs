@@ -15,6 +15,7 @@ mod output;
 mod pods;
 mod progress;
 mod runtime;
+mod stats;
 mod version;
 
 use std::path::PathBuf;
@@ -128,6 +129,10 @@ enum Command {
     Stop(containers::StopArgs),
     /// Remove containers.
     Rm(containers::RemoveArgs),
+    /// Show containers' CPU, memory and writable-layer usage (running ones unless -a).
+    Stats(stats::ContainerStatsArgs),
+    /// Show pods' CPU, memory and network usage.
+    Statsp(stats::PodStatsArgs),
 }
 
 /// The least a verb that changes pods or containers waits for the daemon: kubelet's RunPodSandbox
@@ -219,6 +224,8 @@ pub fn main() -> ExitCode {
             client_command(endpoint, mutation_timeout + grace, |client| containers::stop(client, args))
         }
         Command::Rm(args) => client_command(endpoint, mutation_timeout, |client| containers::remove(client, args)),
+        Command::Stats(args) => client_command(endpoint, timeout, |client| stats::containers(client, args)),
+        Command::Statsp(args) => client_command(endpoint, timeout, |client| stats::pods(client, args)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

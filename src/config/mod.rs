@@ -30,6 +30,8 @@ pub struct Config {
     pub cgroup: CgroupConfig,
     pub cni: CniConfig,
     pub streaming: StreamingConfig,
+    pub stats: StatsConfig,
+    pub metrics: MetricsConfig,
     pub images: ImagesConfig,
     pub registries: BTreeMap<String, RegistryConfig>,
     pub runtime_handlers: BTreeMap<String, RuntimeHandlerConfig>,
@@ -123,6 +125,58 @@ impl TryFrom<StreamingConfigFields> for StreamingConfig {
             return Err("tls_cert and tls_key must be set together".into());
         }
         Ok(StreamingConfig { address: fields.address, tls_cert: fields.tls_cert, tls_key: fields.tls_key })
+    }
+}
+
+/// Container and pod statistics (`[stats]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, try_from = "StatsConfigFields")]
+pub struct StatsConfig {
+    pub writable_layer_refresh_seconds: u64,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig { writable_layer_refresh_seconds: 10 }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct StatsConfigFields {
+    writable_layer_refresh_seconds: u64,
+}
+
+impl Default for StatsConfigFields {
+    fn default() -> Self {
+        StatsConfigFields { writable_layer_refresh_seconds: StatsConfig::default().writable_layer_refresh_seconds }
+    }
+}
+
+impl TryFrom<StatsConfigFields> for StatsConfig {
+    type Error = String;
+    fn try_from(f: StatsConfigFields) -> Result<Self, String> {
+        if !(1..=3600).contains(&f.writable_layer_refresh_seconds) {
+            return Err(format!(
+                "writable_layer_refresh_seconds must be between 1 and 3600, got {}",
+                f.writable_layer_refresh_seconds
+            ));
+        }
+        Ok(StatsConfig { writable_layer_refresh_seconds: f.writable_layer_refresh_seconds })
+    }
+}
+
+/// berth's own Prometheus endpoint (`[metrics]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub address: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: false, address: SocketAddr::from(([127, 0, 0, 1], 9539)) }
     }
 }
 

@@ -53,6 +53,8 @@ pub enum ServeError {
     Images(#[source] berth_image::ImageError),
     #[error("cannot finish the pod sandboxes a crash interrupted: {0}")]
     Recover(String),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::server::MetricsListenError),
     #[error("the gRPC server failed")]
     Server(#[source] tonic::transport::Error),
 }
@@ -64,6 +66,7 @@ impl Kinded for ServeError {
             ServeError::Socket(err) => err.kind(),
             ServeError::Store(err) => err.kind(),
             ServeError::Images(err) => err.kind(),
+            ServeError::Metrics(err) => err.kind(),
             _ => ErrorKind::Internal,
         }
     }
@@ -101,6 +104,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Before serving: every shim reconnected, every exit that happened while the daemon was down recorded.
     let live_pods = pods.list().map_err(|err| ServeError::Recover(berth_error_kind::chain(&err)))?;
     containers.recover(&live_pods).await.map_err(|err| ServeError::Recover(berth_error_kind::chain(&err)))?;
+    let stats = {
+        let images = images.clone();
+        Arc::new(crate::stats::StatsCollector::new(
+            layout.runtime_state(),
+            config.cgroup.driver,
+            images.root().to_path_buf(),
+            Arc::new(move |id: &str| images.container_dir(id).join("upper")),
+        ))
+    };
     let context = Arc::new(Context {
         config: config.clone(),
         layout: layout.clone(),
@@ -109,7 +121,25 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         pulls: Default::default(),
         pods,
         containers,
+        stats,
     });
+    let _layer_refresh = {
+        let containers = context.containers.clone();
+        context
+            .stats
+            .layers
+            .spawn_refresh(Duration::from_secs(config.stats.writable_layer_refresh_seconds), move || {
+                containers.list().ok().map(|records| records.into_iter().map(|r| r.id).collect())
+            })
+    };
+    // Bound before the CRI socket, so a taken metrics port stops the daemon before kubelet can see it.
+    let _metrics_server = if config.metrics.enabled {
+        let listener = crate::metrics::server::bind(config.metrics.address).await?;
+        tracing::info!(address = %config.metrics.address, "serving metrics at /metrics");
+        Some(crate::metrics::server::spawn(listener, context.clone()))
+    } else {
+        None
+    };
     let cri = Cri::new(context);
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|source| ServeError::Signal { signal: "SIGTERM", source })?;

@@ -6,12 +6,15 @@
 //! RPC, so kubelet and critest see an honest answer rather than a wrong one.
 
 mod container_events;
+mod container_stats;
 mod container_status;
 mod create_container;
 mod exec_sync;
 mod image_fs_info;
 mod image_status;
 mod list_images;
+mod metrics;
+mod pod_sandbox_stats;
 mod pod_sandbox_status;
 mod pull_image;
 mod pull_progress;
@@ -228,21 +231,57 @@ impl RuntimeService for Cri {
         answer(update_pod_sandbox_resources::handle(&self.context, request.into_inner()).await)
     }
 
+    async fn container_stats(
+        &self,
+        request: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        answer(container_stats::stats(&self.context, request.into_inner()).await)
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        answer(container_stats::list(&self.context, request.into_inner()).await)
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        answer(pod_sandbox_stats::stats(&self.context, request.into_inner()).await)
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        answer(pod_sandbox_stats::list(&self.context, request.into_inner()).await)
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        request: Request<ListMetricDescriptorsRequest>,
+    ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+        answer(metrics::descriptors(request.into_inner()))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        request: Request<ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+        answer(metrics::pod_metrics(&self.context, request.into_inner()).await)
+    }
+
     not_built_yet! {
         stream_pod_sandboxes(StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream = "StreamPodSandboxes";
         stream_containers(StreamContainersRequest) -> Self::StreamContainersStream = "StreamContainers";
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
         port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
-        container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
-        list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
         stream_container_stats(StreamContainerStatsRequest) -> Self::StreamContainerStatsStream = "StreamContainerStats";
-        pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
-        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
         stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream = "StreamPodSandboxStats";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
-        list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
-        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
         stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream = "StreamPodSandboxMetrics";
     }
 }

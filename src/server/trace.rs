@@ -3,7 +3,8 @@
 //! The span is named `rpc` with the method; handlers add the ids they act on (`pod_sandbox_id`,
 //! `container_id`, `image`) with [`record_id`] so every line logged while serving the request carries them.
 //! RPCs that change something finish at info; reads (List*, *Status, *Stats, Version, ...) at debug, because
-//! kubelet polls them every second or so.
+//! kubelet polls them every second or so. The same place counts each RPC and its latency for `/metrics`
+//! ([`crate::metrics`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -51,12 +52,18 @@ where
         let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
         let span =
             tracing::info_span!("rpc", method = %method, pod_sandbox_id = Empty, container_id = Empty, image = Empty);
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(crate::metrics::parse_grpc_timeout);
         let started = Instant::now();
         let future = inner.call(request);
         Box::pin(
             async move {
                 let result = future.await;
-                let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let elapsed = started.elapsed();
+                let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
                 // Failures are answered "trailers-only", with grpc-status in the headers; a success carries it
                 // in the trailers, after this point, so a missing header means the call succeeded.
                 let code = match &result {
@@ -69,6 +76,7 @@ where
                         .unwrap_or(Code::Ok),
                     Err(_) => Code::Internal,
                 };
+                crate::metrics::global().rpc_finished(&method, code, elapsed, deadline);
                 if is_read_only(&method) {
                     tracing::debug!(?code, elapsed_ms, "rpc finished");
                 } else {

@@ -49,6 +49,8 @@ pub enum RuntimeError {
     },
     #[error("cgroup: {0}")]
     CgroupSetup(String),
+    #[error("cgroup {path} does not exist")]
+    CgroupMissing { path: PathBuf },
     #[error("{hook} hook {path} {reason}")]
     Hook { hook: &'static str, path: PathBuf, reason: String },
     #[error("cannot {step} container state {path}")]
@@ -71,7 +73,7 @@ impl Kinded for RuntimeError {
                 ErrorKind::InvalidArgument
             }
             RuntimeError::Exists { .. } => ErrorKind::AlreadyExists,
-            RuntimeError::NotFound { .. } => ErrorKind::NotFound,
+            RuntimeError::NotFound { .. } | RuntimeError::CgroupMissing { .. } => ErrorKind::NotFound,
             RuntimeError::WrongState { .. } => ErrorKind::FailedPrecondition,
             RuntimeError::Unsupported(_) => ErrorKind::FailedPrecondition,
             RuntimeError::Io { source, .. } | RuntimeError::State { source, .. } => ErrorKind::of_io(source),

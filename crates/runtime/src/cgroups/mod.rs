@@ -136,6 +136,64 @@ pub struct Stats {
     pub pids_current: u64,
     pub pids_limit: Option<u64>,
     pub oom_kills: u64,
+    /// Swap in use (v1: memory+swap usage minus memory usage; needs swap accounting), and its limit.
+    pub swap_usage_bytes: Option<u64>,
+    pub swap_limit_bytes: Option<u64>,
+    /// Pressure stall information, where the kernel has PSI and the cgroup has a v2 directory (always on v2;
+    /// on v1 hosts through the unified mount beside the controllers, if there is one).
+    pub cpu_pressure: Option<Pressure>,
+    pub memory_pressure: Option<Pressure>,
+    pub io_pressure: Option<Pressure>,
+}
+
+/// One `*.pressure` file (Documentation/accounting/psi.rst): the share of time some or all tasks stalled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Pressure {
+    pub some: PressureLine,
+    /// Absent from cpu.pressure before Linux 5.13.
+    pub full: Option<PressureLine>,
+}
+
+/// `avg10=0.00 avg60=0.00 avg300=0.00 total=0`: averages in percent, total in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PressureLine {
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    pub total_us: u64,
+}
+
+impl Pressure {
+    /// Parses a `*.pressure` file; `None` when it has no `some` line.
+    pub fn parse(text: &str) -> Option<Pressure> {
+        let mut some = None;
+        let mut full = None;
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let slot = match fields.next() {
+                Some("some") => &mut some,
+                Some("full") => &mut full,
+                _ => continue,
+            };
+            let mut parsed = PressureLine::default();
+            for field in fields {
+                match field.split_once('=') {
+                    Some(("avg10", v)) => parsed.avg10 = v.parse().ok()?,
+                    Some(("avg60", v)) => parsed.avg60 = v.parse().ok()?,
+                    Some(("avg300", v)) => parsed.avg300 = v.parse().ok()?,
+                    Some(("total", v)) => parsed.total_us = v.parse().ok()?,
+                    _ => {}
+                }
+            }
+            *slot = Some(parsed);
+        }
+        Some(Pressure { some: some?, full })
+    }
+
+    /// The pressure files of a v2 cgroup directory.
+    fn read_all(dir: &Path) -> [Option<Pressure>; 3] {
+        ["cpu.pressure", "memory.pressure", "io.pressure"].map(|file| read(dir, file).and_then(|t| Pressure::parse(&t)))
+    }
 }
 
 /// One container's cgroup.
@@ -265,11 +323,33 @@ impl Cgroup {
         }
     }
 
-    /// Usage figures.
+    /// Usage figures. A cgroup that does not exist (never created, or removed) is [`RuntimeError::NotFound`]
+    /// rather than a row of zeros.
     pub fn stats(&self) -> Result<Stats> {
+        let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
+        let (mut stats, v2_dir) = match &self.layout {
+            Layout::V2 { root } => {
+                let dir = root.join(relative);
+                (v2::stats(&dir)?, Some(dir))
+            }
+            Layout::V1 { unified, .. } => (v1::stats(self)?, unified.as_ref().map(|u| u.join(relative))),
+        };
+        if let Some(dir) = v2_dir {
+            [stats.cpu_pressure, stats.memory_pressure, stats.io_pressure] = Pressure::read_all(&dir);
+        }
+        Ok(stats)
+    }
+
+    /// Whether the cgroup exists (in the memory hierarchy on v1, where usage is read from).
+    pub fn exists(&self) -> bool {
+        let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
         match &self.layout {
-            Layout::V2 { root } => v2::stats(&root.join(self.path.strip_prefix("/").unwrap_or(&self.path))),
-            Layout::V1 { .. } => v1::stats(self),
+            Layout::V2 { root } => root.join(relative).is_dir(),
+            Layout::V1 { .. } => self
+                .layout
+                .v1_controller("memory")
+                .or_else(|| self.layout.v1_controller("cpuacct"))
+                .is_some_and(|mount| mount.join(relative).is_dir()),
         }
     }
 
@@ -378,6 +458,122 @@ mod tests {
             PathBuf::from("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-berth-abc.scope")
         );
         assert!(Cgroup::path_for(Some(Path::new("/a/../../etc")), "c").is_err());
+    }
+
+    fn write_files(dir: &Path, files: &[(&str, &str)]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    }
+
+    const PRESSURE: &str =
+        "some avg10=2.00 avg60=1.00 avg300=0.50 total=4000000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=1000000\n";
+
+    #[test]
+    fn v2_stats_read_the_unified_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("pod/c1");
+        write_files(
+            &dir,
+            &[
+                ("cpu.stat", "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n"),
+                ("memory.current", "10485760\n"),
+                ("memory.stat", "anon 6291456\nfile 4194304\ninactive_file 2097152\npgfault 100\npgmajfault 2\n"),
+                ("memory.max", "max\n"),
+                ("memory.events", "low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n"),
+                ("memory.swap.current", "4096\n"),
+                ("memory.swap.max", "max\n"),
+                ("pids.current", "3\n"),
+                ("pids.max", "max\n"),
+                ("cpu.pressure", PRESSURE),
+                ("memory.pressure", PRESSURE),
+                ("io.pressure", PRESSURE),
+            ],
+        );
+        let cgroup = Cgroup::new(Layout::V2 { root: root.path().to_owned() }, PathBuf::from("/pod/c1"));
+        let stats = cgroup.stats().unwrap();
+        assert_eq!(
+            (stats.cpu_usage_ns, stats.cpu_user_ns, stats.cpu_system_ns),
+            (1_500_000_000, 1_000_000_000, 500_000_000)
+        );
+        assert_eq!(stats.memory_usage_bytes, 10_485_760);
+        assert_eq!(stats.memory_working_set_bytes, 10_485_760 - 2_097_152);
+        assert_eq!((stats.memory_rss_bytes, stats.page_faults, stats.major_page_faults), (6_291_456, 100, 2));
+        assert_eq!(
+            (stats.memory_limit_bytes, stats.oom_kills, stats.pids_current, stats.pids_limit),
+            (None, 1, 3, None)
+        );
+        assert_eq!((stats.swap_usage_bytes, stats.swap_limit_bytes), (Some(4096), None));
+        assert_eq!(stats.io_pressure.unwrap().some.total_us, 4_000_000);
+        assert_eq!(stats.cpu_pressure.unwrap().full.unwrap().total_us, 1_000_000);
+        let gone = Cgroup::new(Layout::V2 { root: root.path().to_owned() }, PathBuf::from("/pod/c2"));
+        assert!(matches!(gone.stats(), Err(RuntimeError::CgroupMissing { .. })));
+    }
+
+    #[test]
+    fn v1_stats_read_each_controller_and_pressure_from_the_unified_mount() {
+        let root = tempfile::tempdir().unwrap();
+        let mount = |name: &str| root.path().join(name);
+        let layout = Layout::V1 {
+            hierarchies: vec![
+                (mount("cpuacct"), vec!["cpuacct".into()]),
+                (mount("memory"), vec!["memory".into()]),
+                (mount("pids"), vec!["pids".into()]),
+            ],
+            unified: Some(mount("unified")),
+        };
+        write_files(
+            &mount("cpuacct/berth/c1"),
+            &[("cpuacct.usage", "2500000000\n"), ("cpuacct.stat", "user 150\nsystem 50\n")],
+        );
+        write_files(
+            &mount("memory/berth/c1"),
+            &[
+                ("memory.usage_in_bytes", "8388608\n"),
+                (
+                    "memory.stat",
+                    "cache 100\nrss 1\ninactive_file 1\ntotal_rss 4194304\ntotal_inactive_file 1048576\ntotal_pgfault 50\ntotal_pgmajfault 1\n",
+                ),
+                ("memory.limit_in_bytes", "16777216\n"),
+                ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+                ("memory.memsw.usage_in_bytes", "9437184\n"),
+                ("memory.memsw.limit_in_bytes", "33554432\n"),
+            ],
+        );
+        write_files(&mount("pids/berth/c1"), &[("pids.current", "4\n"), ("pids.max", "100\n")]);
+        write_files(&mount("unified/berth/c1"), &[("memory.pressure", PRESSURE)]);
+        let cgroup = Cgroup::new(layout.clone(), PathBuf::from("/berth/c1"));
+        let stats = cgroup.stats().unwrap();
+        assert_eq!(
+            (stats.cpu_usage_ns, stats.cpu_user_ns, stats.cpu_system_ns),
+            (2_500_000_000, 1_500_000_000, 500_000_000)
+        );
+        assert_eq!((stats.memory_usage_bytes, stats.memory_working_set_bytes), (8_388_608, 8_388_608 - 1_048_576));
+        assert_eq!((stats.memory_rss_bytes, stats.page_faults, stats.major_page_faults), (4_194_304, 50, 1));
+        assert_eq!((stats.memory_limit_bytes, stats.oom_kills), (Some(16_777_216), 2));
+        assert_eq!(stats.swap_usage_bytes, Some(1_048_576), "memsw minus memory");
+        assert_eq!(stats.swap_limit_bytes, Some(16_777_216), "memsw limit minus memory limit");
+        assert_eq!((stats.pids_current, stats.pids_limit), (4, Some(100)));
+        assert_eq!(stats.memory_pressure.unwrap().some.avg10, 2.0);
+        assert_eq!(stats.cpu_pressure, None, "no cpu.pressure file");
+        assert!(matches!(
+            Cgroup::new(layout, PathBuf::from("/berth/c2")).stats(),
+            Err(RuntimeError::CgroupMissing { .. })
+        ));
+    }
+
+    #[test]
+    fn pressure_files_parse() {
+        let memory =
+            "some avg10=1.50 avg60=0.25 avg300=0.00 total=12345\nfull avg10=0.10 avg60=0.00 avg300=0.00 total=99\n";
+        let parsed = Pressure::parse(memory).unwrap();
+        assert_eq!(parsed.some, PressureLine { avg10: 1.5, avg60: 0.25, avg300: 0.0, total_us: 12345 });
+        assert_eq!(parsed.full.unwrap().total_us, 99);
+        let old_cpu = Pressure::parse("some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n").unwrap();
+        assert_eq!((old_cpu.some.total_us, old_cpu.full), (7, None));
+        assert_eq!(Pressure::parse(""), None);
+        assert_eq!(Pressure::parse("some avg10=x total=1\n"), None);
     }
 
     #[test]

@@ -173,6 +173,9 @@ pub(super) fn set_frozen(dir: &Path, layout: &Layout, frozen: bool) -> Result<()
 }
 
 pub(super) fn stats(cgroup: &Cgroup) -> Result<Stats> {
+    if !cgroup.exists() {
+        return Err(RuntimeError::CgroupMissing { path: cgroup.path.clone() });
+    }
     let mut stats = Stats::default();
     if let Some(dir) = dir_of(cgroup, "cpuacct") {
         stats.cpu_usage_ns = read_u64(&dir, "cpuacct.usage").unwrap_or(0);
@@ -193,6 +196,13 @@ pub(super) fn stats(cgroup: &Cgroup) -> Result<Stats> {
         // An unlimited cgroup reports a huge page-aligned number rather than "max".
         stats.memory_limit_bytes = read_u64(&dir, "memory.limit_in_bytes").filter(|l| *l < (1 << 62));
         stats.oom_kills = read(&dir, "memory.oom_control").and_then(|t| keyed(&t, "oom_kill")).unwrap_or(0);
+        // memsw counts memory plus swap; the files exist only with swap accounting on.
+        if let Some(memsw) = read_u64(&dir, "memory.memsw.usage_in_bytes") {
+            stats.swap_usage_bytes = Some(memsw.saturating_sub(stats.memory_usage_bytes));
+            stats.swap_limit_bytes = read_u64(&dir, "memory.memsw.limit_in_bytes")
+                .filter(|l| *l < (1 << 62))
+                .map(|memsw_limit| memsw_limit.saturating_sub(stats.memory_limit_bytes.unwrap_or(0)));
+        }
     }
     if let Some(dir) = dir_of(cgroup, "pids") {
         stats.pids_current = read_u64(&dir, "pids.current").unwrap_or(0);

@@ -108,6 +108,9 @@ pub(super) fn apply(dir: &Path, resources: &LinuxResources) -> Result<()> {
 }
 
 pub(super) fn stats(dir: &Path) -> Result<Stats> {
+    if !dir.is_dir() {
+        return Err(RuntimeError::CgroupMissing { path: dir.to_owned() });
+    }
     let mut stats = Stats::default();
     if let Some(cpu) = read(dir, "cpu.stat") {
         stats.cpu_usage_ns = keyed(&cpu, "usage_usec").unwrap_or(0) * 1000;
@@ -125,6 +128,8 @@ pub(super) fn stats(dir: &Path) -> Result<Stats> {
     stats.oom_kills = read(dir, "memory.events").and_then(|t| keyed(&t, "oom_kill")).unwrap_or(0);
     stats.pids_current = read_u64(dir, "pids.current").unwrap_or(0);
     stats.pids_limit = read_u64(dir, "pids.max");
+    stats.swap_usage_bytes = read_u64(dir, "memory.swap.current");
+    stats.swap_limit_bytes = read_u64(dir, "memory.swap.max");
     Ok(stats)
 }
 

@@ -1,0 +1,564 @@
+//! Stats and metrics through CRI: a busy container's CPU rate, a container's working set and writable layer,
+//! an OOM kill in the CRI metrics, a pod's network counters read inside its namespace, the latency of
+//! ListContainerStats over 50 containers, and berth's own `/metrics` parsed as Prometheus text.
+//! Pods use the node's network, or loopback-only CNI for the network test, so the daemons share the host
+//! network (and reach the rig's registry) without changing it.
+
+use std::time::{Duration, Instant};
+
+use berth::cli::client::Client;
+use berth::cri::v1::*;
+use tonic::Code;
+
+use crate::support::registry::TestRegistry;
+use crate::support::{Daemon, DaemonDirs};
+
+const MIB: u64 = 1024 * 1024;
+
+/// A daemon allowed to pull from the test registry, with `extra` config (whole tables); `loopback_cni`
+/// gives pods a network namespace of their own with only loopback in it.
+fn start_daemon(registry: &TestRegistry, extra: &str, loopback_cni: bool) -> (DaemonDirs, Daemon) {
+    let dirs = DaemonDirs::new();
+    std::fs::create_dir_all(dirs.cni_conf_dir()).unwrap();
+    if loopback_cni {
+        std::fs::write(
+            dirs.cni_conf_dir().join("10-lo.conflist"),
+            r#"{"cniVersion": "1.0.0", "name": "berth-stats-lo", "plugins": [{"type": "loopback"}]}"#,
+        )
+        .unwrap();
+    }
+    dirs.write_config(&format!("[registries.\"{}\"]\ninsecure = true\n\n{extra}", registry.address));
+    let daemon = Daemon::start_in(&dirs);
+    (dirs, daemon)
+}
+
+fn pod_config(name: &str, logs: &std::path::Path, network: NamespaceMode) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: format!("{name}-host"),
+        log_directory: logs.display().to_string(),
+        labels: [("suite".to_owned(), "stats".to_owned())].into(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption { network: network as i32, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(ImageSpec { image: image.into(), ..Default::default() }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: [("name".to_owned(), name.to_owned())].into(),
+        ..Default::default()
+    }
+}
+
+async fn pull(client: &mut Client, image: &str) {
+    client
+        .image
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec { image: image.into(), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+}
+
+async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> String {
+    client
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id
+}
+
+/// Creates and starts a container.
+async fn run(client: &mut Client, pod: &str, pod_config: &PodSandboxConfig, config: ContainerConfig) -> String {
+    let id = client
+        .runtime
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    client.runtime.start_container(StartContainerRequest { container_id: id.clone() }).await.expect("StartContainer");
+    id
+}
+
+async fn container_stats(client: &mut Client, id: &str) -> ContainerStats {
+    client
+        .runtime
+        .container_stats(ContainerStatsRequest { container_id: id.into() })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .unwrap()
+}
+
+async fn wait_exited(client: &mut Client, id: &str, within: Duration) -> ContainerStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = client
+            .runtime
+            .container_status(ContainerStatusRequest { container_id: id.into(), verbose: false })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .unwrap();
+        if status.state == ContainerState::ContainerExited as i32 {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "container {id} still {:?} after {within:?}", status.state);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn remove_pod(client: &mut Client, pod: &str) {
+    client
+        .runtime
+        .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.into() })
+        .await
+        .expect("StopPodSandbox");
+    client
+        .runtime
+        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.into() })
+        .await
+        .expect("RemovePodSandbox");
+}
+
+/// Polls `check` every 200 ms for up to `within`; returns its last value once it is `Some`.
+async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Idle (and I/O wait) time of the whole host so far, from /proc/stat (USER_HZ = 100 ticks per second).
+fn host_idle_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let fields: Vec<u64> =
+        stat.lines().next().unwrap().split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
+    (fields[3] + fields[4]) * 10_000_000
+}
+
+fn value(v: Option<UInt64Value>) -> u64 {
+    v.expect("a value").value
+}
+
+#[tokio::test]
+async fn a_busy_container_uses_a_core_and_a_50_mib_one_has_a_50_mib_working_set() {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let (dirs, daemon) = start_daemon(&registry, "[stats]\nwritable_layer_refresh_seconds = 1\n", false);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+    let pod_config = pod_config("busy", &dirs.path().join("logs"), NamespaceMode::Node);
+    let pod = run_pod(&mut client, &pod_config).await;
+    let burner =
+        run(&mut client, &pod, &pod_config, container_config("burn", busybox, &["sh", "-c", "while :; do :; done"]))
+            .await;
+    // 50 MiB in a shell variable, and a 2 MiB file in the writable layer. The sleep is not the script's last
+    // command: ash would exec it in place of the shell, and the variable would go with the shell.
+    let holder = run(
+        &mut client,
+        &pod,
+        &pod_config,
+        container_config(
+            "hold",
+            busybox,
+            &[
+                "sh",
+                "-c",
+                "head -c 2097152 /dev/urandom > /ballast; x=$(head -c 52428800 /dev/zero | tr '\\0' a); while :; do sleep 3600; done",
+            ],
+        ),
+    )
+    .await;
+
+    // The first sample has no rate; the next one, 2 s later, does. The loop gets a whole core unless the
+    // machine (2 cores, shared with builds) is busy, so the floor is what it could have had: its own use plus
+    // the host's idle time over the same window.
+    let first = container_stats(&mut client, &burner).await;
+    let first_cpu = first.cpu.unwrap();
+    let idle_before = host_idle_ns();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_after = host_idle_ns();
+    let second = container_stats(&mut client, &burner).await;
+    let cpu = second.cpu.unwrap();
+    let nano_cores = value(cpu.usage_nano_cores);
+    let used = value(cpu.usage_core_nano_seconds) - value(first_cpu.usage_core_nano_seconds);
+    let elapsed = (cpu.timestamp - first_cpu.timestamp) as f64;
+    let measured = used as f64 / elapsed;
+    let could_have = ((used + (idle_after - idle_before)) as f64 / elapsed).min(1.0);
+    eprintln!("busy loop: usage_nano_cores {nano_cores}, measured {measured:.3} cores, could have had {could_have:.3}");
+    assert!(nano_cores <= 1_100_000_000, "one thread uses at most a core: {nano_cores}");
+    assert!(
+        nano_cores as f64 >= 0.8e9 * could_have,
+        "a busy loop uses about a core when one is free: {nano_cores} (could have had {could_have:.3})"
+    );
+    assert!((nano_cores as f64 / 1e9 - measured).abs() < 0.1, "the rate is the counter's: {nano_cores} vs {measured}");
+    let attributes = second.attributes.unwrap();
+    assert_eq!((attributes.id.as_str(), attributes.metadata.unwrap().name.as_str()), (burner.as_str(), "burn"));
+
+    let memory = eventually("a 50 MiB working set", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let holder = holder.clone();
+        async move {
+            let memory = container_stats(&mut client, &holder).await.memory.unwrap();
+            (value(memory.working_set_bytes) >= 50 * MIB).then_some(memory)
+        }
+    })
+    .await;
+    eprintln!("memory holder: {memory:?}");
+    assert!(value(memory.usage_bytes) >= value(memory.working_set_bytes));
+    assert!(value(memory.rss_bytes) >= 40 * MIB, "the variable is anonymous memory: {memory:?}");
+    assert!(value(memory.page_faults) > 0);
+    assert!(memory.available_bytes.is_none(), "no limit, no available bytes");
+
+    let layer = eventually("the writable layer to hold the 2 MiB file", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let holder = holder.clone();
+        async move {
+            let layer = container_stats(&mut client, &holder).await.writable_layer?;
+            (value(layer.used_bytes) >= 2 * MIB).then_some(layer)
+        }
+    })
+    .await;
+    assert!(value(layer.inodes_used) >= 2, "{layer:?}");
+
+    // Filters: by id, by pod, by label; pod stats add both up.
+    let list = |filter: ContainerStatsFilter| {
+        let mut client = client.clone();
+        async move {
+            client
+                .runtime
+                .list_container_stats(ListContainerStatsRequest { filter: Some(filter) })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+        }
+    };
+    assert_eq!(list(ContainerStatsFilter::default()).await.len(), 2);
+    assert_eq!(list(ContainerStatsFilter { id: holder.clone(), ..Default::default() }).await.len(), 1);
+    assert_eq!(list(ContainerStatsFilter { pod_sandbox_id: pod.clone(), ..Default::default() }).await.len(), 2);
+    let by_label = list(ContainerStatsFilter {
+        label_selector: [("name".to_owned(), "burn".to_owned())].into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_label.len(), 1);
+    assert_eq!(by_label[0].attributes.as_ref().unwrap().id, burner);
+    assert!(list(ContainerStatsFilter { pod_sandbox_id: "nope".into(), ..Default::default() }).await.is_empty());
+
+    let pod_stats = client
+        .runtime
+        .pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: pod.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let linux = pod_stats.linux.unwrap();
+    assert_eq!(linux.containers.len(), 2);
+    assert!(value(linux.memory.unwrap().working_set_bytes) >= 50 * MIB);
+    assert!(value(linux.process.unwrap().process_count) >= 3, "two shells and a sleep");
+    assert!(linux.network.is_none(), "a host-network pod has no network of its own");
+
+    // The CLI shows both, like crictl stats.
+    let output = std::process::Command::new(crate::support::berth_bin())
+        .args(["--runtime-endpoint", &daemon.socket.display().to_string(), "stats", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["stats"].as_array().unwrap().len(), 2, "{printed}");
+    let output = std::process::Command::new(crate::support::berth_bin())
+        .args(["--runtime-endpoint", &daemon.socket.display().to_string(), "statsp"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && table.contains("busy") && table.contains("CPU %"), "{table}");
+
+    // Unknown ids are NotFound.
+    let missing = client.runtime.container_stats(ContainerStatsRequest { container_id: "nope".into() }).await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+    let missing = client.runtime.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: "nope".into() }).await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+    remove_pod(&mut client, &pod).await;
+}
+
+#[tokio::test]
+async fn an_oom_killed_container_counts_an_oom_event_and_still_answers_stats() {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let (dirs, daemon) = start_daemon(&registry, "", false);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+    let pod_config = pod_config("oom", &dirs.path().join("logs"), NamespaceMode::Node);
+    let pod = run_pod(&mut client, &pod_config).await;
+    let mut hog =
+        container_config("hog", busybox, &["sh", "-c", "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived"]);
+    hog.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources { memory_limit_in_bytes: 15 * MIB as i64, ..Default::default() }),
+        ..Default::default()
+    });
+    let id = run(&mut client, &pod, &pod_config, hog).await;
+    let exited = wait_exited(&mut client, &id, Duration::from_secs(30)).await;
+    assert_eq!(exited.reason, "OOMKilled", "{exited:?}");
+
+    // An exited container answers with what is known.
+    let stats = container_stats(&mut client, &id).await;
+    assert!(stats.cpu.is_some() && stats.memory.is_some(), "{stats:?}");
+    assert_eq!(value(stats.cpu.unwrap().usage_nano_cores), 0, "nothing runs");
+
+    let descriptors =
+        client.runtime.list_metric_descriptors(ListMetricDescriptorsRequest {}).await.unwrap().into_inner().descriptors;
+    let oom = descriptors.iter().find(|d| d.name == "container_oom_events_total").expect("an OOM descriptor");
+    let metrics = client
+        .runtime
+        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let pod_metrics = metrics.iter().find(|m| m.pod_sandbox_id == pod).expect("the pod's metrics");
+    let container =
+        pod_metrics.container_metrics.iter().find(|c| c.container_id == id).expect("the container's metrics");
+    let events = container.metrics.iter().find(|m| m.name == oom.name).expect("the OOM metric");
+    assert!(value(events.value) >= 1, "{events:?}");
+    assert_eq!(events.label_values.len(), oom.label_keys.len());
+    assert_eq!(events.metric_type, MetricType::Counter as i32);
+    // Every metric has its descriptor and the descriptor's number of labels.
+    for metric in &container.metrics {
+        let descriptor = descriptors.iter().find(|d| d.name == metric.name).expect("described");
+        assert_eq!(metric.label_values.len(), descriptor.label_keys.len(), "{}", metric.name);
+    }
+    remove_pod(&mut client, &pod).await;
+}
+
+#[tokio::test]
+async fn pod_network_counters_grow_with_traffic_inside_the_pod() {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let (dirs, daemon) = start_daemon(&registry, "", true);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+    let pod_config = pod_config("net", &dirs.path().join("logs"), NamespaceMode::Pod);
+    let pod = run_pod(&mut client, &pod_config).await;
+    // A web server in the pod, serving the busybox binary (about a megabyte) over the pod's loopback.
+    let id = run(
+        &mut client,
+        &pod,
+        &pod_config,
+        container_config("web", busybox, &["httpd", "-f", "-p", "8080", "-h", "/bin"]),
+    )
+    .await;
+
+    let lo_counters = |stats: &PodSandboxStats| {
+        let network = stats.linux.as_ref().unwrap().network.clone().expect("network stats");
+        assert!(network.timestamp > 0);
+        let lo = network.interfaces.iter().find(|i| i.name == "lo").expect("lo").clone();
+        (value(lo.rx_bytes), value(lo.tx_bytes))
+    };
+    let pod_stats = |client: &mut Client| {
+        let mut client = client.clone();
+        let pod = pod.clone();
+        async move {
+            client
+                .runtime
+                .pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: pod })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .unwrap()
+        }
+    };
+    let before = lo_counters(&pod_stats(&mut client).await);
+    let fetched = client
+        .runtime
+        .exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: [
+                "sh",
+                "-c",
+                "for i in 1 2 3 4 5; do wget -q -O /dev/null http://127.0.0.1:8080/busybox || exit 1; done",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            timeout: 30,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.exit_code, 0, "{}", String::from_utf8_lossy(&fetched.stderr));
+    let size = std::fs::metadata("/bin/busybox").map(|m| m.len()).unwrap_or(MIB).min(MIB);
+    let after = lo_counters(&pod_stats(&mut client).await);
+    eprintln!("lo before {before:?}, after {after:?}");
+    assert!(after.0 >= before.0 + 5 * size / 2, "rx grew by the transfers: {before:?} -> {after:?}");
+    assert!(after.1 >= before.1 + 5 * size / 2, "tx grew by the transfers: {before:?} -> {after:?}");
+
+    // The same counters in the CRI metrics, labelled by interface.
+    let metrics = client
+        .runtime
+        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let pod_metrics = metrics.iter().find(|m| m.pod_sandbox_id == pod).unwrap();
+    let rx = pod_metrics
+        .metrics
+        .iter()
+        .find(|m| {
+            m.name == "container_network_receive_bytes_total" && m.label_values.last().map(String::as_str) == Some("lo")
+        })
+        .expect("lo's receive counter");
+    assert!(value(rx.value) >= after.0);
+
+    let listed = client
+        .runtime
+        .list_pod_sandbox_stats(ListPodSandboxStatsRequest {
+            filter: Some(PodSandboxStatsFilter {
+                label_selector: [("suite".into(), "stats".into())].into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 1);
+    remove_pod(&mut client, &pod).await;
+}
+
+#[tokio::test]
+async fn list_container_stats_over_50_containers_answers_in_milliseconds() {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let (dirs, daemon) = start_daemon(&registry, "", false);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+    let mut pods = Vec::new();
+    for p in 0..5 {
+        let pod_config = pod_config(&format!("many-{p}"), &dirs.path().join("logs"), NamespaceMode::Node);
+        let pod = run_pod(&mut client, &pod_config).await;
+        for c in 0..10 {
+            run(&mut client, &pod, &pod_config, container_config(&format!("sleep-{c}"), busybox, &["sleep", "3600"]))
+                .await;
+        }
+        pods.push(pod);
+    }
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let stats =
+            client.runtime.list_container_stats(ListContainerStatsRequest::default()).await.unwrap().into_inner().stats;
+        times.push(started.elapsed());
+        assert_eq!(stats.len(), 50);
+        assert!(stats.iter().all(|s| s.cpu.is_some() && s.memory.is_some() && s.writable_layer.is_some()));
+    }
+    times.sort();
+    let (p50, p90) = (times[times.len() / 2], times[times.len() * 9 / 10]);
+    eprintln!(
+        "ListContainerStats over 50 containers (debug build): p50 {p50:?}, p90 {p90:?}, max {:?}",
+        times.last().unwrap()
+    );
+    assert!(p50 < Duration::from_millis(250), "p50 {p50:?}");
+    let started = Instant::now();
+    let pods_stats =
+        client.runtime.list_pod_sandbox_stats(ListPodSandboxStatsRequest::default()).await.unwrap().into_inner().stats;
+    eprintln!("ListPodSandboxStats over 5 pods of 10 containers: {:?}", started.elapsed());
+    assert_eq!(pods_stats.len(), 5);
+    for pod in pods {
+        remove_pod(&mut client, &pod).await;
+    }
+}
+
+/// A free port on loopback (bound and released: a small race the test can live with).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_count_the_rpcs_made() {
+    let registry = TestRegistry::get();
+    let address = format!("127.0.0.1:{}", free_port());
+    let (_dirs, daemon) =
+        start_daemon(&registry, &format!("[metrics]\nenabled = true\naddress = \"{address}\"\n"), false);
+    let mut client = daemon.client().await;
+    for _ in 0..3 {
+        client.runtime.version(VersionRequest::default()).await.unwrap();
+    }
+    client.runtime.list_container_stats(ListContainerStatsRequest::default()).await.unwrap();
+    let missing = client.runtime.container_stats(ContainerStatsRequest { container_id: "nope".into() }).await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+
+    let other_address = address.clone();
+    let scraped =
+        tokio::task::spawn_blocking(move || crate::support::http::get(&address, "/metrics", &[])).await.unwrap();
+    assert_eq!(scraped.status, 200);
+    assert!(scraped.header("content-type").unwrap_or_default().contains("openmetrics-text"));
+    let text = String::from_utf8(scraped.body).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
+    let sample = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let found = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"));
+        match found.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        }
+    };
+    assert_eq!(sample("berth_grpc_requests_total", &[("method", "Version"), ("code", "Ok")]), 3.0);
+    assert_eq!(sample("berth_grpc_requests_total", &[("method", "ListContainerStats"), ("code", "Ok")]), 1.0);
+    assert_eq!(sample("berth_grpc_requests_total", &[("method", "ContainerStats"), ("code", "NotFound")]), 1.0);
+    let latency = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "berth_grpc_request_duration_seconds" && s.labels.get("method") == Some("Version"))
+        .expect("a latency histogram for Version");
+    assert!(matches!(latency.value, prometheus_parse::Value::Histogram(ref buckets) if !buckets.is_empty()));
+    assert_eq!(sample("berth_pod_sandboxes", &[("state", "ready")]), 0.0);
+    assert_eq!(sample("berth_containers", &[("state", "running")]), 0.0);
+    assert_eq!(sample("berth_image_pull_bytes_total", &[]), 0.0);
+
+    let not_found =
+        tokio::task::spawn_blocking(move || crate::support::http::get(&other_address, "/other", &[])).await.unwrap();
+    assert_eq!(not_found.status, 404);
+}

@@ -1,0 +1,126 @@
+//! Stats latency benchmark over one CRI connection (hack/bench/stats.sh runs it): starts N pods of one
+//! `sleep` container each, then times ListContainerStats, ListPodSandboxStats and ListPodSandboxMetrics
+//! (p50/p90 over many calls, one at a time, as kubelet polls), then removes the pods. Works against any CRI
+//! endpoint (berth, containerd).
+//!
+//! Usage: stats-bench ENDPOINT IMAGE [PODS] [CALLS]
+
+use std::time::{Duration, Instant};
+
+use berth::cli::client::{Client, Endpoint};
+use berth::cri::v1::*;
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index].as_secs_f64() * 1000.0
+}
+
+async fn start_pod(client: &mut Client, image: &str, n: usize) -> String {
+    let config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: format!("stats-bench-{n}"),
+            uid: format!("uid-stats-bench-{n}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: format!("stats-{n}"),
+        log_directory: format!("/tmp/berth-bench-logs/stats-{n}"),
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    };
+    let pod = client
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let container = client
+        .runtime
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata { name: "sleep".into(), attempt: 0 }),
+                image: Some(ImageSpec { image: image.into(), ..Default::default() }),
+                command: vec!["sleep".into(), "3600".into()],
+                log_path: "sleep.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(config),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    client.runtime.start_container(StartContainerRequest { container_id: container }).await.expect("StartContainer");
+    pod
+}
+
+async fn time_calls<F, Fut>(calls: usize, mut call: F) -> (f64, f64)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let began = Instant::now();
+        call().await;
+        samples.push(began.elapsed());
+    }
+    (percentile(&mut samples, 0.5), percentile(&mut samples, 0.9))
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let endpoint = Endpoint::parse(&args[1]).expect("endpoint");
+    let image = &args[2];
+    let pods: usize = args.get(3).map(|s| s.parse().expect("PODS")).unwrap_or(50);
+    let calls: usize = args.get(4).map(|s| s.parse().expect("CALLS")).unwrap_or(100);
+    let mut client = Client::connect(endpoint, Duration::from_secs(60)).await.expect("connect");
+    let mut ids = Vec::new();
+    for n in 0..pods {
+        ids.push(start_pod(&mut client, image, n).await);
+    }
+    // A first round so every container has a previous CPU sample and a measured writable layer.
+    let first = client.runtime.list_container_stats(ListContainerStatsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(first.stats.len(), pods);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (p50, p90) = time_calls(calls, || {
+        let mut client = client.clone();
+        async move {
+            let stats = client.runtime.list_container_stats(ListContainerStatsRequest::default()).await.unwrap();
+            assert_eq!(stats.into_inner().stats.len(), pods);
+        }
+    })
+    .await;
+    println!("ListContainerStats    ({pods} containers, {calls} calls)  p50 {p50:6.2} ms  p90 {p90:6.2} ms");
+    let (p50, p90) = time_calls(calls, || {
+        let mut client = client.clone();
+        async move {
+            let stats = client.runtime.list_pod_sandbox_stats(ListPodSandboxStatsRequest::default()).await.unwrap();
+            assert_eq!(stats.into_inner().stats.len(), pods);
+        }
+    })
+    .await;
+    println!("ListPodSandboxStats   ({pods} pods, {calls} calls)        p50 {p50:6.2} ms  p90 {p90:6.2} ms");
+    let (p50, p90) = time_calls(calls, || {
+        let mut client = client.clone();
+        async move {
+            let metrics = client.runtime.list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {}).await;
+            // containerd before 2.1 answers Unimplemented; that is reported, not timed as a success.
+            if let Err(status) = metrics {
+                assert_eq!(status.code(), tonic::Code::Unimplemented, "{status}");
+            }
+        }
+    })
+    .await;
+    println!("ListPodSandboxMetrics ({pods} pods, {calls} calls)        p50 {p50:6.2} ms  p90 {p90:6.2} ms");
+
+    for pod in ids {
+        client.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.expect("stop");
+        client.runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod }).await.expect("remove");
+    }
+}

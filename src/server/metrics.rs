@@ -1,0 +1,36 @@
+//! ListMetricDescriptors and ListPodSandboxMetrics: cAdvisor-named metrics of every ready pod and its
+//! containers (see [`crate::stats::metrics`]).
+
+use crate::context::Context;
+use crate::cri::v1::{
+    ListMetricDescriptorsRequest, ListMetricDescriptorsResponse, ListPodSandboxMetricsRequest,
+    ListPodSandboxMetricsResponse,
+};
+use crate::error::RpcError;
+use crate::records::{PodRecord, PodState};
+use crate::server::pod_sandbox_stats::sample_pods;
+
+pub fn descriptors(_request: ListMetricDescriptorsRequest) -> Result<ListMetricDescriptorsResponse, RpcError> {
+    Ok(ListMetricDescriptorsResponse { descriptors: crate::stats::metrics::descriptors() })
+}
+
+pub async fn pod_metrics(
+    context: &Context,
+    _request: ListPodSandboxMetricsRequest,
+) -> Result<ListPodSandboxMetricsResponse, RpcError> {
+    let pods = context.pods.clone();
+    let containers = context.containers.clone();
+    let collector = context.stats.clone();
+    context
+        .blocking("ListPodSandboxMetrics", move || {
+            let ready: Vec<PodRecord> = pods.list()?.into_iter().filter(|p| p.state == PodState::Ready).collect();
+            let samples = sample_pods(&collector, &ready, &containers.list()?);
+            Ok(ListPodSandboxMetricsResponse {
+                pod_metrics: samples
+                    .iter()
+                    .map(|s| crate::stats::metrics::pod_metrics(s, &collector.layer_filesystem))
+                    .collect(),
+            })
+        })
+        .await
+}
