@@ -11,6 +11,9 @@ use berth::cri::v1::*;
 use nix::sys::signal::Signal;
 use tonic::Code;
 
+use crate::support::cri::{
+    container_config, create, pull, run_pod, start, status, stop_and_remove_pod as remove_pod, wait_exited,
+};
 use crate::support::registry::TestRegistry;
 use crate::support::{Daemon, DaemonDirs};
 
@@ -43,78 +46,6 @@ fn pod_config(name: &str, logs: &std::path::Path) -> PodSandboxConfig {
     }
 }
 
-fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
-        image: Some(ImageSpec { image: image.into(), ..Default::default() }),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
-        ..Default::default()
-    }
-}
-
-async fn pull(client: &mut Client, image: &str) {
-    client
-        .image
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec { image: image.into(), ..Default::default() }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
-}
-
-async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> String {
-    client
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id
-}
-
-async fn create(client: &mut Client, pod: &str, pod_config: &PodSandboxConfig, config: ContainerConfig) -> String {
-    client
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id
-}
-
-async fn start(client: &mut Client, id: &str) {
-    client.runtime.start_container(StartContainerRequest { container_id: id.into() }).await.expect("StartContainer");
-}
-
-async fn status(client: &mut Client, id: &str) -> ContainerStatus {
-    client
-        .runtime
-        .container_status(ContainerStatusRequest { container_id: id.into(), verbose: false })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .unwrap()
-}
-
-async fn wait_exited(client: &mut Client, id: &str, within: Duration) -> ContainerStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        let status = status(client, id).await;
-        if status.state == ContainerState::ContainerExited as i32 {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "container {id} still {:?} after {within:?}", status.state);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn exec(client: &mut Client, id: &str, cmd: &[&str], timeout: i64) -> Result<ExecSyncResponse, tonic::Status> {
     client
         .runtime
@@ -125,19 +56,6 @@ async fn exec(client: &mut Client, id: &str, cmd: &[&str], timeout: i64) -> Resu
         })
         .await
         .map(|r| r.into_inner())
-}
-
-async fn remove_pod(client: &mut Client, pod: &str) {
-    client
-        .runtime
-        .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.into() })
-        .await
-        .expect("StopPodSandbox");
-    client
-        .runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.into() })
-        .await
-        .expect("RemovePodSandbox");
 }
 
 /// The CRI records of a log file: (stream, tag, text).

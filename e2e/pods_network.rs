@@ -15,6 +15,7 @@ use berth::cri::v1::*;
 use nix::sys::signal::Signal;
 use tonic::Code;
 
+use crate::support::cri::{container_config, remove_pod, run_container, stop_pod};
 use crate::support::netns::TestNetns;
 use crate::support::registry::TestRegistry;
 use crate::support::{DaemonDirs, repo_root, require_tool};
@@ -141,16 +142,6 @@ fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
     }
 }
 
-fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
-        image: Some(ImageSpec { image: image.into(), ..Default::default() }),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
-}
-
 async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> Result<String, tonic::Status> {
     client
         .runtime
@@ -173,28 +164,6 @@ async fn pod_ip(client: &mut Client, pod: &str) -> String {
         .ip
 }
 
-/// Creates and starts a container; returns its id.
-async fn run_container(
-    client: &mut Client,
-    pod: &str,
-    pod_config: &PodSandboxConfig,
-    config: ContainerConfig,
-) -> String {
-    let id = client
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    client.runtime.start_container(StartContainerRequest { container_id: id.clone() }).await.expect("StartContainer");
-    id
-}
-
 async fn exec(client: &mut Client, id: &str, cmd: &[&str]) -> ExecSyncResponse {
     client
         .runtime
@@ -206,22 +175,6 @@ async fn exec(client: &mut Client, id: &str, cmd: &[&str]) -> ExecSyncResponse {
         .await
         .expect("ExecSync")
         .into_inner()
-}
-
-async fn stop_pod(client: &mut Client, pod: &str) {
-    client
-        .runtime
-        .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.into() })
-        .await
-        .expect("StopPodSandbox");
-}
-
-async fn remove_pod(client: &mut Client, pod: &str) {
-    client
-        .runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.into() })
-        .await
-        .expect("RemovePodSandbox");
 }
 
 async fn listed_pods(client: &mut Client) -> Vec<PodSandbox> {

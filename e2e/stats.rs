@@ -10,6 +10,7 @@ use berth::cli::client::Client;
 use berth::cri::v1::*;
 use tonic::Code;
 
+use crate::support::cri::{self, pull, run_container, run_pod, stop_and_remove_pod as remove_pod, wait_exited};
 use crate::support::registry::TestRegistry;
 use crate::support::{Daemon, DaemonDirs};
 
@@ -55,52 +56,9 @@ fn pod_config(name: &str, logs: &std::path::Path, network: NamespaceMode) -> Pod
 }
 
 fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
-        image: Some(ImageSpec { image: image.into(), ..Default::default() }),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
-        labels: [("name".to_owned(), name.to_owned())].into(),
-        ..Default::default()
-    }
-}
-
-async fn pull(client: &mut Client, image: &str) {
-    client
-        .image
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec { image: image.into(), ..Default::default() }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
-}
-
-async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> String {
-    client
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id
-}
-
-/// Creates and starts a container.
-async fn run(client: &mut Client, pod: &str, pod_config: &PodSandboxConfig, config: ContainerConfig) -> String {
-    let id = client
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    client.runtime.start_container(StartContainerRequest { container_id: id.clone() }).await.expect("StartContainer");
-    id
+    let mut config = cri::container_config(name, image, command);
+    config.labels = [("name".to_owned(), name.to_owned())].into();
+    config
 }
 
 async fn container_stats(client: &mut Client, id: &str) -> ContainerStats {
@@ -112,38 +70,6 @@ async fn container_stats(client: &mut Client, id: &str) -> ContainerStats {
         .into_inner()
         .stats
         .unwrap()
-}
-
-async fn wait_exited(client: &mut Client, id: &str, within: Duration) -> ContainerStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        let status = client
-            .runtime
-            .container_status(ContainerStatusRequest { container_id: id.into(), verbose: false })
-            .await
-            .expect("ContainerStatus")
-            .into_inner()
-            .status
-            .unwrap();
-        if status.state == ContainerState::ContainerExited as i32 {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "container {id} still {:?} after {within:?}", status.state);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn remove_pod(client: &mut Client, pod: &str) {
-    client
-        .runtime
-        .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.into() })
-        .await
-        .expect("StopPodSandbox");
-    client
-        .runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.into() })
-        .await
-        .expect("RemovePodSandbox");
 }
 
 /// Polls `check` every 200 ms for up to `within`; returns its last value once it is `Some`.
@@ -183,12 +109,16 @@ async fn a_busy_container_uses_a_core_and_a_50_mib_one_has_a_50_mib_working_set(
     pull(&mut client, busybox).await;
     let pod_config = pod_config("busy", &dirs.path().join("logs"), NamespaceMode::Node);
     let pod = run_pod(&mut client, &pod_config).await;
-    let burner =
-        run(&mut client, &pod, &pod_config, container_config("burn", busybox, &["sh", "-c", "while :; do :; done"]))
-            .await;
+    let burner = run_container(
+        &mut client,
+        &pod,
+        &pod_config,
+        container_config("burn", busybox, &["sh", "-c", "while :; do :; done"]),
+    )
+    .await;
     // 50 MiB in a shell variable, and a 2 MiB file in the writable layer. The sleep is not the script's last
     // command: ash would exec it in place of the shell, and the variable would go with the shell.
-    let holder = run(
+    let holder = run_container(
         &mut client,
         &pod,
         &pod_config,
@@ -332,7 +262,7 @@ async fn an_oom_killed_container_counts_an_oom_event_and_still_answers_stats() {
         resources: Some(LinuxContainerResources { memory_limit_in_bytes: 15 * MIB as i64, ..Default::default() }),
         ..Default::default()
     });
-    let id = run(&mut client, &pod, &pod_config, hog).await;
+    let id = run_container(&mut client, &pod, &pod_config, hog).await;
     let exited = wait_exited(&mut client, &id, Duration::from_secs(30)).await;
     assert_eq!(exited.reason, "OOMKilled", "{exited:?}");
 
@@ -376,7 +306,7 @@ async fn pod_network_counters_grow_with_traffic_inside_the_pod() {
     let pod_config = pod_config("net", &dirs.path().join("logs"), NamespaceMode::Pod);
     let pod = run_pod(&mut client, &pod_config).await;
     // A web server in the pod, serving the busybox binary (about a megabyte) over the pod's loopback.
-    let id = run(
+    let id = run_container(
         &mut client,
         &pod,
         &pod_config,
@@ -475,8 +405,13 @@ async fn list_container_stats_over_50_containers_answers_in_milliseconds() {
         let pod_config = pod_config(&format!("many-{p}"), &dirs.path().join("logs"), NamespaceMode::Node);
         let pod = run_pod(&mut client, &pod_config).await;
         for c in 0..10 {
-            run(&mut client, &pod, &pod_config, container_config(&format!("sleep-{c}"), busybox, &["sleep", "3600"]))
-                .await;
+            run_container(
+                &mut client,
+                &pod,
+                &pod_config,
+                container_config(&format!("sleep-{c}"), busybox, &["sleep", "3600"]),
+            )
+            .await;
         }
         pods.push(pod);
     }

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: a daemon under test, prerequisites, the test registry.
 
 pub mod bundle;
+pub mod cri;
 pub mod daemon;
 pub mod http;
 pub mod netns;
