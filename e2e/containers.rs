@@ -379,6 +379,15 @@ async fn containers_outlive_a_daemon_killed_with_sigkill_and_a_dead_shim_never_h
         assert!(Instant::now() < deadline, "container of a dead shim still reported running:\n{}", daemon.log_text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The pod gets a new shim for its next container.
+    let pod_config = pod_config("survivor-1", &logs);
+    let mut again = container_config("after-shim-death", busybox, &["sleep", "1000"]);
+    again.metadata.as_mut().unwrap().attempt = 1;
+    let again = create(&mut client, pod, &pod_config, again).await;
+    start(&mut client, &again).await;
+    assert_eq!(exec(&mut client, &again, &["echo", "new shim"], 5).await.unwrap().stdout, b"new shim\n");
+    let restarted = berth::shim::Bootstrap::load(&dirs.state().join("pods").join(pod)).unwrap();
+    assert_ne!(restarted.pid, bootstrap.pid);
     for (pod, _, _) in &pods {
         remove_pod(&mut client, pod).await;
     }

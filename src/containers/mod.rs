@@ -234,6 +234,38 @@ impl ContainerManager {
         self.shims.get(pod_id, &self.layout.pod_dir(pod_id)).await
     }
 
+    /// The pod's shim; if it died (killed, OOM), a new one is started for the pod's new containers (the
+    /// dead one's containers were settled when it died).
+    async fn shim_or_restart(self: &Arc<Self>, pod: &PodRecord) -> Result<Shim, ContainerError> {
+        match self.shim(&pod.id).await {
+            Ok(shim) => Ok(shim),
+            Err(err) if err.is_gone() => {
+                tracing::warn!(pod_sandbox_id = %pod.id, error = %berth_error_kind::chain(&err), "the pod's shim is gone; starting a new one");
+                let pod_dir = self.layout.pod_dir(&pod.id);
+                let runtime_root = self.layout.runtime_state();
+                let pod_id = pod.id.clone();
+                let pid_namespace = pod.pid_mode == crate::pods::MODE_POD;
+                tokio::task::spawn_blocking(move || {
+                    crate::shim::launch::start(
+                        Path::new("/proc/self/exe"),
+                        &pod_id,
+                        &pod_dir,
+                        &runtime_root,
+                        pid_namespace,
+                    )?
+                    .wait_ready()
+                })
+                .await
+                .map_err(step(&pod.id, "run the shim start"))?
+                .map_err(step(&pod.id, "restart the pod's shim"))?;
+                let shim = self.shim(&pod.id).await?;
+                self.watch(pod.id.clone());
+                Ok(shim)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// The container with this id, or the only one whose id starts with it.
     pub fn find(&self, id: &str) -> Result<Option<ContainerRecord>, ContainerError> {
         if id.is_empty() {
@@ -280,7 +312,7 @@ impl ContainerManager {
     }
 
     async fn create_locked(
-        &self,
+        self: &Arc<Self>,
         pod: PodRecord,
         request: CreateRequest,
         metadata: cri::ContainerMetadata,
@@ -372,7 +404,7 @@ impl ContainerManager {
 
     /// Every side effect of CreateContainer, in order.
     async fn make(
-        &self,
+        self: &Arc<Self>,
         pod: &PodRecord,
         request: &CreateRequest,
         image: &berth_image::ImageRecord,
@@ -387,7 +419,7 @@ impl ContainerManager {
             .await
             .map_err(step(&id, "mount the container's root filesystem"))?;
         let image_config = self.images.config(image).await.map_err(step(&id, "read the image config"))?;
-        let shim = self.shim(&pod.id).await?;
+        let shim = self.shim_or_restart(pod).await?;
         let pod_dir = self.layout.pod_dir(&pod.id);
         let pid_namespace = self.pid_namespace(pod, &shim, &request.config)?;
         let shm = pod_dir.join("shm");
