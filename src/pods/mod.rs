@@ -320,11 +320,18 @@ impl PodManager {
         )
         .map_err(step(&id, "start the pod's shim"))?;
         let result = self.make_namespaces_and_network(spec, record, dir);
+        let network_done = began.elapsed();
         // Waited for even after a failure, so teardown finds it in its cgroup (and kills it).
         let ready = shim.wait_ready().map_err(step(&id, "start the pod's shim"));
         result?;
         ready?;
-        tracing::debug!(pod_sandbox_id = %id, elapsed_ms = began.elapsed().as_secs_f64() * 1000.0, "pod sandbox made");
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        tracing::debug!(
+            pod_sandbox_id = %id,
+            namespaces_and_network_ms = ms(network_done),
+            shim_ready_ms = ms(began.elapsed()),
+            "pod sandbox made"
+        );
         Ok(())
     }
 
@@ -345,7 +352,9 @@ impl PodManager {
                 hostname: record.utsns.is_some().then(|| hostname.clone()),
                 sysctls: spec.sysctls.clone(),
             };
+            let pinning = std::time::Instant::now();
             berth_runtime::pin::pin(&self.init_binary, &request).map_err(step(&id, "pin the pod's namespaces"))?;
+            tracing::debug!(pod_sandbox_id = %id, elapsed_ms = pinning.elapsed().as_secs_f64() * 1000.0, "namespaces pinned");
         }
         if let Some(netns) = &record.netns {
             let network = self.network().map_err(PodError::NetworkNotReady)?;
@@ -362,8 +371,9 @@ impl PodManager {
                 },
                 pod_cidr,
             };
+            // No record write here: CNI's cache entry (written before the first plugin runs) is the intent
+            // DEL works from, found by the pod id alone.
             record.network = Some(network.name.clone());
-            self.store.put(record)?;
             let attached = self.cni.add(&network, &request).map_err(step(&id, "attach the pod network (CNI ADD)"))?;
             record.ips = attached.result.pod_ips("eth0").iter().map(|ip| ip.to_string()).collect();
         }
@@ -406,7 +416,9 @@ impl PodManager {
 
     /// CNI DEL of the pod's attachment, from the cached result (idempotent).
     fn release_network(&self, record: &PodRecord) -> Result<(), PodError> {
-        if record.network.is_some() {
+        // A pod with its own netns may have been attached even if its record never said so (a crash
+        // between ADD and the record); DEL of an attachment that was never cached is a cheap no-op.
+        if record.network.is_some() || record.netns.is_some() {
             self.release_attachment(&record.id, record.netns.clone())?;
         }
         Ok(())
