@@ -481,3 +481,47 @@ async fn a_failed_del_is_retried_on_remove_and_at_start_up_and_never_blocks_remo
     remove_pod(&mut client, &stopped).await;
     assert_no_pod_network_left(&netns, &dirs, &[(&removed, &removed_ip), (&stopped, &stopped_ip)]);
 }
+
+#[tokio::test]
+async fn bandwidth_annotations_shape_the_pods_traffic_through_the_bandwidth_plugin() {
+    require_plugins();
+    assert!(Path::new("/usr/lib/cni/bandwidth").exists(), "missing prerequisite /usr/lib/cni/bandwidth");
+    require_tool("tc");
+    let netns = TestNetns::new();
+    let dirs = DaemonDirs::new();
+    write_daemon_config(&dirs, None);
+    write_conflist(
+        &dirs,
+        vec![
+            bridge_plugin(&dirs, "berthnet6", "10.99.46.0/24"),
+            serde_json::json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
+        ],
+    );
+    let daemon = netns.start_daemon(&dirs);
+    let mut client = daemon.client().await;
+    let mut config = pod_config("shaped", &dirs.path().join("logs"));
+    config.annotations = [
+        ("kubernetes.io/ingress-bandwidth".to_owned(), "10M".to_owned()),
+        ("kubernetes.io/egress-bandwidth".to_owned(), "20M".to_owned()),
+    ]
+    .into();
+    let pod = run_pod(&mut client, &config).await.expect("RunPodSandbox");
+    let ip = pod_ip(&mut client, &pod).await;
+    // The plugin puts token-bucket filters on the pod's host-side veth (ingress) and on an ifb device
+    // (egress), at the annotated rates.
+    let qdiscs = netns.run("tc", &["qdisc", "show"]);
+    assert!(qdiscs.contains("tbf") && qdiscs.contains("rate 10Mbit") && qdiscs.contains("rate 20Mbit"), "{qdiscs}");
+
+    // A malformed annotation is refused before anything is made.
+    let mut bad = pod_config("badly-shaped", &dirs.path().join("logs"));
+    bad.annotations = [("kubernetes.io/egress-bandwidth".to_owned(), "fast".to_owned())].into();
+    let err = run_pod(&mut client, &bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("kubernetes.io/egress-bandwidth"), "{err:?}");
+
+    stop_pod(&mut client, &pod).await;
+    remove_pod(&mut client, &pod).await;
+    assert_no_pod_network_left(&netns, &dirs, &[(&pod, &ip)]);
+    let left = netns.run("tc", &["qdisc", "show"]);
+    assert!(!left.contains("tbf"), "shaping left behind: {left}");
+}

@@ -9,6 +9,8 @@
 //! made (CNI DEL before the network namespace is unpinned, because plugins such as bridge find the rules
 //! they must delete from inside it); Stop and Remove are idempotent and finish what a crash interrupted.
 
+mod bandwidth;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -195,6 +197,7 @@ impl PodManager {
         for key in spec.sysctls.keys() {
             check_sysctl(key, has_netns, has_ipcns)?;
         }
+        bandwidth::from_annotations(&spec.annotations).map_err(PodError::Invalid)?;
         let key = format!("run:{}/{}/{}/{}", spec.namespace, spec.name, spec.uid, spec.attempt);
         let result = self.exclusive(key.clone(), move |manager| manager.run_blocking(spec)).await;
         self.forget_lock(&key);
@@ -367,6 +370,7 @@ impl PodManager {
                 capabilities: Capabilities {
                     port_mappings: spec.port_mappings.clone(),
                     dns: spec.dns.clone(),
+                    bandwidth: bandwidth::from_annotations(&spec.annotations).map_err(PodError::Invalid)?,
                     ..Default::default()
                 },
                 pod_cidr,
