@@ -39,6 +39,8 @@ format = "json"
 [cni]
 conf_dir = "$work/cni"
 TOML
+# BERTH_BENCH_BREAKDOWN=1: the daemon logs its steps at debug, and their p50s are printed after the run.
+if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then export BERTH_LOG=berth=debug; fi
 "$target/release/berth" serve --config "$work/config.toml" 2>"$work/daemon.log" &
 daemon_pid=$!
 for _ in $(seq 200); do [[ -S $work/state/berth.sock ]] && break; sleep 0.05; done
@@ -46,6 +48,26 @@ printf 'berth %s, plugins from /usr/lib/cni (containernetworking-plugins %s)\n' 
   "$("$target/release/berth" --version | awk '{print $2}')" \
   "$(dpkg-query -W -f '${Version}' containernetworking-plugins 2>/dev/null || echo '?')"
 "$target/release/examples/runp-bench" "unix://$work/state/berth.sock" "$pods" "$work/daemon.log"
+if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then
+  python3 - "$work/daemon.log" <<'PY'
+import json, statistics, sys
+steps = {"namespaces pinned": [], "pod sandbox made": [], "shim": []}
+for line in open(sys.argv[1]):
+    try:
+        event = json.loads(line)
+    except ValueError:
+        continue
+    message = event.get("message")
+    if message == "namespaces pinned":
+        steps["namespaces pinned"].append(event["elapsed_ms"])
+    elif message == "pod sandbox made":
+        steps["pod sandbox made"].append(event["namespaces_and_network_ms"])
+        steps["shim"].append(event["shim_ready_ms"])
+for name, label in [("namespaces pinned", "pin helper"), ("pod sandbox made", "directory + pin + CNI + files"), ("shim", "... until the shim is ready")]:
+    if steps[name]:
+        print(f"  {label:<32} p50 {statistics.median(steps[name]):6.1f} ms")
+PY
+fi
 
 # With BERTH_BENCH_CONTAINERD=1: containerd 1.6 (Debian's package) with the same plugins and conflist (its own
 # bridge and leases), in the same network namespace after berth is done. Its CRI plugin needs a sandbox image:

@@ -356,7 +356,7 @@ impl PodManager {
                 sysctls: spec.sysctls.clone(),
             };
             let pinning = std::time::Instant::now();
-            berth_runtime::pin::pin(&self.init_binary, &request).map_err(step(&id, "pin the pod's namespaces"))?;
+            berth_runtime::pin::pin_in_thread(&request).map_err(step(&id, "pin the pod's namespaces"))?;
             tracing::debug!(pod_sandbox_id = %id, elapsed_ms = pinning.elapsed().as_secs_f64() * 1000.0, "namespaces pinned");
         }
         if let Some(netns) = &record.netns {
