@@ -285,11 +285,7 @@ async fn serve_command(
                         resize_decoder = None;
                     }
                 }
-                CLOSE if v5 => {
-                    if data.first() == Some(&STDIN) {
-                        stdin_tx = None;
-                    }
-                }
+                CLOSE if v5 && data.first() == Some(&STDIN) => stdin_tx = None,
                 _ => {}
             }
         }

@@ -86,7 +86,10 @@ impl Backend for FakeBackend {
                 }
             }
         };
-        let (_, _, _, status) = tokio::join!(feed, out, err, child.wait());
+        // stdin is fed until the process exits, not until the client closes it.
+        let feed = tokio::spawn(feed);
+        let (_, _, status) = tokio::join!(out, err, child.wait());
+        feed.abort();
         let status = status.map_err(|e| BackendError::new(ErrorKind::Internal, "wait failed").with_source(e))?;
         Ok(ExitStatus { code: status.code().unwrap_or(128) })
     }
