@@ -23,7 +23,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use crate::activity::Activity;
 use crate::backend::{Backend, Request, Streams};
@@ -203,7 +204,9 @@ fn split(
                 return;
             }
         }
-        let _ = sink.send(Message::Close(None)).await;
+        // A close with a status: client-go (gorilla) takes a close without one (1005) as an error.
+        let close = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+        let _ = sink.send(Message::Close(Some(close))).await;
         let _ = sink.close().await;
     });
     (tx, stream, writer)
