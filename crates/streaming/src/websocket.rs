@@ -34,7 +34,11 @@ use crate::status::Outcome;
 
 pub const REMOTE_COMMAND_PROTOCOLS: &[&str] =
     &["v5.channel.k8s.io", "v4.channel.k8s.io", "v4.base64.channel.k8s.io", "channel.k8s.io", "base64.channel.k8s.io"];
-pub const PORT_FORWARD_PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "v4.base64.channel.k8s.io", "channel.k8s.io"];
+pub const PORT_FORWARD_PROTOCOLS: &[&str] =
+    &[SPDY_TUNNEL_PROTOCOL, "v4.channel.k8s.io", "v4.base64.channel.k8s.io", "channel.k8s.io"];
+/// SPDY/3.1 port-forward carried in binary WebSocket messages (client-go's tunneling dialer: newer kubectl
+/// and `crictl --transport websocket port-forward`); ports come from SPDY stream headers, not the query.
+const SPDY_TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
@@ -147,6 +151,7 @@ pub fn upgrade(
         }
     };
     let ports = match &stream_request {
+        Request::PortForward(_) if protocol == SPDY_TUNNEL_PROTOCOL => Vec::new(),
         Request::PortForward(_) => match query_ports(request.uri().query()) {
             Ok(ports) => ports,
             Err(message) => return plain(StatusCode::BAD_REQUEST, message),
@@ -169,6 +174,12 @@ pub fn upgrade(
         match stream_request {
             Request::Exec(r) => serve_command(ws, &chosen, codec, CommandRequest::Exec(r), backend, &config).await,
             Request::Attach(r) => serve_command(ws, &chosen, codec, CommandRequest::Attach(r), backend, &config).await,
+            Request::PortForward(r) if chosen == SPDY_TUNNEL_PROTOCOL => {
+                let activity = Activity::new();
+                activity.touch();
+                let conn = crate::spdy::conn::Connection::server(tunnel(ws, config.close_grace), activity.clone());
+                crate::spdy::portforward::serve(conn, r.pod_sandbox_id, backend, &config, activity).await
+            }
             Request::PortForward(r) => serve_port_forward(ws, codec, r.pod_sandbox_id, ports, backend, &config).await,
         }
     });
@@ -188,6 +199,43 @@ pub fn upgrade(
 }
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// A byte stream over binary WebSocket messages, for SPDY to run on. Ends (with a normal close) when the
+/// SPDY side drops its end; the reading half is stopped `grace` later if the peer has not closed by then.
+fn tunnel(ws: Ws, grace: std::time::Duration) -> tokio::io::DuplexStream {
+    let (ours, theirs) = tokio::io::duplex(256 * 1024);
+    let (mut sink, mut stream) = ws.split();
+    let (mut from_spdy, mut to_spdy) = tokio::io::split(ours);
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            match message {
+                Message::Binary(data) if to_spdy.write_all(&data).await.is_err() => break,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = to_spdy.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from_spdy.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let close = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+        let _ = sink.send(Message::Close(Some(close))).await;
+        let _ = sink.close().await;
+        tokio::time::sleep(grace).await;
+        reader.abort();
+    });
+    theirs
+}
 
 /// Splits the socket: a writer task sends what the returned sender is given (and a close frame when the
 /// sender is dropped); the stream half is returned for reading.

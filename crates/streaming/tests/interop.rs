@@ -36,13 +36,8 @@ async fn run_exec(client: &str, transport: &str, url: &str, tty: bool, stdin: &[
     if tty {
         command.arg("tty");
     }
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child =
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
     let mut child_stdin = child.stdin.take().unwrap();
     child_stdin.write_all(stdin).await.unwrap();
     drop(child_stdin);
@@ -91,13 +86,19 @@ async fn client_go_tty_exec_sends_its_terminal_size() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_go_port_forward_over_spdy() {
+async fn client_go_port_forward_over_spdy_and_spdy_in_websocket() {
     let Some(client) = client() else { return };
     let server = Server::bind("127.0.0.1:0".parse().unwrap(), FakeBackend::default()).await.unwrap();
     let echo_port = echo_server().await;
+    for transport in ["spdy", "websocket"] {
+        port_forward_through(&client, &server, transport, echo_port).await;
+    }
+}
+
+async fn port_forward_through(client: &str, server: &Server, transport: &str, echo_port: u16) {
     let url = server.url_for(Request::PortForward(PortForwardRequest { pod_sandbox_id: "pod1".into() }));
-    let mut child = tokio::process::Command::new(&client)
-        .args(["portforward", "spdy", &url, &echo_port.to_string()])
+    let mut child = tokio::process::Command::new(client)
+        .args(["portforward", transport, &url, &echo_port.to_string()])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
