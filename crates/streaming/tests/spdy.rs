@@ -299,3 +299,44 @@ async fn an_unknown_protocol_is_refused_with_the_ones_we_speak() {
     let (status, _, _) = http_request(&server.url_for(exec("true", false, false)), &[]).await;
     assert_eq!(status, 400, "no upgrade headers");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_connects_stdin_and_stdout_and_reports_success() {
+    let (server, _) = server().await;
+    let request = Request::Attach(berth_streaming::AttachRequest {
+        container_id: "c1".into(),
+        tty: false,
+        stdin: true,
+        stdout: true,
+        stderr: false,
+    });
+    let client = SpdyClient::connect(&server.url_for(request), V4).await;
+    let mut error = client.open(&[("streamType", "error")]).await;
+    let stdin = client.open(&[("streamType", "stdin")]).await;
+    let mut stdout = client.open(&[("streamType", "stdout")]).await;
+    stdin.write(b"attached").await;
+    stdin.close();
+    let (out, status) = with_timeout("attach", async { tokio::join!(stdout.read_to_end(), error.read_to_end()) }).await;
+    assert_eq!(out, b"attached");
+    assert_eq!(status, br#"{"metadata":{},"status":"Success"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_request_did_not_ask_for_is_refused_and_the_session_goes_on() {
+    let (server, _) = server().await;
+    let client = SpdyClient::connect(&server.url_for(exec("echo ok", false, false)), V4).await;
+    let mut error = client.open(&[("streamType", "error")]).await;
+    // No stdin was asked for: the server resets it (REFUSED_STREAM) and waits for the streams it wants.
+    let stdin = client.open(&[("streamType", "stdin")]).await;
+    with_timeout("reset", async {
+        while !client.resets().contains(&(stdin.id, 3)) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let mut stdout = client.open(&[("streamType", "stdout")]).await;
+    let _stderr = client.open(&[("streamType", "stderr")]).await;
+    let (out, status) = with_timeout("exec", async { tokio::join!(stdout.read_to_end(), error.read_to_end()) }).await;
+    assert_eq!(out, b"ok\n");
+    assert!(String::from_utf8(status).unwrap().contains("Success"));
+}

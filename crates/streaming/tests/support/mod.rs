@@ -309,17 +309,19 @@ impl SpdyClient {
 
     /// Opens a stream and waits for the server's SYN_REPLY.
     pub async fn open(&self, headers: &[(&str, &str)]) -> ClientStream {
-        let id = self.next_id.fetch_add(2, Ordering::SeqCst) as u32;
         let headers: Headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
         let (tx, data) = mpsc::unbounded_channel();
         let (reply_tx, reply_rx) = oneshot::channel();
-        {
+        let id = {
+            // Ids must reach the server in increasing order: allocate and send under one lock.
             let mut state = self.state.lock().unwrap();
+            let id = self.next_id.fetch_add(2, Ordering::SeqCst) as u32;
             state.streams.insert(id, tx);
             state.replies.insert(id, reply_tx);
             state.windows.insert(id, 65536);
-        }
-        self.send(Frame::SynStream { stream_id: id, associated_to: 0, priority: 0, flags: 0, headers });
+            self.send(Frame::SynStream { stream_id: id, associated_to: 0, priority: 0, flags: 0, headers });
+            id
+        };
         tokio::time::timeout(std::time::Duration::from_secs(5), reply_rx)
             .await
             .expect("SYN_REPLY in time")
