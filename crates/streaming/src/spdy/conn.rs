@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::frame::{self, FLAG_FIN, Frame, HeaderCodec, Headers};
 use crate::activity::Activity;
@@ -25,8 +25,10 @@ use crate::activity::Activity;
 pub const INITIAL_WINDOW: i64 = 64 * 1024;
 /// Largest DATA frame we send.
 const MAX_DATA_FRAME: usize = 32 * 1024;
-/// Frames a slow stream consumer may leave queued before the reader waits for it (TCP backpressure).
-const STREAM_QUEUE: usize = 64;
+/// Bytes a slow stream consumer may leave queued before the reader waits for it. Above our 64 KiB window,
+/// so a peer that honours windows never makes the reader wait (which could deadlock: the WINDOW_UPDATE
+/// that lets a blocked consumer go on would sit unread); a peer that ignores windows gets TCP backpressure.
+const STREAM_QUEUE_BYTES: usize = 256 * 1024;
 
 struct FlowState {
     /// Per-stream send windows; a stream absent here is closed for sending.
@@ -37,7 +39,7 @@ struct FlowState {
 
 struct Shared {
     out: mpsc::Sender<Outgoing>,
-    streams: Mutex<HashMap<u32, mpsc::Sender<Bytes>>>,
+    streams: Mutex<HashMap<u32, QueueSender>>,
     flow: Mutex<FlowState>,
     flow_changed: Notify,
     peer_flow_control: AtomicBool,
@@ -66,10 +68,31 @@ impl Stream {
     }
 }
 
+/// A stream's queue of received data, bounded in bytes (each chunk holds permits for its length).
+#[derive(Clone)]
+struct QueueSender {
+    tx: mpsc::UnboundedSender<(Bytes, OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
+}
+
+impl QueueSender {
+    fn new() -> (QueueSender, mpsc::UnboundedReceiver<(Bytes, OwnedSemaphorePermit)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (QueueSender { tx, budget: Arc::new(Semaphore::new(STREAM_QUEUE_BYTES)) }, rx)
+    }
+
+    /// Queues `data`, waiting while the queue is full; false if the consumer is gone.
+    async fn send(&self, data: Bytes) -> bool {
+        let permits = data.len().min(STREAM_QUEUE_BYTES) as u32;
+        let Ok(permit) = self.budget.clone().acquire_many_owned(permits).await else { return false };
+        self.tx.send((data, permit)).is_ok()
+    }
+}
+
 /// The receiving half of a stream.
 pub struct StreamReader {
     id: u32,
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::UnboundedReceiver<(Bytes, OwnedSemaphorePermit)>,
     shared: Arc<Shared>,
 }
 
@@ -218,7 +241,7 @@ async fn handle_frame(
                 return true;
             }
             shared.last_stream_id.store(stream_id, Ordering::Relaxed);
-            let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+            let (tx, rx) = QueueSender::new();
             if flags & FLAG_FIN == 0 {
                 shared.streams.lock().unwrap().insert(stream_id, tx);
             }
@@ -247,7 +270,7 @@ async fn handle_frame(
             let tx = shared.streams.lock().unwrap().get(&stream_id).cloned();
             match tx {
                 Some(tx) => {
-                    if !data.is_empty() && tx.send(data).await.is_err() {
+                    if !data.is_empty() && !tx.send(data).await {
                         // The consumer is gone: stop the peer sending more.
                         shared.streams.lock().unwrap().remove(&stream_id);
                         shared.try_send(Frame::RstStream { stream_id, status: frame::rst::CANCEL });
@@ -355,7 +378,7 @@ impl StreamReader {
     /// The next chunk the peer sent; `None` at FIN, reset or when the connection is gone. Taking a chunk
     /// gives its bytes back to the peer's windows.
     pub async fn read_chunk(&mut self) -> Option<Bytes> {
-        let chunk = self.rx.recv().await?;
+        let (chunk, _permit) = self.rx.recv().await?;
         let delta = chunk.len() as u32;
         self.shared.try_send_window_update(self.id, delta).await;
         Some(chunk)
