@@ -193,7 +193,15 @@ impl SpdyClient {
             .lines()
             .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-stream-protocol-version: ").map(str::to_owned))
             .unwrap_or_default();
-        let (mut read, mut write) = tcp.into_split();
+        SpdyClient::start(tcp, protocol)
+    }
+
+    /// Runs the client on an already-upgraded byte stream (e.g. SPDY tunnelled in WebSocket).
+    pub fn start<IO>(io: IO, protocol: String) -> SpdyClient
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let (mut read, mut write) = tokio::io::split(io);
         let (out, mut out_rx) = mpsc::unbounded_channel::<Frame>();
         let state = Arc::new(Mutex::new(ClientState {
             streams: HashMap::new(),
