@@ -340,3 +340,37 @@ async fn a_stream_the_request_did_not_ask_for_is_refused_and_the_session_goes_on
     assert_eq!(out, b"ok\n");
     assert!(String::from_utf8(status).unwrap().contains("Success"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_error_is_a_failure_status_with_its_message() {
+    let (server, _) = server().await;
+    let request = Request::Exec(ExecRequest {
+        container_id: "missing".into(),
+        cmd: vec!["true".into()],
+        tty: false,
+        stdin: false,
+        stdout: true,
+        stderr: false,
+    });
+    let client = SpdyClient::connect(&server.url_for(request), V4).await;
+    let mut error = client.open(&[("streamType", "error")]).await;
+    let _stdout = client.open(&[("streamType", "stdout")]).await;
+    let status: serde_json::Value = serde_json::from_slice(&with_timeout("exec", error.read_to_end()).await).unwrap();
+    assert_eq!(status["status"], "Failure");
+    assert_eq!(status["message"], "container \"missing\" not found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_port_forward_session_goes_away() {
+    let config = Config { idle_timeout: Duration::from_millis(300), ..Config::default() };
+    let (server, _) = server_with(config).await;
+    let url = server.url_for(Request::PortForward(PortForwardRequest { pod_sandbox_id: "pod1".into() }));
+    let client = SpdyClient::connect(&url, &["portforward.k8s.io"]).await;
+    assert_eq!(server.active_sessions(), 1);
+    with_timeout("idle close", async {
+        while server.active_sessions() != 0 || !client.got_goaway() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

@@ -34,6 +34,9 @@ impl Drop for Running {
 #[async_trait::async_trait]
 impl Backend for FakeBackend {
     async fn exec(&self, request: ExecRequest, streams: Streams) -> Result<ExitStatus, BackendError> {
+        if request.container_id == "missing" {
+            return Err(BackendError::new(ErrorKind::NotFound, "container \"missing\" not found"));
+        }
         self.running.fetch_add(1, Ordering::SeqCst);
         let _running = Running(self.running.clone());
         let Streams { stdin, stdout, stderr, resize } = streams;
