@@ -1,0 +1,24 @@
+//! berth's streaming server: `kubectl exec/attach/port-forward` and `crictl exec/attach/port-forward` end
+//! here. It serves one-shot URLs (`/exec/{token}`, `/attach/{token}`, `/portforward/{token}`) over HTTP/1.1,
+//! upgrades them to SPDY/3.1 or WebSocket, speaks Kubernetes' remotecommand and port-forward protocols, and
+//! asks a [`Backend`] to run the exec, attach or dial. It knows HTTP and those protocols, not CRI: the
+//! daemon validates CRI requests, calls [`Server::url_for`], and implements [`Backend`].
+
+mod activity;
+mod backend;
+mod config;
+mod error;
+mod server;
+mod session;
+pub mod spdy;
+mod status;
+mod tokens;
+mod websocket;
+
+pub use backend::{
+    AttachRequest, Backend, BackendError, ExecRequest, ExitStatus, PortForwardRequest, PortStream, Request, Streams,
+    TerminalSize,
+};
+pub use config::Config;
+pub use error::ServerError;
+pub use server::Server;
