@@ -1,6 +1,6 @@
 //! Interop with crictl's own client code (client-go's SPDY and WebSocket executors and port-forward
-//! dialers, via cri-tools `pkg/common`). Needs the Go client built by `tests/interop/build.sh`; without
-//! `BERTH_STREAMING_INTEROP_CLIENT` pointing at it these tests say so and pass.
+//! dialers, via cri-tools `pkg/common`). Built only with the `interop` feature (see Cargo.toml); it needs
+//! the Go client built by `tests/interop/build.sh` at `BERTH_STREAMING_INTEROP_CLIENT`, and fails without it.
 
 mod support;
 
@@ -12,11 +12,9 @@ use support::{FakeBackend, echo_server};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 fn client() -> Option<String> {
-    let path = std::env::var("BERTH_STREAMING_INTEROP_CLIENT").ok();
-    if path.is_none() {
-        eprintln!("BERTH_STREAMING_INTEROP_CLIENT unset: skipping the client-go interop test");
-    }
-    path
+    let path = std::env::var("BERTH_STREAMING_INTEROP_CLIENT")
+        .expect("BERTH_STREAMING_INTEROP_CLIENT must name the client built by tests/interop/build.sh");
+    Some(path)
 }
 
 fn exec(cmd: &str, tty: bool) -> Request {
