@@ -24,3 +24,4 @@ mod runtime_containerd;
 mod runtime_oci;
 mod runtime_service;
 mod stats;
+mod streaming;

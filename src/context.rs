@@ -23,6 +23,8 @@ pub struct Context {
     pub containers: Arc<crate::containers::ContainerManager>,
     /// Container and pod statistics (previous CPU samples, writable-layer usage, network counters).
     pub stats: Arc<crate::stats::StatsCollector>,
+    /// The exec / attach / port-forward server whose URLs the streaming RPCs return.
+    pub streaming: Arc<berth_streaming::Server>,
 }
 
 impl Context {

@@ -21,4 +21,5 @@ pub mod records;
 pub mod server;
 pub mod shim;
 pub mod stats;
+pub mod streaming;
 pub mod version;

@@ -30,6 +30,8 @@ pub use socket::SocketError;
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("cannot start the streaming server: {0}")]
+    Streaming(String),
     #[error("cannot create {key} directory {path}")]
     CreateDir {
         key: &'static str,
@@ -113,6 +115,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             Arc::new(move |id: &str| images.container_dir(id).join("upper")),
         ))
     };
+    // The streaming server listens before the CRI socket, so a taken port stops the daemon before kubelet
+    // can see it. TLS is configurable but not built into berth-streaming yet: refuse rather than serve
+    // plain HTTP where TLS was asked for.
+    if config.streaming.tls_cert.is_some() {
+        return Err(ServeError::Streaming("streaming.tls_cert/tls_key: TLS for the streaming server is not built yet; remove them to serve on loopback".into()));
+    }
+    let streaming = Arc::new(
+        berth_streaming::Server::bind(config.streaming.address, crate::streaming::DaemonBackend { pods: pods.clone() })
+            .await
+            .map_err(|err| ServeError::Streaming(berth_error_kind::chain(&err)))?,
+    );
+    tracing::info!(address = %streaming.local_addr(), "streaming server listening");
     let context = Arc::new(Context {
         config: config.clone(),
         layout: layout.clone(),
@@ -122,6 +136,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         pods,
         containers,
         stats,
+        streaming,
     });
     let _layer_refresh = {
         let containers = context.containers.clone();

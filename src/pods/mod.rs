@@ -36,6 +36,8 @@ pub enum PodError {
     Invalid(String),
     #[error("pod sandbox {0} does not exist")]
     NotFound(String),
+    #[error("pod sandbox {0} is not ready")]
+    NotReady(String),
     #[error("the pod network is not ready: {0}")]
     NetworkNotReady(String),
     #[error("pod sandbox {pod}: {step}")]
@@ -54,6 +56,7 @@ impl Kinded for PodError {
         match self {
             PodError::Invalid(_) => ErrorKind::InvalidArgument,
             PodError::NotFound(_) => ErrorKind::NotFound,
+            PodError::NotReady(_) => ErrorKind::FailedPrecondition,
             PodError::NetworkNotReady(_) => ErrorKind::FailedPrecondition,
             PodError::Step { source, .. } => {
                 if let Some(cni) = source.downcast_ref::<berth_cni::CniError>() {

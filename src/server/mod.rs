@@ -16,6 +16,7 @@ mod list_images;
 mod metrics;
 mod pod_sandbox_stats;
 mod pod_sandbox_status;
+mod port_forward;
 mod pull_image;
 mod pull_progress;
 mod remove_container;
@@ -213,6 +214,13 @@ impl RuntimeService for Cri {
         answer(reopen_container_log::handle(&self.context, request.into_inner()).await)
     }
 
+    async fn port_forward(
+        &self,
+        request: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
+        answer(port_forward::handle(&self.context, request.into_inner()).await)
+    }
+
     async fn exec_sync(&self, request: Request<ExecSyncRequest>) -> Result<Response<ExecSyncResponse>, Status> {
         answer(exec_sync::handle(&self.context, request.into_inner()).await)
     }
@@ -278,7 +286,6 @@ impl RuntimeService for Cri {
         stream_containers(StreamContainersRequest) -> Self::StreamContainersStream = "StreamContainers";
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
-        port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
         stream_container_stats(StreamContainerStatsRequest) -> Self::StreamContainerStatsStream = "StreamContainerStats";
         stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream = "StreamPodSandboxStats";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";

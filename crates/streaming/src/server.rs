@@ -34,6 +34,12 @@ pub struct Server {
     accept: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("local_addr", &self.local_addr()).finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     tokens: TokenStore,
     sessions: Arc<Sessions>,
