@@ -3,6 +3,19 @@
 use berth_store::{Record, Table};
 use serde::{Deserialize, Serialize};
 
+/// A new pod sandbox or container id: 64 hex characters from the kernel's random source, like containerd's
+/// and CRI-O's.
+pub fn new_id() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Now, in nanoseconds since the Unix epoch (CRI's timestamps).
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
 /// Node-wide settings kubelet hands over at run time and expects the runtime to keep.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::cri::shim as pb;
 use crate::cri::v1 as cri;
 use crate::layout::Layout;
-use crate::records::{ContainerRecord, ContainerRecordState, PodRecord, PodState};
+use crate::records::{ContainerRecord, ContainerRecordState, PodRecord, PodState, new_id, now_nanos};
 use crate::shim::ExitRecord;
 use crate::shim::client::{Shim, ShimError, Shims};
 
@@ -99,10 +99,6 @@ fn step<E: std::error::Error + Send + Sync + 'static>(
     move |source| ContainerError::Step { id, step, source: Box::new(source) }
 }
 
-fn now_nanos() -> i64 {
-    crate::shim::now_nanos()
-}
-
 impl ContainerRecordState {
     pub fn name(self) -> &'static str {
         match self {
@@ -149,13 +145,6 @@ impl std::fmt::Debug for ContainerManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ContainerManager").finish_non_exhaustive()
     }
-}
-
-/// A new container id: 64 hex characters from the kernel's random source.
-fn new_id() -> std::io::Result<String> {
-    let mut bytes = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn request_hash(request: &CreateRequest) -> u64 {

@@ -14,7 +14,7 @@ mod bandwidth;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use berth_cni::{AttachRequest, AttachmentRef, Capabilities, Cni, CniOptions, DnsCapability, PodIdentity, PortMapping};
 use berth_error_kind::{ErrorKind, Kinded};
@@ -23,7 +23,7 @@ use berth_store::Store;
 
 use crate::config::Config;
 use crate::layout::Layout;
-use crate::records::{NodeSettings, PodRecord, PodState};
+use crate::records::{NodeSettings, PodRecord, PodState, new_id, now_nanos};
 
 /// CRI NamespaceMode numbers (api.proto `NamespaceMode`).
 pub const MODE_POD: i32 = 0;
@@ -151,17 +151,6 @@ fn effective_hostname(asked: &str) -> String {
     } else {
         asked.to_owned()
     }
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(1)
-}
-
-/// A new sandbox id: 64 hex characters from the kernel's random source, like containerd's and CRI-O's.
-fn new_id() -> std::io::Result<String> {
-    let mut bytes = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl PodManager {

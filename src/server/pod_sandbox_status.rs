@@ -82,10 +82,7 @@ pub async fn status(context: &Context, request: PodSandboxStatusRequest) -> Resu
             .filter(|c| c.pod_id == record.id)
             .map(|c| context.containers.status_of(c))
             .collect(),
-        timestamp: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0),
+        timestamp: crate::records::now_nanos(),
     })
 }
 

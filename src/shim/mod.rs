@@ -96,10 +96,6 @@ pub fn cgroup_path(pod_id: &str) -> PathBuf {
     PathBuf::from(format!("/berth/shim-{pod_id}"))
 }
 
-pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
-}
-
 /// `berth __shim <pod id> <pod dir> <runtime root> [--pid-namespace]`: dispatched from main.rs before
 /// anything else runs.
 pub fn main() -> std::process::ExitCode {

@@ -23,9 +23,10 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::logs::{LineWriter, LogFile, Stream as LogStream};
-use super::{Bootstrap, ExitRecord, now_nanos, write_durably};
+use super::{Bootstrap, ExitRecord, write_durably};
 use crate::cri::shim as pb;
 use crate::cri::shim::shim_server::{Shim, ShimServer};
+use crate::records::now_nanos;
 
 /// Output ExecSync keeps per stream; more is read and dropped (CRI's limit is 16 MiB).
 const EXEC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;

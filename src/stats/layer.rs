@@ -52,7 +52,7 @@ impl LayerCache {
     fn measure(&self, container_id: &str) -> Option<LayerUsage> {
         let dir = (self.upper_dir)(container_id);
         match disk_usage::measure(&dir) {
-            Ok(usage) => Some(LayerUsage { usage, measured_at: crate::shim::now_nanos() }),
+            Ok(usage) => Some(LayerUsage { usage, measured_at: crate::records::now_nanos() }),
             Err(err) => {
                 tracing::debug!(container_id, path = %dir.display(), error = %err, "cannot measure a writable layer");
                 None

@@ -196,7 +196,7 @@ impl StatsCollector {
 
     /// Samples one container.
     pub fn container(&self, record: &ContainerRecord) -> ContainerSample {
-        let at = crate::shim::now_nanos();
+        let at = crate::records::now_nanos();
         let read = self.container_cgroup(&record.id).map(|cgroup| cgroup.stats());
         let cgroup = match read {
             Some(Ok(stats)) => {
@@ -214,7 +214,7 @@ impl StatsCollector {
     /// Samples one pod and `containers` (its containers).
     pub fn pod(&self, record: &PodRecord, containers: &[ContainerRecord]) -> PodSample {
         let containers: Vec<ContainerSample> = containers.iter().map(|c| self.container(c)).collect();
-        let at = crate::shim::now_nanos();
+        let at = crate::records::now_nanos();
         let own = pod_cgroup_path(&record.cgroup_parent, self.cgroup_driver)
             .zip(self.layout())
             .map(|(path, layout)| Cgroup::new(layout.clone(), path))
@@ -233,7 +233,7 @@ impl StatsCollector {
                 None
             }
         });
-        let network_at = crate::shim::now_nanos();
+        let network_at = crate::records::now_nanos();
         PodSample { record: record.clone(), at, cgroup, nano_cores, network, network_at, containers }
     }
 
