@@ -465,11 +465,11 @@ impl ContainerManager {
         let mode = options.map(|o| o.pid).unwrap_or(pod.pid_mode);
         match mode {
             // POD: the shim's holder.
-            0 if shim.bootstrap.pid_namespace_holder > 0 => {
+            crate::pods::MODE_POD if shim.bootstrap.pid_namespace_holder > 0 => {
                 Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", shim.bootstrap.pid_namespace_holder))))
             }
             // TARGET: the target container's namespace (ephemeral debug containers).
-            3 => {
+            crate::pods::MODE_TARGET => {
                 let target_id = options.map(|o| o.target_id.clone()).unwrap_or_default();
                 let target = self.get(&target_id).map_err(|_| {
                     ContainerError::Invalid(format!("namespace_options.target_id {target_id:?} is not a container"))
@@ -520,7 +520,7 @@ impl ContainerManager {
 
     /// StartContainer.
     pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
-        let mut record = self.get(id)?;
+        let record = self.get(id)?;
         if record.state != ContainerRecordState::Created {
             return Err(ContainerError::WrongState { id: record.id, state: record.state.name(), action: "start it" });
         }
@@ -532,17 +532,13 @@ impl ContainerManager {
             .await
             .map_err(shim.failed("Start"))?
             .into_inner();
+        // Re-read: the exit may have been recorded meanwhile (a container that ends at once).
+        let mut record = self.get(&record.id)?;
         record.started_at_unix_nanos = started.started_at;
-        // The exit may have been recorded already (its event updates the record as well).
-        let latest = self.get(&record.id)?;
-        if latest.state == ContainerRecordState::Created {
+        if record.state == ContainerRecordState::Created {
             record.state = ContainerRecordState::Running;
-            self.store.put(&record)?;
-        } else {
-            let mut latest = latest;
-            latest.started_at_unix_nanos = started.started_at;
-            self.store.put(&latest)?;
         }
+        self.store.put(&record)?;
         tracing::info!(container_id = %record.id, "container started");
         self.emit(&record, cri::ContainerEventType::ContainerStartedEvent);
         Ok(())
@@ -714,7 +710,9 @@ impl ContainerManager {
         command: Vec<String>,
         timeout_seconds: i64,
     ) -> Result<pb::ExecSyncResponse, ContainerError> {
-        let record = self.refresh(self.get(id)?).await;
+        // The record, not a State call to the shim: probes run ExecSync every few seconds, and the shim
+        // refuses a container that exited before its exit reached the record.
+        let record = self.get(id)?;
         if record.state != ContainerRecordState::Running {
             return Err(ContainerError::WrongState { id: record.id, state: record.state.name(), action: "exec in it" });
         }
@@ -750,7 +748,7 @@ impl ContainerManager {
 
     /// ReopenContainerLog.
     pub async fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
-        let record = self.refresh(self.get(id)?).await;
+        let record = self.get(id)?;
         if record.state != ContainerRecordState::Running {
             return Err(ContainerError::WrongState {
                 id: record.id,

@@ -28,6 +28,7 @@ use crate::records::{NodeSettings, PodRecord, PodState, new_id, now_nanos};
 /// CRI NamespaceMode numbers (api.proto `NamespaceMode`).
 pub const MODE_POD: i32 = 0;
 pub const MODE_NODE: i32 = 2;
+pub const MODE_TARGET: i32 = 3;
 
 /// Why a pod operation failed.
 #[derive(Debug, thiserror::Error)]

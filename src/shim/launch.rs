@@ -1,4 +1,4 @@
-//! Starting a shim: the daemon's side ([`spawn`], plain `std::process::Command`, nothing between fork and
+//! Starting a shim: the daemon's side ([`start`], plain `std::process::Command`, nothing between fork and
 //! exec) and the shim's first steps ([`detach_and_run`], in the freshly exec'd, still single-threaded
 //! process).
 
@@ -127,10 +127,8 @@ impl Launching {
 /// become child subreaper; then serve on a single-threaded runtime until told to shut down.
 pub fn detach_and_run(options: Options) -> ExitCode {
     let report = |message: &str| println!("error: {message}");
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task")
-        && tasks.count() != 1
-    {
-        report("the shim must start single-threaded");
+    if let Err(err) = berth_runtime::init::ensure_single_threaded() {
+        report(&format!("the shim must start single-threaded: {err}"));
         return ExitCode::FAILURE;
     }
     if let Err(errno) = nix::unistd::setsid() {

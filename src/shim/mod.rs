@@ -96,6 +96,20 @@ pub fn cgroup_path(pod_id: &str) -> PathBuf {
     PathBuf::from(format!("/berth/shim-{pod_id}"))
 }
 
+/// Points the given standard descriptors of this process at /dev/null: a detached process must not keep
+/// its starter's pipes open (the starter reads them to EOF).
+pub(crate) fn detach_stdio(fds: &[std::os::fd::RawFd]) {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for &fd in fds {
+            // SAFETY: dup2 onto this process's own standard descriptors; `null` stays open during the call.
+            unsafe {
+                nix::libc::dup2(null.as_raw_fd(), fd);
+            }
+        }
+    }
+}
+
 /// `berth __shim <pod id> <pod dir> <runtime root> [--pid-namespace]`: dispatched from main.rs before
 /// anything else runs.
 pub fn main() -> std::process::ExitCode {

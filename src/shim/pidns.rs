@@ -36,14 +36,7 @@ fn reap_forever() -> ExitCode {
     // Blocked, then waited for: no handler runs, and no SIGCHLD is missed between two waits.
     let _ = signals.thread_block();
     // Redirect stdio away from the shim's pipe so the shim's read of our pid ends.
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-        for fd in [0, 1, 2] {
-            // SAFETY: dup2 onto the standard descriptors of this single-threaded process; `null` stays open.
-            unsafe {
-                let _ = nix::libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
-            }
-        }
-    }
+    super::detach_stdio(&[0, 1, 2]);
     loop {
         let _ = signals.wait();
         while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {

@@ -106,14 +106,7 @@ pub async fn run(options: Options) -> Result<(), String> {
     });
     // Tell the daemon, then let go of its pipe: the shim must not hold anything of the daemon's.
     println!("ready");
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-        for fd in [0, 1] {
-            // SAFETY: dup2 onto this process's own standard descriptors; `null` stays open during the call.
-            unsafe {
-                nix::libc::dup2(null.as_raw_fd(), fd);
-            }
-        }
-    }
+    super::detach_stdio(&[0, 1]);
     tracing::info!(pod_sandbox_id = %state.options.pod_id, pid, "shim serving");
 
     let reaper = {
@@ -485,36 +478,27 @@ impl Shim for Service {
         };
         let (out_task, stdout) = collect(out_read);
         let (err_task, stderr) = collect(err_read);
-        let mut timed_out = false;
-        let exited = if request.timeout_millis > 0 {
-            match tokio::time::timeout(Duration::from_millis(request.timeout_millis as u64), exited).await {
-                Ok(code) => code,
-                Err(_) => {
-                    timed_out = true;
-                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-                    tracing::info!(container_id = %request.id, pid, "exec timed out; killed it");
-                    return Ok(Response::new(pb::ExecSyncResponse {
-                        stdout: std::mem::take(&mut *stdout.lock().expect("exec output lock")),
-                        stderr: std::mem::take(&mut *stderr.lock().expect("exec output lock")),
-                        exit_code: -1,
-                        timed_out,
-                    }));
-                }
-            }
+        let exited = async { exited.await.unwrap_or(-1) };
+        // None: the timeout passed first; the process is killed and what it wrote so far is returned.
+        let exit_code = match request.timeout_millis {
+            0 => Some(exited.await),
+            millis => tokio::time::timeout(Duration::from_millis(millis as u64), exited).await.ok(),
+        };
+        if exit_code.is_some() {
+            let drain = async {
+                let _ = out_task.await;
+                let _ = err_task.await;
+            };
+            let _ = tokio::time::timeout(DRAIN_GRACE, drain).await;
         } else {
-            exited.await
-        };
-        let exit_code = exited.unwrap_or(-1);
-        let drain = async {
-            let _ = out_task.await;
-            let _ = err_task.await;
-        };
-        let _ = tokio::time::timeout(DRAIN_GRACE, drain).await;
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            tracing::info!(container_id = %request.id, pid, "exec timed out; killed it");
+        }
         Ok(Response::new(pb::ExecSyncResponse {
             stdout: std::mem::take(&mut *stdout.lock().expect("exec output lock")),
             stderr: std::mem::take(&mut *stderr.lock().expect("exec output lock")),
-            exit_code,
-            timed_out,
+            exit_code: exit_code.unwrap_or(-1),
+            timed_out: exit_code.is_none(),
         }))
     }
 

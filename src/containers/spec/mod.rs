@@ -35,6 +35,7 @@ use oci_spec::runtime::{
 
 pub use crate::config::CgroupDriver;
 use crate::cri::v1 as cri;
+use crate::pods::{MODE_NODE, MODE_POD, MODE_TARGET};
 use crate::records::PodRecord;
 
 /// The pod's facts a container needs.
@@ -192,11 +193,6 @@ impl HostFacts {
         HostFacts { cgroup_v2, swap_accounting, apparmor_enabled, hostname }
     }
 }
-
-/// NamespaceMode numbers as CRI defines them.
-const MODE_POD: i32 = 0;
-const MODE_NODE: i32 = 2;
-const MODE_TARGET: i32 = 3;
 
 /// containerd's fallback `PATH` when the image sets none.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
