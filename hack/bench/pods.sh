@@ -18,37 +18,8 @@ if [[ -z ${BERTH_BENCH_IN_NETNS:-} ]]; then
   cargo build --quiet --release --bin berth --example pod-bench
   exec env BERTH_BENCH_IN_NETNS=1 unshare --net "$0" "$@"
 fi
-ip link set lo up
-work=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-pods.XXXXXX")
-daemon_pid=
-cleanup() {
-  [[ -n $daemon_pid ]] && { kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; }
-  hack/registry.sh stop "$work/registry" >/dev/null 2>&1 || true
-  rm -rf "$work" /tmp/berth-bench-logs
-}
-trap cleanup EXIT
-
-address=$(hack/registry.sh start "$work/registry")
-python3 hack/test-images.py --registry "$address" --only busybox --out "$work/images.json" >/dev/null
-image="$address/berth-test/busybox:latest"
-
-mkdir -p "$work/cni"
-sed 's/"berth0"/"berthbench0"/' hack/cni/10-berth-bridge.conflist > "$work/cni/10-berth-bridge.conflist"
-cat > "$work/config.toml" <<TOML
-[daemon]
-root = "$work/root"
-state = "$work/state"
-socket = "$work/state/berth.sock"
-[cni]
-conf_dir = "$work/cni"
-[registries."$address"]
-insecure = true
-TOML
-"$target/release/berth" serve --config "$work/config.toml" 2>"$work/daemon.log" &
-daemon_pid=$!
-for _ in $(seq 200); do [[ -S $work/state/berth.sock ]] && break; sleep 0.05; done
-endpoint="unix://$work/state/berth.sock"
-"$target/release/berth" -r "$endpoint" pull "$image" >/dev/null
+source hack/bench/pod-daemon.sh
+start_bench_daemon berth-bench-pods berthbench0
 sleep 1
 printf 'berth %s, %s pods, concurrency %s\n' "$("$target/release/berth" --version | awk '{print $2}')" "$pods" "$concurrency"
 printf 'daemon RSS idle (image pulled)  %7.1f MiB\n' "$(awk '/^VmRSS:/ { print $2 / 1024 }' "/proc/$daemon_pid/status")"

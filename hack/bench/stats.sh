@@ -19,36 +19,7 @@ if [[ -z ${BERTH_BENCH_IN_NETNS:-} ]]; then
   cargo build --quiet --release --bin berth --example stats-bench
   exec env BERTH_BENCH_IN_NETNS=1 unshare --net "$0" "$@"
 fi
-ip link set lo up
-work=$(mktemp -d "${TMPDIR:-/tmp}/bstats.XXXXXX")
-daemon_pid=
-cleanup() {
-  [[ -n $daemon_pid ]] && { kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; }
-  hack/registry.sh stop "$work/registry" >/dev/null 2>&1 || true
-  rm -rf "$work" /tmp/berth-bench-logs
-}
-trap cleanup EXIT
-
-address=$(hack/registry.sh start "$work/registry")
-python3 hack/test-images.py --registry "$address" --only busybox --out "$work/images.json" >/dev/null
-image="$address/berth-test/busybox:latest"
-
-mkdir -p "$work/cni"
-sed 's/"berth0"/"berthstats0"/' hack/cni/10-berth-bridge.conflist > "$work/cni/10-berth-bridge.conflist"
-cat > "$work/config.toml" <<TOML
-[daemon]
-root = "$work/root"
-state = "$work/state"
-socket = "$work/state/berth.sock"
-[cni]
-conf_dir = "$work/cni"
-[registries."$address"]
-insecure = true
-TOML
-"$target/release/berth" serve --config "$work/config.toml" 2>"$work/daemon.log" &
-daemon_pid=$!
-for _ in $(seq 200); do [[ -S $work/state/berth.sock ]] && break; sleep 0.05; done
-endpoint="unix://$work/state/berth.sock"
-"$target/release/berth" -r "$endpoint" pull "$image" >/dev/null
+source hack/bench/pod-daemon.sh
+start_bench_daemon bstats berthstats0
 printf 'berth %s, %s pods\n' "$("$target/release/berth" --version | awk '{print $2}')" "$pods"
 "$target/release/examples/stats-bench" "$endpoint" "$image" "$pods" "$calls"
