@@ -9,60 +9,15 @@ use std::time::{Duration, Instant};
 use berth::cli::client::{Client, Endpoint};
 use berth::cri::v1::*;
 
-fn percentile(samples: &mut [Duration], p: f64) -> f64 {
-    samples.sort();
-    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[index].as_secs_f64() * 1000.0
-}
+#[path = "bench/mod.rs"]
+mod bench;
 
-fn pod_config(run: &str, n: usize) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: format!("bench-{run}-{n}"),
-            uid: format!("uid-bench-{run}-{n}"),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        hostname: format!("bench-{n}"),
-        log_directory: format!("/tmp/berth-bench-logs/{run}-{n}"),
-        linux: Some(LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
+use bench::{percentile, pod_config, run_sleeping_pod};
 
 /// One pod ready: returns (pod id, container id, elapsed).
 async fn pod_ready(client: &mut Client, image: &str, run: &str, n: usize) -> (String, String, Duration) {
-    let config = pod_config(run, n);
     let began = Instant::now();
-    let pod = client
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    let container = client
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata { name: "sleep".into(), attempt: 0 }),
-                image: Some(ImageSpec { image: image.into(), ..Default::default() }),
-                command: vec!["sleep".into(), "3600".into()],
-                log_path: "sleep.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(config),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    client
-        .runtime
-        .start_container(StartContainerRequest { container_id: container.clone() })
-        .await
-        .expect("StartContainer");
+    let (pod, container) = run_sleeping_pod(client, image, pod_config(run, n)).await;
     (pod, container, began.elapsed())
 }
 

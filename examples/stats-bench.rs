@@ -10,51 +10,13 @@ use std::time::{Duration, Instant};
 use berth::cli::client::{Client, Endpoint};
 use berth::cri::v1::*;
 
-fn percentile(samples: &mut [Duration], p: f64) -> f64 {
-    samples.sort();
-    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[index].as_secs_f64() * 1000.0
-}
+#[path = "bench/mod.rs"]
+mod bench;
+
+use bench::{percentile, pod_config, run_sleeping_pod};
 
 async fn start_pod(client: &mut Client, image: &str, n: usize) -> String {
-    let config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: format!("stats-bench-{n}"),
-            uid: format!("uid-stats-bench-{n}"),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        hostname: format!("stats-{n}"),
-        log_directory: format!("/tmp/berth-bench-logs/stats-{n}"),
-        linux: Some(LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    };
-    let pod = client
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    let container = client
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata { name: "sleep".into(), attempt: 0 }),
-                image: Some(ImageSpec { image: image.into(), ..Default::default() }),
-                command: vec!["sleep".into(), "3600".into()],
-                log_path: "sleep.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(config),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    client.runtime.start_container(StartContainerRequest { container_id: container }).await.expect("StartContainer");
-    pod
+    run_sleeping_pod(client, image, pod_config("stats", n)).await.0
 }
 
 async fn time_calls<F, Fut>(calls: usize, mut call: F) -> (f64, f64)

@@ -55,18 +55,8 @@ impl DaemonDirs {
             for pod in pods.flatten() {
                 let pod_id = pod.file_name().to_string_lossy().into_owned();
                 if let Ok(layout) = berth_runtime::cgroups::Layout::detect() {
+                    // Deleting the cgroup kills what is left in it first.
                     let cgroup = berth_runtime::cgroups::Cgroup::new(layout, berth::shim::cgroup_path(&pod_id));
-                    for _ in 0..200 {
-                        match cgroup.pids() {
-                            Ok(pids) if !pids.is_empty() => {
-                                for pid in pids {
-                                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                                }
-                                std::thread::sleep(Duration::from_millis(5));
-                            }
-                            _ => break,
-                        }
-                    }
                     let _ = cgroup.delete();
                 }
             }

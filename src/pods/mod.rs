@@ -659,26 +659,8 @@ fn unmount(path: &Path) -> std::io::Result<()> {
 /// cgroup is killed — a shim killed with -9 may have left its PID-namespace holder — and the cgroup goes.
 fn stop_shim(pod_id: &str) -> Result<(), berth_runtime::RuntimeError> {
     use berth_runtime::cgroups::{Cgroup, Layout};
-    let cgroup = Cgroup::new(Layout::detect()?, crate::shim::cgroup_path(pod_id));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let pids = match cgroup.pids() {
-            Ok(pids) => pids,
-            // Never created, or already removed.
-            Err(_) => return Ok(()),
-        };
-        if pids.is_empty() {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            break;
-        }
-        for pid in pids {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    cgroup.delete()
+    // Deleting a cgroup kills what is left in it (frozen, so nothing forks away) and waits for it to empty.
+    Cgroup::new(Layout::detect()?, crate::shim::cgroup_path(pod_id)).delete()
 }
 
 #[cfg(test)]

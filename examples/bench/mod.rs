@@ -1,0 +1,65 @@
+//! What the pod benchmarks share (included by `examples/*-bench.rs` with `#[path]`): the pod they make and
+//! how they summarize latencies.
+
+use std::time::Duration;
+
+use berth::cli::client::Client;
+use berth::cri::v1::*;
+
+/// The p-th percentile of `samples` (0.0 to 1.0), in milliseconds.
+pub fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index].as_secs_f64() * 1000.0
+}
+
+/// Pod `n` of a benchmark run named `run`: its own network namespace, logs under /tmp/berth-bench-logs.
+pub fn pod_config(run: &str, n: usize) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: format!("bench-{run}-{n}"),
+            uid: format!("uid-bench-{run}-{n}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: format!("bench-{n}"),
+        log_directory: format!("/tmp/berth-bench-logs/{run}-{n}"),
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+/// RunPodSandbox, then CreateContainer and StartContainer of `sleep 3600` from `image`; returns the pod and
+/// container ids.
+pub async fn run_sleeping_pod(client: &mut Client, image: &str, config: PodSandboxConfig) -> (String, String) {
+    let pod = client
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let container = client
+        .runtime
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata { name: "sleep".into(), attempt: 0 }),
+                image: Some(ImageSpec { image: image.into(), ..Default::default() }),
+                command: vec!["sleep".into(), "3600".into()],
+                log_path: "sleep.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(config),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    client
+        .runtime
+        .start_container(StartContainerRequest { container_id: container.clone() })
+        .await
+        .expect("StartContainer");
+    (pod, container)
+}
