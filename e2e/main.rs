@@ -11,6 +11,7 @@ mod cli_pods;
 mod compat;
 mod config;
 mod containers;
+mod exec_attach;
 mod images;
 mod images_faults;
 mod images_rootfs;

@@ -702,6 +702,40 @@ impl ContainerManager {
         .to_string()
     }
 
+    /// The running container `id`, or why it cannot take an exec or an attach now.
+    pub fn running(&self, id: &str, action: &'static str) -> Result<ContainerRecord, ContainerError> {
+        // The record, not a State call to the shim: probes run ExecSync every few seconds, and the shim
+        // refuses a container that exited before its exit reached the record.
+        let record = self.get(id)?;
+        if record.state != ContainerRecordState::Running {
+            return Err(ContainerError::WrongState { id: record.id, state: record.state.name(), action });
+        }
+        Ok(record)
+    }
+
+    /// The OCI process for running `command` in the container like its own process: the container's user,
+    /// env, cwd, capabilities, seccomp and rlimits, with `terminal` (and its initial size) as asked.
+    fn exec_process(
+        &self,
+        record: &ContainerRecord,
+        command: Vec<String>,
+        terminal: Option<(u32, u32)>,
+    ) -> Result<oci_spec::runtime::Process, ContainerError> {
+        if command.is_empty() {
+            return Err(ContainerError::Invalid("cmd is empty".into()));
+        }
+        let spec_path = self.bundle(record).join("config.json");
+        let spec = oci_spec::runtime::Spec::load(&spec_path).map_err(step(&record.id, "read the container's spec"))?;
+        let mut process = spec.process().clone().unwrap_or_default();
+        process.set_args(Some(command));
+        process.set_terminal(Some(terminal.is_some()));
+        let size = terminal.and_then(|(width, height)| {
+            oci_spec::runtime::BoxBuilder::default().width(width as u64).height(height as u64).build().ok()
+        });
+        process.set_console_size(size);
+        Ok(process)
+    }
+
     /// ExecSync: runs `command` in the container like its own process (user, env, cwd, capabilities,
     /// seccomp) and returns its output and exit code.
     pub async fn exec_sync(
@@ -710,20 +744,9 @@ impl ContainerManager {
         command: Vec<String>,
         timeout_seconds: i64,
     ) -> Result<pb::ExecSyncResponse, ContainerError> {
-        // The record, not a State call to the shim: probes run ExecSync every few seconds, and the shim
-        // refuses a container that exited before its exit reached the record.
-        let record = self.get(id)?;
-        if record.state != ContainerRecordState::Running {
-            return Err(ContainerError::WrongState { id: record.id, state: record.state.name(), action: "exec in it" });
-        }
-        if command.is_empty() {
-            return Err(ContainerError::Invalid("cmd is empty".into()));
-        }
-        let spec_path = self.bundle(&record).join("config.json");
-        let spec = oci_spec::runtime::Spec::load(&spec_path).map_err(step(&record.id, "read the container's spec"))?;
-        let mut process = spec.process().clone().unwrap_or_default();
-        process.set_args(Some(command.clone()));
-        process.set_terminal(Some(false));
+        let record = self.running(id, "exec in it")?;
+        let printable = command.join(" ");
+        let process = self.exec_process(&record, command, None)?;
         let shim = self.shim(&record.pod_id).await?;
         let answer = shim
             .api
@@ -737,13 +760,61 @@ impl ContainerManager {
             .map_err(shim.failed("ExecSync"))?
             .into_inner();
         if answer.timed_out {
-            return Err(ContainerError::ExecTimeout {
-                id: record.id,
-                command: command.join(" "),
-                seconds: timeout_seconds,
-            });
+            return Err(ContainerError::ExecTimeout { id: record.id, command: printable, seconds: timeout_seconds });
         }
         Ok(answer)
+    }
+
+    /// Starts an exec session through the pod's shim: the returned stream carries the process's output and,
+    /// last, its exit code. The process runs until it exits or `input` ends (the client is gone).
+    pub async fn exec_session(
+        &self,
+        id: &str,
+        command: Vec<String>,
+        terminal: Option<(u32, u32)>,
+        streams: (bool, bool, bool),
+        input: impl tokio_stream::Stream<Item = pb::StreamInput> + Send + 'static,
+    ) -> Result<tonic::Streaming<pb::StreamOutput>, ContainerError> {
+        let record = self.running(id, "exec in it")?;
+        let process = self.exec_process(&record, command, terminal)?;
+        let (stdin, stdout, stderr) = streams;
+        let start = pb::StreamInput {
+            kind: Some(pb::stream_input::Kind::Exec(pb::ExecStart {
+                id: record.id.clone(),
+                process: serde_json::to_vec(&process).expect("processes serialize"),
+                stdin,
+                stdout,
+                stderr,
+            })),
+        };
+        let shim = self.shim(&record.pod_id).await?;
+        let input = tokio_stream::StreamExt::chain(tokio_stream::once(start), input);
+        Ok(shim.api.clone().exec(input).await.map_err(shim.failed("Exec"))?.into_inner())
+    }
+
+    /// Starts an attach session to the container's stdio through the pod's shim; it ends when the container
+    /// exits or `input` ends (the client detached).
+    pub async fn attach_session(
+        &self,
+        id: &str,
+        streams: (bool, bool, bool),
+        input: impl tokio_stream::Stream<Item = pb::StreamInput> + Send + 'static,
+    ) -> Result<tonic::Streaming<pb::StreamOutput>, ContainerError> {
+        let record = self.running(id, "attach to it")?;
+        let (stdin, stdout, stderr) = streams;
+        // stdin only reaches a container created with one (as with containerd, asking for it otherwise is
+        // not an error: there is simply nothing to write to).
+        let start = pb::StreamInput {
+            kind: Some(pb::stream_input::Kind::Attach(pb::AttachStart {
+                id: record.id.clone(),
+                stdin: stdin && record.stdin,
+                stdout,
+                stderr,
+            })),
+        };
+        let shim = self.shim(&record.pod_id).await?;
+        let input = tokio_stream::StreamExt::chain(tokio_stream::once(start), input);
+        Ok(shim.api.clone().attach(input).await.map_err(shim.failed("Attach"))?.into_inner())
     }
 
     /// ReopenContainerLog.

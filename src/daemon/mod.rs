@@ -122,9 +122,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         return Err(ServeError::Streaming("streaming.tls_cert/tls_key: TLS for the streaming server is not built yet; remove them to serve on loopback".into()));
     }
     let streaming = Arc::new(
-        berth_streaming::Server::bind(config.streaming.address, crate::streaming::DaemonBackend { pods: pods.clone() })
-            .await
-            .map_err(|err| ServeError::Streaming(berth_error_kind::chain(&err)))?,
+        berth_streaming::Server::bind(
+            config.streaming.address,
+            crate::streaming::DaemonBackend { pods: pods.clone(), containers: containers.clone() },
+        )
+        .await
+        .map_err(|err| ServeError::Streaming(berth_error_kind::chain(&err)))?,
     );
     tracing::info!(address = %streaming.local_addr(), "streaming server listening");
     let context = Arc::new(Context {

@@ -9,6 +9,7 @@ mod container_events;
 mod container_stats;
 mod container_status;
 mod create_container;
+mod exec;
 mod exec_sync;
 mod image_fs_info;
 mod image_status;
@@ -214,6 +215,14 @@ impl RuntimeService for Cri {
         answer(reopen_container_log::handle(&self.context, request.into_inner()).await)
     }
 
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        answer(exec::exec(&self.context, request.into_inner()).await)
+    }
+
+    async fn attach(&self, request: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        answer(exec::attach(&self.context, request.into_inner()).await)
+    }
+
     async fn port_forward(
         &self,
         request: Request<PortForwardRequest>,
@@ -284,8 +293,6 @@ impl RuntimeService for Cri {
     not_built_yet! {
         stream_pod_sandboxes(StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream = "StreamPodSandboxes";
         stream_containers(StreamContainersRequest) -> Self::StreamContainersStream = "StreamContainers";
-        exec(ExecRequest) -> ExecResponse = "Exec";
-        attach(AttachRequest) -> AttachResponse = "Attach";
         stream_container_stats(StreamContainerStatsRequest) -> Self::StreamContainerStatsStream = "StreamContainerStats";
         stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream = "StreamPodSandboxStats";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";

@@ -38,17 +38,22 @@ impl Kinded for ShimError {
         match self {
             ShimError::Gone { .. } | ShimError::Connect { .. } => ErrorKind::Unavailable,
             ShimError::Version { .. } => ErrorKind::FailedPrecondition,
-            ShimError::Call { status, .. } => match status.code() {
-                tonic::Code::NotFound => ErrorKind::NotFound,
-                tonic::Code::AlreadyExists => ErrorKind::AlreadyExists,
-                tonic::Code::InvalidArgument => ErrorKind::InvalidArgument,
-                tonic::Code::FailedPrecondition => ErrorKind::FailedPrecondition,
-                tonic::Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
-                tonic::Code::ResourceExhausted => ErrorKind::ResourceExhausted,
-                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => ErrorKind::Unavailable,
-                _ => ErrorKind::Internal,
-            },
+            ShimError::Call { status, .. } => kind_of(status.code()),
         }
+    }
+}
+
+/// What a status code the shim answered with means for the daemon's caller.
+pub fn kind_of(code: tonic::Code) -> ErrorKind {
+    match code {
+        tonic::Code::NotFound => ErrorKind::NotFound,
+        tonic::Code::AlreadyExists => ErrorKind::AlreadyExists,
+        tonic::Code::InvalidArgument => ErrorKind::InvalidArgument,
+        tonic::Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+        tonic::Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+        tonic::Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
     }
 }
 

@@ -12,10 +12,12 @@
 //! `shim.log` (its own log lines), `containers/<id>/exit.json` ([`ExitRecord`]).
 
 pub mod client;
+mod fdio;
 pub mod launch;
 mod logs;
 pub mod pidns;
 mod service;
+mod session;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -17,12 +17,13 @@ use berth_runtime::{ConsoleSocket, CreateOptions, ExecOptions, Runtime, Stdio};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::fdio::{FdWriter, read_all};
 use super::logs::{LineWriter, LogFile, Stream as LogStream};
+use super::session::{self, Attachers};
 use super::{Bootstrap, ExitRecord, write_durably};
 use crate::cri::shim as pb;
 use crate::cri::shim::shim_server::{Shim, ShimServer};
@@ -32,7 +33,7 @@ use crate::records::now_nanos;
 const EXEC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
 /// After a process exits, how long its output may still take to reach EOF (a background child may hold
 /// the pipe open forever; it must not hold the answer).
-const DRAIN_GRACE: Duration = Duration::from_millis(500);
+pub(super) const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -43,27 +44,32 @@ pub struct Options {
 }
 
 /// Who waits for a pid the reaper collects.
-enum Waiter {
+pub(super) enum Waiter {
     Container(String),
     Exec(oneshot::Sender<i32>),
 }
 
-struct Container {
-    state: pb::ContainerState,
+pub(super) struct Container {
+    pub(super) state: pb::ContainerState,
     log: Option<Arc<LogFile>>,
-    /// The tasks copying stdout/stderr into the log; an exit is recorded after they drain.
+    /// The tasks copying stdout/stderr into the log and to attached clients; an exit is recorded after they
+    /// drain.
     copiers: Vec<tokio::task::JoinHandle<()>>,
     exited: watch::Sender<bool>,
-    /// The write end of the container's stdin, kept for attach.
-    _stdin: Option<OwnedFd>,
+    /// Where attached clients write the container's stdin; taken (closed) when a `stdin_once` attach ends.
+    pub(super) stdin: Mutex<Option<Arc<FdWriter>>>,
+    pub(super) stdin_once: bool,
+    /// The pty master of a tty container, for attach resizes.
+    pub(super) terminal: Option<Arc<FdWriter>>,
+    pub(super) attachers: Arc<Attachers>,
 }
 
-struct ShimState {
+pub(super) struct ShimState {
     options: Options,
-    runtime: Runtime,
+    pub(super) runtime: Runtime,
     holder: i32,
-    containers: Mutex<HashMap<String, Container>>,
-    waiters: Mutex<HashMap<i32, Waiter>>,
+    pub(super) containers: Mutex<HashMap<String, Container>>,
+    pub(super) waiters: Mutex<HashMap<i32, Waiter>>,
     subscribers: Mutex<Vec<mpsc::Sender<Result<pb::ContainerState, Status>>>>,
     shutdown: watch::Sender<bool>,
 }
@@ -173,9 +179,9 @@ async fn container_exited(state: &Arc<ShimState>, id: &str, exit_code: i32, mut 
     if oom_killed {
         message = "the container was killed by the kernel's out-of-memory killer".into();
     }
-    let copiers = match state.containers.lock().expect("containers lock").get_mut(id) {
-        Some(container) => std::mem::take(&mut container.copiers),
-        None => Vec::new(),
+    let (copiers, attachers) = match state.containers.lock().expect("containers lock").get_mut(id) {
+        Some(container) => (std::mem::take(&mut container.copiers), Some(Arc::clone(&container.attachers))),
+        None => (Vec::new(), None),
     };
     // The log is complete before the exit is announced (kubelet reads it for termination messages), unless
     // a process that outlived the container still holds the output open.
@@ -185,6 +191,9 @@ async fn container_exited(state: &Arc<ShimState>, id: &str, exit_code: i32, mut 
         }
     })
     .await;
+    if let Some(attachers) = attachers {
+        attachers.close_all();
+    }
     let record = ExitRecord { exit_code, finished_at_unix_nanos: finished_at, oom_killed, message: message.clone() };
     let path = ExitRecord::path(&state.options.pod_dir, id);
     if let Err(err) = write_durably(&path, &serde_json::to_vec(&record).expect("exit serializes")) {
@@ -209,49 +218,36 @@ fn publish(state: &ShimState, event: pb::ContainerState) {
     state.subscribers.lock().expect("subscribers lock").retain(|s| s.try_send(Ok(event.clone())).is_ok());
 }
 
-fn runtime_status(err: berth_runtime::RuntimeError) -> Status {
+pub(super) fn runtime_status(err: berth_runtime::RuntimeError) -> Status {
     Status::new(crate::error::code_of(err.kind()), berth_error_kind::chain(&err))
 }
 
-fn not_found(id: &str) -> Status {
+pub(super) fn not_found(id: &str) -> Status {
     Status::not_found(format!("container {id} is not known to this pod's shim"))
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), Status> {
+pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), Status> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Status::internal(format!("pipe2: {e}")))
 }
 
-fn dev_null() -> Result<OwnedFd, Status> {
+pub(super) fn dev_null() -> Result<OwnedFd, Status> {
     std::fs::File::open("/dev/null").map(OwnedFd::from).map_err(|e| Status::internal(format!("open /dev/null: {e}")))
 }
 
-/// Reads `fd` until EOF, handing each chunk to `sink`. A pty's master reports EIO once the last slave
-/// closes: that is its EOF.
-async fn read_all(fd: OwnedFd, mut sink: impl FnMut(&[u8])) {
-    if nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).is_err() {
-        return;
-    }
-    // SAFETY: `fd` is an OwnedFd moved into the AsyncFd: it stays open and is the same descriptor until the
-    // AsyncFd drops it.
-    let Ok(fd) = (unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }) else { return };
-    let mut buffer = vec![0u8; 32 * 1024];
-    loop {
-        let Ok(mut guard) = fd.readable().await else { return };
-        match guard.try_io(|inner| nix::unistd::read(inner.get_ref(), &mut buffer).map_err(std::io::Error::from)) {
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(n)) => sink(&buffer[..n]),
-            Err(_would_block) => continue,
-        }
-    }
-}
-
-fn copy_to_log(fd: OwnedFd, stream: LogStream, log: Option<Arc<LogFile>>) -> tokio::task::JoinHandle<()> {
+/// Copies one output stream of a container into its log and to the clients attached to it.
+fn copy_output(
+    fd: OwnedFd,
+    stream: LogStream,
+    log: Option<Arc<LogFile>>,
+    attachers: Arc<Attachers>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut writer = LineWriter::new(stream);
         read_all(fd, |chunk| {
             if let Some(log) = &log {
                 writer.feed(chunk, log);
             }
+            attachers.send(stream, chunk);
         })
         .await;
         if let Some(log) = &log {
@@ -261,7 +257,7 @@ fn copy_to_log(fd: OwnedFd, stream: LogStream, log: Option<Arc<LogFile>>) -> tok
 }
 
 /// Receives the pty master the container's init sends to the console socket.
-fn receive_console(listener: &std::os::unix::net::UnixListener) -> Result<OwnedFd, Status> {
+pub(super) fn receive_console(listener: &std::os::unix::net::UnixListener) -> Result<OwnedFd, Status> {
     use std::os::fd::FromRawFd;
     let (stream, _) = listener.accept().map_err(|e| Status::internal(format!("accept on the console socket: {e}")))?;
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
@@ -313,13 +309,15 @@ impl Service {
                 Status::internal(format!("container {id}: cannot open the log file {}: {e}", request.log_path))
             })?))
         };
-        let (stdin_read, stdin_write) = if request.stdin {
+        // A tty container reads its stdin from the pty, so only a pipe-fed one gets a stdin pipe.
+        let (stdin_read, stdin_write) = if request.stdin && !request.tty {
             let (read, write) = pipe()?;
             (read, Some(write))
         } else {
             (dev_null()?, None)
         };
         let mut outputs = Vec::new();
+        let mut master_fd = None;
         let created = if request.tty {
             // Relative to the shim's working directory (the pod directory): short enough for a socket path.
             let socket_path = PathBuf::from(format!("console-{id}.sock"));
@@ -335,7 +333,9 @@ impl Service {
             let master = created.as_ref().ok().map(|_| receive_console(&listener));
             let _ = std::fs::remove_file(&socket_path);
             if let Some(master) = master {
-                outputs.push((master?, LogStream::Stdout));
+                let master = master?;
+                master_fd = Some(master.try_clone().map_err(|e| Status::internal(format!("dup the terminal: {e}")))?);
+                outputs.push((master, LogStream::Stdout));
             }
             created
         } else {
@@ -353,7 +353,13 @@ impl Service {
         let created = created.map_err(runtime_status)?;
         // Registered before the reaper can run again (this thread is the reaper's).
         self.0.waiters.lock().expect("waiters lock").insert(created.pid, Waiter::Container(id.to_owned()));
-        let copiers = outputs.into_iter().map(|(fd, stream)| copy_to_log(fd, stream, log.clone())).collect();
+        let input = session::container_input(stdin_write, master_fd.as_ref(), request.stdin)?;
+        drop(master_fd);
+        let attachers = Arc::new(Attachers::default());
+        let copiers = outputs
+            .into_iter()
+            .map(|(fd, stream)| copy_output(fd, stream, log.clone(), Arc::clone(&attachers)))
+            .collect();
         let state = pb::ContainerState {
             id: id.to_owned(),
             status: pb::Status::Created as i32,
@@ -362,11 +368,19 @@ impl Service {
             ..Default::default()
         };
         let (exited, _) = watch::channel(false);
-        self.0
-            .containers
-            .lock()
-            .expect("containers lock")
-            .insert(id.to_owned(), Container { state: state.clone(), log, copiers, exited, _stdin: stdin_write });
+        self.0.containers.lock().expect("containers lock").insert(
+            id.to_owned(),
+            Container {
+                state: state.clone(),
+                log,
+                copiers,
+                exited,
+                stdin: Mutex::new(input.stdin),
+                stdin_once: request.stdin_once,
+                terminal: input.terminal,
+                attachers,
+            },
+        );
         tracing::info!(container_id = id, pid = created.pid, "container created");
         Ok(state)
     }
@@ -500,6 +514,24 @@ impl Shim for Service {
             exit_code: exit_code.unwrap_or(-1),
             timed_out: exit_code.is_none(),
         }))
+    }
+
+    type ExecStream = session::OutputStream;
+
+    async fn exec(
+        &self,
+        request: Request<tonic::Streaming<pb::StreamInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        session::exec(&self.0, request.into_inner()).await.map(Response::new)
+    }
+
+    type AttachStream = session::OutputStream;
+
+    async fn attach(
+        &self,
+        request: Request<tonic::Streaming<pb::StreamInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        session::attach(&self.0, request.into_inner()).await.map(Response::new)
     }
 
     async fn reopen_log(&self, request: Request<pb::ContainerRequest>) -> Result<Response<pb::Empty>, Status> {

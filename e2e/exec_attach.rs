@@ -1,0 +1,358 @@
+//! Exec and Attach through the daemon: the CRI call hands out a one-shot URL, and a WebSocket client
+//! (`v5.channel.k8s.io`, as kubectl 1.30+ speaks it) runs the session on the streaming server, which runs it
+//! through the pod's shim. Checked: stdin, stdout and stderr kept apart, the exit code in the v4+ Status,
+//! a tty with its initial and later sizes, attach to a running container's output and stdin, detach and a
+//! client that goes away mid-exec leave the container running and no process behind.
+
+use std::time::{Duration, Instant};
+
+use berth::cli::client::Client;
+use berth::cri::v1::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tonic::Code;
+
+use crate::support::cri::{container_config, pull, run_container, run_pod, status, stop_and_remove_pod};
+use crate::support::registry::TestRegistry;
+use crate::support::{Daemon, DaemonDirs};
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
+const CLOSE: u8 = 255;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket remotecommand session (`v5.channel.k8s.io`).
+struct Session {
+    socket: Socket,
+}
+
+/// What a session produced by the time the server closed it.
+#[derive(Debug, Default)]
+struct Transcript {
+    stdout: String,
+    stderr: String,
+    /// The Status JSON from the error channel.
+    status: Option<serde_json::Value>,
+}
+
+impl Session {
+    async fn open(url: &str) -> Session {
+        let mut request = url.replacen("http://", "ws://", 1).into_client_request().unwrap();
+        request.headers_mut().insert("sec-websocket-protocol", "v5.channel.k8s.io".parse().unwrap());
+        let tcp = tokio::net::TcpStream::connect(request.uri().authority().unwrap().to_string()).await.unwrap();
+        let (socket, response) = tokio_tungstenite::client_async(request, tcp).await.expect("WebSocket handshake");
+        assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), "v5.channel.k8s.io");
+        Session { socket }
+    }
+
+    async fn send(&mut self, channel: u8, data: &[u8]) {
+        let mut message = vec![channel];
+        message.extend_from_slice(data);
+        self.socket.send(Message::binary(message)).await.expect("send to the session");
+    }
+
+    async fn stdin(&mut self, data: &[u8]) {
+        self.send(STDIN, data).await;
+    }
+
+    async fn close_stdin(&mut self) {
+        self.send(CLOSE, &[STDIN]).await;
+    }
+
+    async fn resize(&mut self, width: u16, height: u16) {
+        self.send(RESIZE, format!(r#"{{"Width":{width},"Height":{height}}}"#).as_bytes()).await;
+    }
+
+    /// Reads until stdout contains `needle` (or the session ends); returns all stdout so far.
+    async fn read_stdout_until(&mut self, needle: &str, transcript: &mut Transcript) {
+        while !transcript.stdout.contains(needle) {
+            if !self.read_one(transcript).await {
+                return;
+            }
+        }
+    }
+
+    /// One message into the transcript; false when the session has ended.
+    async fn read_one(&mut self, transcript: &mut Transcript) -> bool {
+        let message = tokio::time::timeout(Duration::from_secs(20), self.socket.next())
+            .await
+            .expect("the session answers within 20 s");
+        match message {
+            Some(Ok(Message::Binary(data))) if !data.is_empty() => {
+                let text = String::from_utf8_lossy(&data[1..]).into_owned();
+                match data[0] {
+                    STDOUT => transcript.stdout.push_str(&text),
+                    STDERR => transcript.stderr.push_str(&text),
+                    ERROR => transcript.status = Some(serde_json::from_str(&text).expect("a Status JSON")),
+                    _ => {}
+                }
+                true
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => false,
+            Some(Ok(_)) => true,
+        }
+    }
+
+    async fn finish(mut self) -> Transcript {
+        let mut transcript = Transcript::default();
+        while self.read_one(&mut transcript).await {}
+        transcript
+    }
+}
+
+fn exit_code_of(status: &serde_json::Value) -> i64 {
+    match status["status"].as_str() {
+        Some("Success") => 0,
+        _ => {
+            assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+            let causes = status["details"]["causes"].as_array().expect("causes");
+            let cause = causes.iter().find(|c| c["reason"] == "ExitCode").expect("an ExitCode cause");
+            cause["message"].as_str().unwrap().parse().unwrap()
+        }
+    }
+}
+
+struct Rig {
+    _dirs: DaemonDirs,
+    _daemon: Daemon,
+    client: Client,
+    pod: String,
+    pod_config: PodSandboxConfig,
+}
+
+async fn rig(name: &str) -> Rig {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let dirs = DaemonDirs::new();
+    dirs.write_config(&format!("[registries.\"{}\"]\ninsecure = true\n", registry.address));
+    let daemon = Daemon::start_in(&dirs);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+    let pod_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: dirs.path().join("logs").display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod = run_pod(&mut client, &pod_config).await;
+    Rig { _dirs: dirs, _daemon: daemon, client, pod, pod_config }
+}
+
+impl Rig {
+    async fn container(&mut self, name: &str, command: &[&str], tweak: impl FnOnce(&mut ContainerConfig)) -> String {
+        let registry = TestRegistry::get();
+        let mut config = container_config(name, &registry.image("busybox").reference, command);
+        tweak(&mut config);
+        run_container(&mut self.client, &self.pod, &self.pod_config, config).await
+    }
+
+    async fn exec_url(&mut self, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> String {
+        self.client
+            .runtime
+            .exec(ExecRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                tty,
+                stdin,
+                stdout: true,
+                stderr: !tty,
+            })
+            .await
+            .expect("Exec")
+            .into_inner()
+            .url
+    }
+
+    async fn attach_url(&mut self, id: &str, tty: bool, stdin: bool) -> String {
+        self.client
+            .runtime
+            .attach(AttachRequest { container_id: id.into(), stdin, tty, stdout: true, stderr: !tty })
+            .await
+            .expect("Attach")
+            .into_inner()
+            .url
+    }
+
+    async fn end(mut self) {
+        stop_and_remove_pod(&mut self.client, &self.pod).await;
+    }
+}
+
+/// Whether a host process's command line contains `marker`.
+fn host_process_with(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
+            .unwrap_or(false)
+    })
+}
+
+async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn exec_keeps_stdin_stdout_and_stderr_apart_and_reports_the_exit_code() {
+    let mut rig = rig("exec-pipes").await;
+    let id = rig.container("main", &["sleep", "3600"], |_| {}).await;
+
+    let url = rig.exec_url(&id, &["sh", "-c", "cat; echo to-stderr >&2; exit 3"], false, true).await;
+    let mut session = Session::open(&url).await;
+    session.stdin(b"hello ").await;
+    session.stdin(b"through stdin\n").await;
+    session.close_stdin().await;
+    let transcript = session.finish().await;
+    assert_eq!(transcript.stdout, "hello through stdin\n");
+    assert_eq!(transcript.stderr, "to-stderr\n");
+    assert_eq!(exit_code_of(transcript.status.as_ref().expect("a status")), 3);
+
+    // Success is reported as such; the URL was single-use.
+    let url = rig.exec_url(&id, &["echo", "ok"], false, false).await;
+    let transcript = Session::open(&url).await.finish().await;
+    assert_eq!(transcript.stdout, "ok\n");
+    assert_eq!(exit_code_of(transcript.status.as_ref().unwrap()), 0);
+    let mut request = url.replacen("http://", "ws://", 1).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "v5.channel.k8s.io".parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(request.uri().authority().unwrap().to_string()).await.unwrap();
+    assert!(tokio_tungstenite::client_async(request, tcp).await.is_err(), "a used exec token was accepted again");
+
+    // Requests the CRI refuses before any URL exists.
+    let refused = |r: Result<tonic::Response<ExecResponse>, tonic::Status>| r.unwrap_err().code();
+    let both = ExecRequest {
+        container_id: id.clone(),
+        cmd: vec!["true".into()],
+        tty: true,
+        stderr: true,
+        ..Default::default()
+    };
+    assert_eq!(refused(rig.client.runtime.exec(both).await), Code::InvalidArgument);
+    let none = ExecRequest { container_id: id.clone(), cmd: vec!["true".into()], ..Default::default() };
+    assert_eq!(refused(rig.client.runtime.exec(none).await), Code::InvalidArgument);
+    let unknown =
+        ExecRequest { container_id: "nope".into(), cmd: vec!["true".into()], stdout: true, ..Default::default() };
+    assert_eq!(refused(rig.client.runtime.exec(unknown).await), Code::NotFound);
+    rig.end().await;
+}
+
+#[tokio::test]
+async fn a_tty_exec_starts_with_the_clients_size_and_follows_resizes() {
+    let mut rig = rig("exec-tty").await;
+    let id = rig.container("main", &["sleep", "3600"], |_| {}).await;
+
+    let url = rig.exec_url(&id, &["sh", "-c", "stty size; read line; stty size"], true, true).await;
+    let mut session = Session::open(&url).await;
+    session.resize(100, 40).await;
+    let mut transcript = Transcript::default();
+    session.read_stdout_until("40 100", &mut transcript).await;
+    assert!(transcript.stdout.contains("40 100"), "initial size: {:?}", transcript.stdout);
+    session.resize(120, 30).await;
+    session.stdin(b"go\r").await;
+    session.read_stdout_until("30 120", &mut transcript).await;
+    assert!(transcript.stdout.contains("30 120"), "after a resize: {:?}", transcript.stdout);
+    let rest = session.finish().await;
+    assert_eq!(exit_code_of(rest.status.as_ref().expect("a status")), 0);
+    rig.end().await;
+}
+
+#[tokio::test]
+async fn attach_sees_output_from_now_on_writes_stdin_and_detaching_leaves_the_container_running() {
+    let mut rig = rig("attach").await;
+    let id = rig
+        .container(
+            "echoer",
+            &["sh", "-c", "echo started; while read line; do echo got:$line; echo err:$line >&2; done"],
+            |c| {
+                c.stdin = true;
+            },
+        )
+        .await;
+
+    for round in ["first", "second"] {
+        let url = rig.attach_url(&id, false, true).await;
+        let mut session = Session::open(&url).await;
+        session.stdin(format!("{round}\n").as_bytes()).await;
+        let mut transcript = Transcript::default();
+        while !(transcript.stdout.contains(&format!("got:{round}"))
+            && transcript.stderr.contains(&format!("err:{round}")))
+        {
+            assert!(session.read_one(&mut transcript).await, "the attach ended early: {transcript:?}");
+        }
+        // Output from before the attach is not replayed.
+        assert!(!transcript.stdout.contains("started"), "{transcript:?}");
+        drop(session);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let state = status(&mut rig.client, &id).await.state;
+        assert_eq!(state, ContainerState::ContainerRunning as i32, "detaching stopped the container");
+    }
+
+    // The log has what every attach wrote to stdin, in order.
+    let log = std::fs::read_to_string(rig._dirs.path().join("logs/echoer/0.log")).unwrap();
+    let first = log.find("got:first").expect("first line in the log");
+    let second = log.find("got:second").expect("second line in the log");
+    assert!(first < second, "{log}");
+    rig.end().await;
+}
+
+#[tokio::test]
+async fn stdin_once_closes_the_containers_stdin_when_the_first_attach_ends() {
+    let mut rig = rig("attach-once").await;
+    let id = rig
+        .container(
+            "reader",
+            &["sh", "-c", "while read line; do echo got:$line; done; echo stdin-closed; sleep 3600"],
+            |c| {
+                c.stdin = true;
+                c.stdin_once = true;
+            },
+        )
+        .await;
+    let url = rig.attach_url(&id, false, true).await;
+    let mut session = Session::open(&url).await;
+    session.stdin(b"only\n").await;
+    let mut transcript = Transcript::default();
+    session.read_stdout_until("got:only", &mut transcript).await;
+    assert!(transcript.stdout.contains("got:only"), "{transcript:?}");
+    drop(session);
+    let log_path = rig._dirs.path().join("logs/reader/0.log");
+    eventually("the container sees EOF on stdin", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log_path).map(|l| l.contains("stdin-closed")).unwrap_or(false)
+    })
+    .await;
+    rig.end().await;
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_mid_exec_kills_only_its_process() {
+    let mut rig = rig("exec-gone").await;
+    let id = rig.container("main", &["sleep", "3600"], |_| {}).await;
+    let url = rig.exec_url(&id, &["sh", "-c", "echo up; exec sleep 4242"], false, false).await;
+    let mut session = Session::open(&url).await;
+    let mut transcript = Transcript::default();
+    session.read_stdout_until("up", &mut transcript).await;
+    assert!(host_process_with("sleep 4242"), "the exec'd process runs");
+    drop(session);
+    eventually("the exec'd process is killed", Duration::from_secs(10), || !host_process_with("sleep 4242")).await;
+    assert_eq!(status(&mut rig.client, &id).await.state, ContainerState::ContainerRunning as i32);
+    rig.end().await;
+}
