@@ -24,7 +24,11 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+/// A connection to the streaming server, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Socket = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
 /// A WebSocket remotecommand session (`v5.channel.k8s.io`).
 struct Session {
@@ -42,10 +46,24 @@ struct Transcript {
 
 impl Session {
     async fn open(url: &str) -> Session {
-        let mut request = url.replacen("http://", "ws://", 1).into_client_request().unwrap();
+        Session::open_with(url, None).await
+    }
+
+    /// Over TLS, trusting only the CA certificate `ca` (a PEM file).
+    async fn open_tls(url: &str, ca: &std::path::Path) -> Session {
+        Session::open_with(url, Some(ca)).await
+    }
+
+    async fn open_with(url: &str, ca: Option<&std::path::Path>) -> Session {
+        let ws_url = url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
+        let mut request = ws_url.into_client_request().unwrap();
         request.headers_mut().insert("sec-websocket-protocol", "v5.channel.k8s.io".parse().unwrap());
         let tcp = tokio::net::TcpStream::connect(request.uri().authority().unwrap().to_string()).await.unwrap();
-        let (socket, response) = tokio_tungstenite::client_async(request, tcp).await.expect("WebSocket handshake");
+        let io: Box<dyn Io> = match ca {
+            None => Box::new(tcp),
+            Some(ca) => Box::new(tls_connect(tcp, ca).await),
+        };
+        let (socket, response) = tokio_tungstenite::client_async(request, io).await.expect("WebSocket handshake");
         assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), "v5.channel.k8s.io");
         Session { socket }
     }
@@ -105,6 +123,25 @@ impl Session {
     }
 }
 
+async fn tls_connect(
+    tcp: tokio::net::TcpStream,
+    ca: &std::path::Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.expect("TLS handshake")
+}
+
 fn exit_code_of(status: &serde_json::Value) -> i64 {
     match status["status"].as_str() {
         Some("Success") => 0,
@@ -126,10 +163,15 @@ struct Rig {
 }
 
 async fn rig(name: &str) -> Rig {
+    rig_with(name, "").await
+}
+
+/// A daemon with `extra` appended to its config, and a pod on the node's network.
+async fn rig_with(name: &str, extra: &str) -> Rig {
     let registry = TestRegistry::get();
     let busybox = &registry.image("busybox").reference;
     let dirs = DaemonDirs::new();
-    dirs.write_config(&format!("[registries.\"{}\"]\ninsecure = true\n", registry.address));
+    dirs.write_config(&format!("[registries.\"{}\"]\ninsecure = true\n{extra}", registry.address));
     let daemon = Daemon::start_in(&dirs);
     let mut client = daemon.client().await;
     pull(&mut client, busybox).await;
@@ -354,5 +396,63 @@ async fn a_client_that_goes_away_mid_exec_kills_only_its_process() {
     drop(session);
     eventually("the exec'd process is killed", Duration::from_secs(10), || !host_process_with("sleep 4242")).await;
     assert_eq!(status(&mut rig.client, &id).await.state, ContainerState::ContainerRunning as i32);
+    rig.end().await;
+}
+
+#[tokio::test]
+async fn the_streaming_server_serves_https_when_given_a_certificate() {
+    let certs = tempfile::Builder::new().prefix("berth-streaming-tls.").tempdir().unwrap();
+    crate::support::tls::make_server_certificate(certs.path());
+    let (cert, key) = (certs.path().join("server.crt"), certs.path().join("server.key"));
+
+    // A certificate that cannot be read stops the daemon at start, naming the file.
+    let dirs = DaemonDirs::new();
+    let missing = certs.path().join("missing.crt");
+    dirs.write_config(&format!("[streaming]\ntls_cert = {missing:?}\ntls_key = {key:?}\n"));
+    let output = dirs.serve_command().output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("streaming TLS: {}", missing.display())), "{stderr}");
+    assert!(!dirs.socket().exists(), "the CRI socket was served without the streaming server");
+
+    let mut rig = rig_with("exec-tls", &format!("[streaming]\ntls_cert = {cert:?}\ntls_key = {key:?}\n")).await;
+    let id = rig.container("main", &["sleep", "3600"], |_| {}).await;
+    let url = rig.exec_url(&id, &["echo", "over", "tls"], false, false).await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let transcript = Session::open_tls(&url, &certs.path().join("ca.crt")).await.finish().await;
+    assert_eq!(transcript.stdout, "over tls\n");
+    assert_eq!(exit_code_of(transcript.status.as_ref().unwrap()), 0);
+
+    // Plain HTTP on the TLS port gets no session.
+    let url = rig.exec_url(&id, &["echo", "plain"], false, false).await;
+    let mut request = url.replacen("https://", "ws://", 1).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "v5.channel.k8s.io".parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(request.uri().authority().unwrap().to_string()).await.unwrap();
+    let plain = tokio::time::timeout(Duration::from_secs(15), tokio_tungstenite::client_async(request, tcp)).await;
+    assert!(!matches!(plain, Ok(Ok(_))), "a plain-text client got a session on the TLS port");
+    rig.end().await;
+}
+
+#[tokio::test]
+async fn sessions_beyond_the_per_container_limit_are_refused() {
+    let mut rig = rig_with("exec-limit", "[streaming]\nmax_sessions_per_container = 1\n").await;
+    let id = rig.container("main", &["sleep", "3600"], |_| {}).await;
+    let url = rig.exec_url(&id, &["sh", "-c", "echo first; exec sleep 4343"], false, false).await;
+    let mut first = Session::open(&url).await;
+    let mut transcript = Transcript::default();
+    first.read_stdout_until("first", &mut transcript).await;
+
+    let url = rig.exec_url(&id, &["echo", "second"], false, false).await;
+    let mut request = url.replacen("http://", "ws://", 1).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", "v5.channel.k8s.io".parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(request.uri().authority().unwrap().to_string()).await.unwrap();
+    match tokio_tungstenite::client_async(request, tcp).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 429, "{response:?}");
+        }
+        other => panic!("a second session was not refused: {:?}", other.map(|(_, r)| r)),
+    }
+    drop(first);
+    eventually("the first exec is killed", Duration::from_secs(10), || !host_process_with("sleep 4343")).await;
     rig.end().await;
 }

@@ -9,61 +9,17 @@ use berth::cri::v1::{AuthConfig, ImageSpec, PullImageRequest};
 use tonic::Code;
 
 use crate::support::registry::{KillOnDrop, TestRegistry, start_custom_registry};
+use crate::support::tls::{make_server_certificate, run};
 use crate::support::{Daemon, DaemonDirs, require_tool};
 
 const USER: &str = "puller";
 const PASSWORD: &str = "s3cret-pa55word";
 
-fn run(command: &mut Command) {
-    let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
-}
-
-/// A CA, a server certificate for 127.0.0.1 signed by it, and an htpasswd file, in `dir`.
+/// A CA and a server certificate for 127.0.0.1 signed by it ([`make_server_certificate`]), and an htpasswd
+/// file, in `dir`.
 fn make_credentials(dir: &Path) {
-    require_tool("openssl");
+    make_server_certificate(dir);
     require_tool("htpasswd");
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(Command::new("openssl").current_dir(dir).args(["req", "-x509"]).args(ec).args([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=berth test CA",
-    ]));
-    run(Command::new("openssl").current_dir(dir).arg("req").args(ec).args([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]));
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(Command::new("openssl").current_dir(dir).args([
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ]));
     let output = Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]).output().unwrap();
     assert!(output.status.success());
     std::fs::write(dir.join("htpasswd"), output.stdout).unwrap();

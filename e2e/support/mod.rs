@@ -7,6 +7,7 @@ pub mod http;
 pub mod netns;
 pub mod oci;
 pub mod registry;
+pub mod tls;
 
 pub use daemon::{Daemon, DaemonDirs};
 

@@ -94,11 +94,22 @@ pub struct StreamingConfig {
     pub tls_cert: Option<AbsolutePath>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<AbsolutePath>,
+    /// An exec, attach or port-forward session in which nothing moved for this long is closed (kubelet's
+    /// streaming idle timeout is 4 hours too).
+    pub idle_timeout_seconds: u64,
+    /// Exec and attach sessions at once per container (port-forward sessions per pod sandbox).
+    pub max_sessions_per_container: usize,
 }
 
 impl Default for StreamingConfig {
     fn default() -> Self {
-        StreamingConfig { address: SocketAddr::from(([127, 0, 0, 1], 0)), tls_cert: None, tls_key: None }
+        StreamingConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_cert: None,
+            tls_key: None,
+            idle_timeout_seconds: 4 * 60 * 60,
+            max_sessions_per_container: 16,
+        }
     }
 }
 
@@ -109,12 +120,15 @@ struct StreamingConfigFields {
     address: SocketAddr,
     tls_cert: Option<AbsolutePath>,
     tls_key: Option<AbsolutePath>,
+    idle_timeout_seconds: u64,
+    max_sessions_per_container: usize,
 }
 
 impl Default for StreamingConfigFields {
     fn default() -> Self {
-        let StreamingConfig { address, tls_cert, tls_key } = StreamingConfig::default();
-        StreamingConfigFields { address, tls_cert, tls_key }
+        let StreamingConfig { address, tls_cert, tls_key, idle_timeout_seconds, max_sessions_per_container } =
+            StreamingConfig::default();
+        StreamingConfigFields { address, tls_cert, tls_key, idle_timeout_seconds, max_sessions_per_container }
     }
 }
 
@@ -124,7 +138,19 @@ impl TryFrom<StreamingConfigFields> for StreamingConfig {
         if fields.tls_cert.is_some() != fields.tls_key.is_some() {
             return Err("tls_cert and tls_key must be set together".into());
         }
-        Ok(StreamingConfig { address: fields.address, tls_cert: fields.tls_cert, tls_key: fields.tls_key })
+        if fields.idle_timeout_seconds == 0 {
+            return Err("idle_timeout_seconds must be at least 1".into());
+        }
+        if fields.max_sessions_per_container == 0 {
+            return Err("max_sessions_per_container must be at least 1".into());
+        }
+        Ok(StreamingConfig {
+            address: fields.address,
+            tls_cert: fields.tls_cert,
+            tls_key: fields.tls_key,
+            idle_timeout_seconds: fields.idle_timeout_seconds,
+            max_sessions_per_container: fields.max_sessions_per_container,
+        })
     }
 }
 
@@ -448,6 +474,8 @@ mod tests {
             ("[streaming]\naddress = \"localhost\"\n", "streaming.address: invalid socket address"),
             ("[daemon]\nshutdown_grace_seconds = 0\n", "daemon.shutdown_grace_seconds: must be between 1 and 600"),
             ("[streaming]\ntls_cert = \"/a\"\n", "tls_cert and tls_key must be set together"),
+            ("[streaming]\nidle_timeout_seconds = 0\n", "idle_timeout_seconds must be at least 1"),
+            ("[streaming]\nmax_sessions_per_container = 0\n", "max_sessions_per_container must be at least 1"),
             (
                 "[registries.\"r.io\"]\nmirrors = [\"ftp://m\"]\n",
                 "registries.\"r.io\".mirrors: mirror must be an http:// or https:// URL",

@@ -115,19 +115,26 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             Arc::new(move |id: &str| images.container_dir(id).join("upper")),
         ))
     };
-    // The streaming server listens before the CRI socket, so a taken port stops the daemon before kubelet
-    // can see it. TLS is configurable but not built into berth-streaming yet: refuse rather than serve
-    // plain HTTP where TLS was asked for.
-    if config.streaming.tls_cert.is_some() {
-        return Err(ServeError::Streaming("streaming.tls_cert/tls_key: TLS for the streaming server is not built yet; remove them to serve on loopback".into()));
-    }
+    // The streaming server listens before the CRI socket, so a taken port or a bad certificate stops the
+    // daemon before kubelet can see it.
+    let tls = match (&config.streaming.tls_cert, &config.streaming.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            berth_streaming::tls::server_config(cert.as_ref(), key.as_ref())
+                .map_err(|err| ServeError::Streaming(berth_error_kind::chain(&err)))?,
+        ),
+        _ => None,
+    };
+    let streaming_config = berth_streaming::Config {
+        idle_timeout: Duration::from_secs(config.streaming.idle_timeout_seconds),
+        max_sessions_per_container: config.streaming.max_sessions_per_container,
+        tls,
+        ..Default::default()
+    };
+    let backend = crate::streaming::DaemonBackend { pods: pods.clone(), containers: containers.clone() };
     let streaming = Arc::new(
-        berth_streaming::Server::bind(
-            config.streaming.address,
-            crate::streaming::DaemonBackend { pods: pods.clone(), containers: containers.clone() },
-        )
-        .await
-        .map_err(|err| ServeError::Streaming(berth_error_kind::chain(&err)))?,
+        berth_streaming::Server::bind_with(config.streaming.address, backend, streaming_config)
+            .await
+            .map_err(|err| ServeError::Streaming(berth_error_kind::chain(&err)))?,
     );
     tracing::info!(address = %streaming.local_addr(), "streaming server listening");
     let context = Arc::new(Context {

@@ -14,8 +14,11 @@ pub struct Config {
     pub max_sessions_per_container: usize,
     /// After a session ends, how long the peer has to close the connection before it is dropped.
     pub close_grace: Duration,
-    /// The scheme and authority URLs start with (`http://127.0.0.1:PORT` from the bound address if unset).
+    /// The scheme and authority URLs start with (`http://127.0.0.1:PORT`, or `https://` with TLS, from the
+    /// bound address if unset).
     pub base_url: Option<String>,
+    /// Serve HTTPS with this configuration (see [`crate::tls::server_config`]); plain HTTP when unset.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -27,6 +30,7 @@ impl Default for Config {
             max_sessions_per_container: 16,
             close_grace: Duration::from_secs(2),
             base_url: None,
+            tls: None,
         }
     }
 }

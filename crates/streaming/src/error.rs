@@ -10,12 +10,15 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("streaming TLS: {}: {reason}", .path.display())]
+    Tls { path: std::path::PathBuf, reason: String },
 }
 
 impl Kinded for ServerError {
     fn kind(&self) -> ErrorKind {
         match self {
             ServerError::Bind { source, .. } => ErrorKind::of_io(source),
+            ServerError::Tls { .. } => ErrorKind::InvalidArgument,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! here. It serves one-shot URLs (`/exec/{token}`, `/attach/{token}`, `/portforward/{token}`) over HTTP/1.1,
 //! upgrades them to SPDY/3.1 or WebSocket, speaks Kubernetes' remotecommand and port-forward protocols, and
 //! asks a [`Backend`] to run the exec, attach or dial. It knows HTTP and those protocols, not CRI: the
-//! daemon validates CRI requests, calls [`Server::url_for`], and implements [`Backend`].
+//! daemon validates CRI requests, calls [`Server::url_for`], and implements [`Backend`]. With a TLS
+//! configuration ([`tls::server_config`]) it serves HTTPS and hands out `https://` URLs.
 
 mod activity;
 mod backend;
@@ -12,6 +13,7 @@ mod server;
 mod session;
 pub mod spdy;
 mod status;
+pub mod tls;
 mod tokens;
 mod websocket;
 

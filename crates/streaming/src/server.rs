@@ -56,7 +56,8 @@ impl Server {
     pub async fn bind_with(addr: SocketAddr, backend: impl Backend, config: Config) -> Result<Server, ServerError> {
         let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
-        let base_url = config.base_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let base_url = config.base_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
         let inner = Arc::new(Inner {
             tokens: TokenStore::new(config.token_ttl),
             sessions: Arc::new(Sessions::default()),
@@ -109,16 +110,38 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
         let _ = tcp.set_nodelay(true);
         let inner = inner.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let inner = inner.clone();
-                async move { Ok::<_, Infallible>(handle(request, inner).await) }
-            });
-            let connection =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).with_upgrades();
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %err, "streaming server: connection error");
+            match inner.config.tls.clone() {
+                None => serve_connection(tcp, peer, inner).await,
+                Some(tls) => {
+                    // A client that connects and never finishes the handshake must not hold a task forever.
+                    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, inner).await,
+                        Ok(Err(err)) => tracing::debug!(%peer, error = %err, "streaming server: TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "streaming server: TLS handshake timed out"),
+                    }
+                }
             }
         });
+    }
+}
+
+/// How long a client has to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves HTTP/1.1 (with upgrades) on one accepted connection, plain or TLS.
+async fn serve_connection<IO>(io: IO, peer: SocketAddr, inner: Arc<Inner>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let inner = inner.clone();
+        async move { Ok::<_, Infallible>(handle(request, inner).await) }
+    });
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service).with_upgrades();
+    if let Err(err) = connection.await {
+        tracing::debug!(%peer, error = %err, "streaming server: connection error");
     }
 }
 
