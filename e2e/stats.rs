@@ -586,8 +586,9 @@ async fn metrics_count_cni_calls_shims_shim_restarts_pulls_and_late_requests() {
         .samples
         .iter()
         .filter(|s| s.metric == "berth_image_pulls_total" && s.labels.get("code") != Some("Ok"))
+        // OpenMetrics names the family without `_total`, so the parser sees the samples as untyped.
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) => v,
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
             ref other => panic!("{other:?}"),
         })
         .sum();
