@@ -613,6 +613,8 @@ async fn metrics_count_cni_calls_shims_shim_restarts_pulls_and_late_requests() {
     let again = run_container(&mut client, pod, &configs[0], again).await;
 
     // An ExecSync whose caller gives up after 300 ms: berth still runs it to the end, and counts it.
+    // Regression: tonic's grpc-timeout enforcement used to drop the handler at the deadline, so such a
+    // request was never counted at all and the late-request counter could not move.
     let mut late = tonic::Request::new(ExecSyncRequest {
         container_id: again.clone(),
         cmd: vec!["sleep".into(), "1".into()],
