@@ -18,6 +18,7 @@ mod images_rootfs;
 mod images_tls;
 mod images_token;
 mod lifecycle;
+mod list_streams;
 mod pods;
 mod pods_network;
 mod registry;

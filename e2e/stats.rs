@@ -448,12 +448,56 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A daemon with `/metrics` on a free loopback port; returns that address too.
+fn start_daemon_with_metrics(registry: &TestRegistry, loopback_cni: bool) -> (DaemonDirs, Daemon, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let (dirs, daemon) =
+        start_daemon(registry, &format!("[metrics]\nenabled = true\naddress = \"{address}\"\n"), loopback_cni);
+    (dirs, daemon, address)
+}
+
+/// One scrape of `/metrics`, parsed as Prometheus text (the parse fails the test if it is not).
+struct Scraped {
+    text: String,
+    scrape: prometheus_parse::Scrape,
+}
+
+async fn scrape(address: &str) -> Scraped {
+    let address = address.to_owned();
+    let scraped =
+        tokio::task::spawn_blocking(move || crate::support::http::get(&address, "/metrics", &[])).await.unwrap();
+    assert_eq!(scraped.status, 200);
+    assert!(scraped.header("content-type").unwrap_or_default().contains("openmetrics-text"));
+    let text = String::from_utf8(scraped.body).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
+    Scraped { text, scrape }
+}
+
+impl Scraped {
+    /// The value of the one series of `name` with these labels (a histogram's `_count` is one too).
+    fn sample(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.find(name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{}", self.text))
+    }
+
+    fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found = self
+            .scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))?;
+        Some(match found.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        })
+    }
+}
+
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_count_the_rpcs_made() {
     let registry = TestRegistry::get();
-    let address = format!("127.0.0.1:{}", free_port());
-    let (_dirs, daemon) =
-        start_daemon(&registry, &format!("[metrics]\nenabled = true\naddress = \"{address}\"\n"), false);
+    let (_dirs, daemon, address) = start_daemon_with_metrics(&registry, false);
     let mut client = daemon.client().await;
     for _ in 0..3 {
         client.runtime.version(VersionRequest::default()).await.unwrap();
@@ -462,40 +506,150 @@ async fn metrics_parse_as_prometheus_text_and_count_the_rpcs_made() {
     let missing = client.runtime.container_stats(ContainerStatsRequest { container_id: "nope".into() }).await;
     assert_eq!(missing.unwrap_err().code(), Code::NotFound);
 
-    let other_address = address.clone();
-    let scraped =
-        tokio::task::spawn_blocking(move || crate::support::http::get(&address, "/metrics", &[])).await.unwrap();
-    assert_eq!(scraped.status, 200);
-    assert!(scraped.header("content-type").unwrap_or_default().contains("openmetrics-text"));
-    let text = String::from_utf8(scraped.body).unwrap();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
-    let sample = |name: &str, labels: &[(&str, &str)]| -> f64 {
-        let found = scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"));
-        match found.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("{name}: {other:?}"),
-        }
-    };
-    assert_eq!(sample("berth_grpc_requests_total", &[("method", "Version"), ("code", "Ok")]), 3.0);
-    assert_eq!(sample("berth_grpc_requests_total", &[("method", "ListContainerStats"), ("code", "Ok")]), 1.0);
-    assert_eq!(sample("berth_grpc_requests_total", &[("method", "ContainerStats"), ("code", "NotFound")]), 1.0);
-    let latency = scrape
+    let scraped = scrape(&address).await;
+    assert_eq!(scraped.sample("berth_grpc_requests_total", &[("method", "Version"), ("code", "Ok")]), 3.0);
+    assert_eq!(scraped.sample("berth_grpc_requests_total", &[("method", "ListContainerStats"), ("code", "Ok")]), 1.0);
+    assert_eq!(scraped.sample("berth_grpc_requests_total", &[("method", "ContainerStats"), ("code", "NotFound")]), 1.0);
+    let latency = scraped
+        .scrape
         .samples
         .iter()
         .find(|s| s.metric == "berth_grpc_request_duration_seconds" && s.labels.get("method") == Some("Version"))
         .expect("a latency histogram for Version");
     assert!(matches!(latency.value, prometheus_parse::Value::Histogram(ref buckets) if !buckets.is_empty()));
-    assert_eq!(sample("berth_pod_sandboxes", &[("state", "ready")]), 0.0);
-    assert_eq!(sample("berth_containers", &[("state", "running")]), 0.0);
-    assert_eq!(sample("berth_image_pull_bytes_total", &[]), 0.0);
+    assert_eq!(scraped.sample("berth_pod_sandboxes", &[("state", "ready")]), 0.0);
+    assert_eq!(scraped.sample("berth_containers", &[("state", "running")]), 0.0);
+    assert_eq!(scraped.sample("berth_image_pull_bytes_total", &[]), 0.0);
+    assert_eq!(scraped.sample("berth_shims", &[]), 0.0);
+    assert_eq!(scraped.sample("berth_shim_restarts_total", &[]), 0.0);
 
     let not_found =
-        tokio::task::spawn_blocking(move || crate::support::http::get(&other_address, "/other", &[])).await.unwrap();
+        tokio::task::spawn_blocking(move || crate::support::http::get(&address, "/other", &[])).await.unwrap();
     assert_eq!(not_found.status, 404);
+}
+
+/// Pods with loopback-only CNI, a shim killed with -9, a pull and a request its caller gave up on: each
+/// shows in `/metrics` as the CNI calls, shim and pull figures and the late-request counter.
+#[tokio::test]
+async fn metrics_count_cni_calls_shims_shim_restarts_pulls_and_late_requests() {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let (dirs, daemon, address) = start_daemon_with_metrics(&registry, true);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+    let missing = client
+        .image
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec { image: format!("{}/no/such-image:1", registry.address), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_ne!(missing.code(), Code::Ok);
+    let logs = dirs.path().join("logs");
+    let configs: Vec<PodSandboxConfig> =
+        (0..2).map(|p| pod_config(&format!("metrics-{p}"), &logs, NamespaceMode::Pod)).collect();
+    let mut pods = Vec::new();
+    for config in &configs {
+        let pod = run_pod(&mut client, config).await;
+        let container =
+            run_container(&mut client, &pod, config, container_config("sleep", busybox, &["sleep", "3600"])).await;
+        pods.push((pod, container));
+    }
+
+    let scraped = scrape(&address).await;
+    let loopback_add = [("network", "berth-stats-lo"), ("plugin", "loopback"), ("command", "ADD"), ("result", "ok")];
+    assert_eq!(scraped.sample("berth_cni_plugin_duration_seconds_count", &loopback_add), 2.0);
+    let add_seconds = scraped.sample("berth_cni_plugin_duration_seconds_sum", &loopback_add);
+    assert!(add_seconds > 0.0 && add_seconds < 60.0, "{add_seconds}");
+    let add_ok = [("command", "ADD"), ("result", "ok")];
+    assert_eq!(scraped.sample("berth_cni_operation_duration_seconds_count", &add_ok), 2.0);
+    assert!(
+        scraped.sample("berth_cni_operation_duration_seconds_sum", &add_ok) >= add_seconds,
+        "an operation includes its plugins' time"
+    );
+    assert_eq!(scraped.sample("berth_shims", &[]), 2.0);
+    assert_eq!(scraped.sample("berth_shim_restarts_total", &[]), 0.0);
+    assert_eq!(scraped.sample("berth_pod_sandboxes", &[("state", "ready")]), 2.0);
+    assert_eq!(scraped.sample("berth_containers", &[("state", "running")]), 2.0);
+    // The pull: its bytes (the busybox layer; added when the pull's progress tracker ends, just after the
+    // answer), one success and one failure, and their durations.
+    let pulled = eventually("the pulled bytes to be counted", Duration::from_secs(5), || {
+        let address = address.clone();
+        async move { scrape(&address).await.find("berth_image_pull_bytes_total", &[]).filter(|bytes| *bytes > 0.0) }
+    })
+    .await;
+    assert!(pulled > 100_000.0, "{pulled} bytes");
+    assert_eq!(scraped.sample("berth_image_pulls_total", &[("code", "Ok")]), 1.0);
+    let failures: f64 = scraped
+        .scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "berth_image_pulls_total" && s.labels.get("code") != Some("Ok"))
+        // OpenMetrics names the family without `_total`, so the parser sees the samples as untyped.
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(failures, 1.0, "{}", scraped.text);
+    assert_eq!(scraped.sample("berth_image_pull_duration_seconds_count", &[]), 2.0);
+
+    // kill -9 the first pod's shim; its next container needs a new one.
+    let (pod, container) = &pods[0];
+    let bootstrap = berth::shim::Bootstrap::load(&dirs.state().join("pods").join(pod)).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(bootstrap.pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    eventually("the dead shim's container to be reported stopped", Duration::from_secs(10), || {
+        let mut client = client.clone();
+        let container = container.clone();
+        async move {
+            (cri::status(&mut client, &container).await.state != ContainerState::ContainerRunning as i32).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(scrape(&address).await.sample("berth_shims", &[]), 1.0);
+    let mut again = container_config("after-shim-death", busybox, &["sleep", "3600"]);
+    again.metadata.as_mut().unwrap().attempt = 1;
+    let again = run_container(&mut client, pod, &configs[0], again).await;
+
+    // An ExecSync whose caller gives up after 300 ms: berth still runs it to the end, and counts it.
+    // Regression: tonic's grpc-timeout enforcement used to drop the handler at the deadline, so such a
+    // request was never counted at all and the late-request counter could not move.
+    let mut late = tonic::Request::new(ExecSyncRequest {
+        container_id: again.clone(),
+        cmd: vec!["sleep".into(), "1".into()],
+        timeout: 10,
+    });
+    late.set_timeout(Duration::from_millis(300));
+    let gave_up = client.runtime.exec_sync(late).await.unwrap_err();
+    assert!(matches!(gave_up.code(), Code::DeadlineExceeded | Code::Cancelled), "{gave_up:?}");
+    let late_count = eventually("the late ExecSync to be counted", Duration::from_secs(10), || {
+        let address = address.clone();
+        async move {
+            scrape(&address)
+                .await
+                .find("berth_grpc_requests_finished_after_deadline_total", &[("method", "ExecSync")])
+                .filter(|count| *count > 0.0)
+        }
+    })
+    .await;
+    assert_eq!(late_count, 1.0);
+
+    let scraped = scrape(&address).await;
+    assert_eq!(scraped.sample("berth_shim_restarts_total", &[]), 1.0);
+    assert_eq!(scraped.sample("berth_shims", &[]), 2.0);
+    // The late ExecSync finished with its own answer, after its second of sleep.
+    assert_eq!(scraped.sample("berth_grpc_requests_total", &[("method", "ExecSync"), ("code", "Ok")]), 1.0);
+
+    for (pod, _) in &pods {
+        remove_pod(&mut client, pod).await;
+    }
+    let scraped = scrape(&address).await;
+    let loopback_del = [("network", "berth-stats-lo"), ("plugin", "loopback"), ("command", "DEL"), ("result", "ok")];
+    assert_eq!(scraped.sample("berth_cni_plugin_duration_seconds_count", &loopback_del), 2.0);
+    assert_eq!(
+        scraped.sample("berth_cni_operation_duration_seconds_count", &[("command", "DEL"), ("result", "ok")]),
+        2.0
+    );
+    assert_eq!(scraped.sample("berth_shims", &[]), 0.0);
 }

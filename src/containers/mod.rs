@@ -247,6 +247,7 @@ impl ContainerManager {
                 .await
                 .map_err(step(&pod.id, "run the shim start"))?
                 .map_err(step(&pod.id, "restart the pod's shim"))?;
+                crate::metrics::global().shim_restarted();
                 let shim = self.shim(&pod.id).await?;
                 self.watch(pod.id.clone());
                 Ok(shim)

@@ -40,6 +40,23 @@ pub struct CodeLabels {
     pub code: String,
 }
 
+/// One CNI plugin execution: the network (conflist name), the plugin's type, `ADD`/`DEL`/`CHECK`, and
+/// `ok` or what went wrong (`berth_cni::PluginError::outcome`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CniPluginLabels {
+    pub network: String,
+    pub plugin: String,
+    pub command: String,
+    pub result: String,
+}
+
+/// A whole CNI operation of a pod (the chain, with its rollback when ADD failed): `ADD`/`DEL`, `ok`/`error`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CniOperationLabels {
+    pub command: String,
+    pub result: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Latency buckets from 1 ms to ~65 s (RPCs) and from 100 ms to ~27 min (pulls).
@@ -57,6 +74,10 @@ pub struct DaemonMetrics {
     pull_bytes: Counter,
     pods: Family<StateLabels, Gauge>,
     containers: Family<StateLabels, Gauge>,
+    cni_plugin_duration: HistogramFamily<CniPluginLabels>,
+    cni_operation_duration: HistogramFamily<CniOperationLabels>,
+    shims: Gauge,
+    shim_restarts: Counter,
 }
 
 impl std::fmt::Debug for DaemonMetrics {
@@ -115,6 +136,28 @@ impl DaemonMetrics {
         registry.register("pod_sandboxes", "Pod sandboxes by state", pods.clone());
         let containers = Family::<StateLabels, Gauge>::default();
         registry.register("containers", "Containers by state", containers.clone());
+        let cni_plugin_duration =
+            HistogramFamily::<CniPluginLabels>::new_with_constructor(rpc_histogram as fn() -> Histogram);
+        registry.register(
+            "cni_plugin_duration_seconds",
+            "Time one CNI plugin execution took, by network, plugin, command (ADD, DEL, CHECK) and result",
+            cni_plugin_duration.clone(),
+        );
+        let cni_operation_duration =
+            HistogramFamily::<CniOperationLabels>::new_with_constructor(rpc_histogram as fn() -> Histogram);
+        registry.register(
+            "cni_operation_duration_seconds",
+            "Time a pod's CNI ADD or DEL took as a whole (every plugin of the chain, and a failed ADD's rollback), by result",
+            cni_operation_duration.clone(),
+        );
+        let shims = Gauge::default();
+        registry.register("shims", "Per-pod shim processes alive (one per pod sandbox)", shims.clone());
+        let shim_restarts = Counter::default();
+        registry.register(
+            "shim_restarts",
+            "New shims started for pods whose shim had died, so their next container could run",
+            shim_restarts.clone(),
+        );
         DaemonMetrics {
             registry,
             rpc_requests,
@@ -125,6 +168,10 @@ impl DaemonMetrics {
             pull_bytes,
             pods,
             containers,
+            cni_plugin_duration,
+            cni_operation_duration,
+            shims,
+            shim_restarts,
         }
     }
 
@@ -157,11 +204,47 @@ impl DaemonMetrics {
         }
     }
 
+    /// The shims alive, counted at each scrape.
+    pub fn set_shims(&self, alive: i64) {
+        self.shims.set(alive);
+    }
+
+    /// The daemon started a new shim for a pod whose shim had died.
+    pub fn shim_restarted(&self) {
+        self.shim_restarts.inc();
+    }
+
+    /// A pod's whole CNI ADD or DEL finished (`command` as CNI spells it).
+    pub fn cni_operation(&self, command: berth_cni::Command, succeeded: bool, elapsed: Duration) {
+        let labels = CniOperationLabels {
+            command: command.as_str().to_owned(),
+            result: if succeeded { "ok" } else { "error" }.to_owned(),
+        };
+        self.cni_operation_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+    }
+
     /// The text exposition (OpenMetrics, which Prometheus reads as its text format).
     pub fn encode(&self) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// Feeds each CNI plugin execution into [`DaemonMetrics`]; the pod manager hands it to `berth_cni::Cni`, which
+/// knows nothing of metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CniCallMetrics;
+
+impl berth_cni::CniObserver for CniCallMetrics {
+    fn plugin_finished(&self, call: &berth_cni::PluginCallOutcome<'_>) {
+        let labels = CniPluginLabels {
+            network: call.network.to_owned(),
+            plugin: call.plugin.to_owned(),
+            command: call.command.as_str().to_owned(),
+            result: call.error.map_or("ok", berth_cni::PluginError::outcome).to_owned(),
+        };
+        global().cni_plugin_duration.get_or_create(&labels).observe(call.duration.as_secs_f64());
     }
 }
 
@@ -214,5 +297,31 @@ mod tests {
         assert!(text.contains("berth_image_pull_bytes_total 1000"), "{text}");
         assert!(text.contains("berth_pod_sandboxes{state=\"notready\"} 0"), "{text}");
         assert!(text.contains("berth_containers{state=\"running\"} 3"), "{text}");
+    }
+
+    #[test]
+    fn cni_calls_and_shims_are_exposed() {
+        let metrics = DaemonMetrics::new();
+        let labels = |result: &str| CniPluginLabels {
+            network: "net".into(),
+            plugin: "bridge".into(),
+            command: "ADD".into(),
+            result: result.into(),
+        };
+        metrics.cni_plugin_duration.get_or_create(&labels("ok")).observe(0.02);
+        metrics.cni_plugin_duration.get_or_create(&labels("timeout")).observe(60.0);
+        metrics.cni_operation(berth_cni::Command::Del, false, Duration::from_millis(80));
+        metrics.set_shims(4);
+        metrics.shim_restarted();
+        let text = metrics.encode();
+        let plugin = "berth_cni_plugin_duration_seconds_count{network=\"net\",plugin=\"bridge\",command=\"ADD\"";
+        assert!(text.contains(&format!("{plugin},result=\"ok\"}} 1")), "{text}");
+        assert!(text.contains(&format!("{plugin},result=\"timeout\"}} 1")), "{text}");
+        assert!(
+            text.contains("berth_cni_operation_duration_seconds_count{command=\"DEL\",result=\"error\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("berth_shims 4"), "{text}");
+        assert!(text.contains("berth_shim_restarts_total 1"), "{text}");
     }
 }

@@ -1,7 +1,8 @@
 //! The `/metrics` HTTP endpoint (`[metrics]` in the config; off by default).
 //!
 //! HTTP/1.1 through hyper, one task per connection. A scrape reads the pod and container counts from the
-//! state database on a blocking thread, then encodes every family. Any other path is 404.
+//! state database and checks each pod's shim (its bootstrap file and `/proc`) on a blocking thread, then
+//! encodes every family. Any other path is 404.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,11 +87,21 @@ async fn handle(
                 ("unknown", ContainerRecordState::Unknown),
             ]
             .map(|(name, state)| (name, containers.iter().filter(|c| c.state == state).count() as i64));
-            Ok((pod_counts, container_counts))
+            // A shim is alive when the process its bootstrap file names still runs (pid and start time).
+            let shims = pods
+                .iter()
+                .filter(|pod| {
+                    crate::shim::Bootstrap::load(&counting.layout.pod_dir(&pod.id)).is_ok_and(|b| b.is_alive())
+                })
+                .count() as i64;
+            Ok((pod_counts, container_counts, shims))
         })
         .await;
     match counted {
-        Ok((pods, containers)) => super::global().set_counts(&pods, &containers),
+        Ok((pods, containers, shims)) => {
+            super::global().set_counts(&pods, &containers);
+            super::global().set_shims(shims);
+        }
         Err(err) => tracing::warn!(error = %crate::error::chain(&err), "metrics: cannot count pods and containers"),
     }
     Ok(reply(StatusCode::OK, CONTENT_TYPE, super::global().encode()))

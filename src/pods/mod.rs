@@ -160,7 +160,8 @@ impl PodManager {
             bin_dirs: config.cni.bin_dirs.iter().map(|d| d.to_path_buf()).collect(),
             cache_dir: layout.root.join("cni"),
             plugin_timeout: Duration::from_secs(60),
-        });
+        })
+        .with_observer(Arc::new(crate::metrics::CniCallMetrics));
         PodManager {
             layout: layout.clone(),
             store,
@@ -371,7 +372,10 @@ impl PodManager {
             // No record write here: CNI's cache entry (written before the first plugin runs) is the intent
             // DEL works from, found by the pod id alone.
             record.network = Some(network.name.clone());
-            let attached = self.cni.add(&network, &request).map_err(step(&id, "attach the pod network (CNI ADD)"))?;
+            let started = std::time::Instant::now();
+            let attached = self.cni.add(&network, &request);
+            crate::metrics::global().cni_operation(berth_cni::Command::Add, attached.is_ok(), started.elapsed());
+            let attached = attached.map_err(step(&id, "attach the pod network (CNI ADD)"))?;
             record.ips = attached.result.pod_ips("eth0").iter().map(|ip| ip.to_string()).collect();
         }
         self.write_files(spec, &hostname, &record.ips, dir).map_err(step(&id, "write the pod's /etc files"))?;
@@ -424,7 +428,13 @@ impl PodManager {
     /// CNI DEL of whatever is cached for `id` (a no-op when nothing is).
     fn release_attachment(&self, id: &str, netns: Option<PathBuf>) -> Result<(), PodError> {
         let attachment = AttachmentRef { container_id: id.to_owned(), ifname: "eth0".into(), netns };
-        self.cni.del(&attachment, None).map_err(step(id, "release the pod network (CNI DEL)"))?;
+        let started = std::time::Instant::now();
+        let detached = self.cni.del(&attachment, None);
+        // A DEL with nothing cached ran no plugin (hostNetwork pods, repeated Stop/Remove): not a CNI call.
+        if !detached.as_ref().is_ok_and(|d| d.networks.is_empty()) {
+            crate::metrics::global().cni_operation(berth_cni::Command::Del, detached.is_ok(), started.elapsed());
+        }
+        detached.map_err(step(id, "release the pod network (CNI DEL)"))?;
         Ok(())
     }
 

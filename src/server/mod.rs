@@ -14,6 +14,7 @@ mod exec_sync;
 mod image_fs_info;
 mod image_status;
 mod list_images;
+mod list_stream;
 mod metrics;
 mod pod_sandbox_stats;
 mod pod_sandbox_status;
@@ -74,6 +75,16 @@ impl Cri {
 
 fn answer<T>(result: Result<T, RpcError>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(into_status)
+}
+
+/// A Stream* RPC's answer: its List* counterpart's items in messages of a bounded size ([`list_stream`]).
+/// A failure of the list is the stream's status, before any message.
+fn streamed<T, R>(list: Result<Vec<T>, RpcError>, wrap: fn(Vec<T>) -> R) -> Result<Response<BoxStream<R>>, Status>
+where
+    T: prost::Message,
+    R: Send + 'static,
+{
+    answer(list.map(|items| list_stream::stream(items, wrap)))
 }
 
 /// Methods of RPCs not built yet. `#[tonic::async_trait]` does not look inside macro invocations, so these
@@ -290,13 +301,52 @@ impl RuntimeService for Cri {
         answer(metrics::pod_metrics(&self.context, request.into_inner()).await)
     }
 
+    async fn stream_pod_sandboxes(
+        &self,
+        request: Request<StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        let list = ListPodSandboxRequest { filter: request.into_inner().filter };
+        let listed = pod_sandbox_status::list(&self.context, list).await.map(|answer| answer.items);
+        streamed(listed, |pod_sandboxes| StreamPodSandboxesResponse { pod_sandboxes })
+    }
+
+    async fn stream_containers(
+        &self,
+        request: Request<StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        let list = ListContainersRequest { filter: request.into_inner().filter };
+        let listed = container_status::list(&self.context, list).await.map(|answer| answer.containers);
+        streamed(listed, |containers| StreamContainersResponse { containers })
+    }
+
+    async fn stream_container_stats(
+        &self,
+        request: Request<StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        let list = ListContainerStatsRequest { filter: request.into_inner().filter };
+        let listed = container_stats::list(&self.context, list).await.map(|answer| answer.stats);
+        streamed(listed, |container_stats| StreamContainerStatsResponse { container_stats })
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        request: Request<StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        let list = ListPodSandboxStatsRequest { filter: request.into_inner().filter };
+        let listed = pod_sandbox_stats::list(&self.context, list).await.map(|answer| answer.stats);
+        streamed(listed, |pod_sandbox_stats| StreamPodSandboxStatsResponse { pod_sandbox_stats })
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _request: Request<StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        let listed = metrics::pod_metrics(&self.context, ListPodSandboxMetricsRequest {}).await.map(|a| a.pod_metrics);
+        streamed(listed, |pod_sandbox_metrics| StreamPodSandboxMetricsResponse { pod_sandbox_metrics })
+    }
+
     not_built_yet! {
-        stream_pod_sandboxes(StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream = "StreamPodSandboxes";
-        stream_containers(StreamContainersRequest) -> Self::StreamContainersStream = "StreamContainers";
-        stream_container_stats(StreamContainerStatsRequest) -> Self::StreamContainerStatsStream = "StreamContainerStats";
-        stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream = "StreamPodSandboxStats";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
-        stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream = "StreamPodSandboxMetrics";
     }
 }
 
@@ -319,13 +369,8 @@ impl ImageService for Cri {
         &self,
         request: Request<StreamImagesRequest>,
     ) -> Result<Response<Self::StreamImagesStream>, Status> {
-        // The list, in messages of at most 100 images (the stream exists so huge lists need not be one
-        // message).
         let filter = request.into_inner().filter.and_then(|f| f.image).map(|s| s.image);
-        let images = list_images::list(&self.context, filter).await.map_err(into_status)?;
-        let chunks: Vec<Result<StreamImagesResponse, Status>> =
-            images.chunks(100).map(|chunk| Ok(StreamImagesResponse { images: chunk.to_vec() })).collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        streamed(list_images::list(&self.context, filter).await, |images| StreamImagesResponse { images })
     }
 
     async fn image_status(

@@ -5,6 +5,12 @@
 //! RPCs that change something finish at info; reads (List*, *Status, *Stats, Version, ...) at debug, because
 //! kubelet polls them every second or so. The same place counts each RPC and its latency for `/metrics`
 //! ([`crate::metrics`]).
+//!
+//! Each request runs to completion on a task of its own. tonic wraps this layer in its `grpc-timeout`
+//! enforcement, and hyper drops a request's future when the client resets the stream; either would cancel
+//! the handler at an arbitrary `.await` and leave the RPC uncounted. On its own task the work a caller gave
+//! up on finishes (DESIGN.md, "State": kubelet's retry then gets the result, not "name is reserved"), its
+//! code and duration are recorded, and `berth_grpc_requests_finished_after_deadline_total` counts it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +41,9 @@ impl<S, B, ResponseBody> Service<http::Request<B>> for RpcTrace<S>
 where
     S: Service<http::Request<B>, Response = http::Response<ResponseBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     B: Send + 'static,
+    ResponseBody: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -59,7 +67,7 @@ where
             .and_then(crate::metrics::parse_grpc_timeout);
         let started = Instant::now();
         let future = inner.call(request);
-        Box::pin(
+        let handled = tokio::spawn(
             async move {
                 let result = future.await;
                 let elapsed = started.elapsed();
@@ -85,7 +93,18 @@ where
                 result
             }
             .instrument(span),
-        )
+        );
+        Box::pin(async move {
+            match handled.await {
+                Ok(result) => result,
+                Err(join) => match join.try_into_panic() {
+                    // A handler that panicked unwinds here, as it did before it ran on a task of its own.
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    // Cancelled: only the runtime's shutdown does that, and it drops this future as well.
+                    Err(_) => std::future::pending().await,
+                },
+            }
+        })
     }
 }
 

@@ -42,6 +42,22 @@ pub enum PluginError {
     InvalidOutput { reason: String },
 }
 
+impl PluginError {
+    /// A short, stable name for what went wrong (a metrics label): `not_found`, `start_failed`, `io_error`, `timeout`,
+    /// `cni_error` (the plugin reported a CNI error), `crashed` or `invalid_output`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            PluginError::NotFound { .. } => "not_found",
+            PluginError::Spawn { .. } => "start_failed",
+            PluginError::Io { .. } => "io_error",
+            PluginError::Timeout { .. } => "timeout",
+            PluginError::Failed { .. } => "cni_error",
+            PluginError::Crashed { .. } => "crashed",
+            PluginError::InvalidOutput { .. } => "invalid_output",
+        }
+    }
+}
+
 fn display_dirs(dirs: &[PathBuf]) -> String {
     let joined: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
     if joined.is_empty() { "(no bin dirs configured)".to_owned() } else { joined.join(":") }

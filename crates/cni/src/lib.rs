@@ -27,8 +27,8 @@ pub use error::{CniError, PluginError};
 pub use exec::{Command, find_plugin};
 pub use loopback::bring_up_loopback;
 pub use network::{
-    AttachRequest, Attached, AttachmentRef, Bandwidth, Capabilities, Cni, CniOptions, DEFAULT_PLUGIN_TIMEOUT, Detached,
-    DnsCapability, PluginCall, PodIdentity, PortMapping, Timings,
+    AttachRequest, Attached, AttachmentRef, Bandwidth, Capabilities, Cni, CniObserver, CniOptions,
+    DEFAULT_PLUGIN_TIMEOUT, Detached, DnsCapability, PluginCall, PluginCallOutcome, PodIdentity, PortMapping, Timings,
 };
 pub use pod_cidr::{substitute as substitute_pod_cidr, wants_pod_cidr};
 pub use result::{CniResult, Dns, Interface, IpConfig, IpNetwork, ResultError, Route};

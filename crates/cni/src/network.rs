@@ -21,6 +21,7 @@
 //! for different containers may.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -187,17 +188,43 @@ pub struct Detached {
     pub timings: Timings,
 }
 
+/// One plugin execution that finished, successfully or not, as a [`CniObserver`] hears of it.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginCallOutcome<'a> {
+    /// The network (conflist `name`) the plugin is part of.
+    pub network: &'a str,
+    /// The plugin's `type`.
+    pub plugin: &'a str,
+    pub command: Command,
+    pub duration: Duration,
+    /// `None` when the plugin succeeded.
+    pub error: Option<&'a PluginError>,
+}
+
+/// Told of every plugin execution: ADD, DEL (rollbacks included) and CHECK, failures included. This is
+/// how a caller measures plugins without this crate knowing about its metrics. Called on the thread that
+/// ran the plugin, right after it ended: keep it quick and never block.
+pub trait CniObserver: Send + Sync + std::fmt::Debug {
+    fn plugin_finished(&self, call: &PluginCallOutcome<'_>);
+}
+
 /// Runs CNI operations with one set of options.
 #[derive(Debug, Clone)]
 pub struct Cni {
     options: CniOptions,
     cni_path: String,
+    observer: Option<Arc<dyn CniObserver>>,
 }
 
 impl Cni {
     pub fn new(options: CniOptions) -> Cni {
         let cni_path = options.bin_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
-        Cni { options, cni_path }
+        Cni { options, cni_path, observer: None }
+    }
+
+    /// The same, telling `observer` of each plugin execution.
+    pub fn with_observer(self, observer: Arc<dyn CniObserver>) -> Cni {
+        Cni { observer: Some(observer), ..self }
     }
 
     pub fn options(&self) -> &CniOptions {
@@ -551,6 +578,15 @@ impl Cni {
         let duration = started.elapsed();
         let plugin_type = plugin.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
         tracing::debug!(container_id = %entry.container_id, plugin = %plugin_type, %command, ms = duration.as_secs_f64() * 1e3, ok = outcome.is_ok(), "CNI plugin call");
+        if let Some(observer) = &self.observer {
+            observer.plugin_finished(&PluginCallOutcome {
+                network: &entry.network,
+                plugin: &plugin_type,
+                command,
+                duration,
+                error: outcome.as_ref().err(),
+            });
+        }
         timings.in_plugins += duration;
         timings.calls.push(PluginCall { plugin: plugin_type, command, duration });
         outcome

@@ -6,9 +6,10 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_cni::{Capabilities, Cni, CniError, CniOptions, PluginError};
+use berth_cni::{Capabilities, Cni, CniError, CniObserver, CniOptions, PluginCallOutcome, PluginError};
 use berth_error_kind::{ErrorKind, Kinded, chain};
 use serde_json::json;
 use support::Rig;
@@ -83,6 +84,39 @@ fn a_cni_error_is_reported_with_the_plugins_own_message() {
         "{message}"
     );
     rig.assert_nothing_left("ctr-error");
+}
+
+/// What an observer heard: (network, plugin, command, outcome).
+#[derive(Debug, Default)]
+struct Heard(Mutex<Vec<(String, String, String, String)>>);
+
+impl CniObserver for Heard {
+    fn plugin_finished(&self, call: &PluginCallOutcome<'_>) {
+        assert!(call.duration > Duration::ZERO);
+        let outcome = call.error.map_or("ok", PluginError::outcome);
+        let heard = (call.network.to_owned(), call.plugin.to_owned(), call.command.to_string(), outcome.to_owned());
+        self.0.lock().unwrap().push(heard);
+    }
+}
+
+#[test]
+fn the_observer_hears_every_plugin_call_of_a_failed_add_and_its_rollback() {
+    let rig = Rig::new("observer", 38);
+    let heard = Arc::new(Heard::default());
+    let cni = rig.cni.clone().with_observer(heard.clone());
+    let err = failing_add(&rig, &cni, "ctr-observed", json!({"add": "error"}));
+    assert_rolled_back(&err, "ctr-observed");
+    let calls = heard.0.lock().unwrap().clone();
+    let expected = [
+        ("bridge", "ADD", "ok"),
+        ("berth-test-plugin", "ADD", "cni_error"),
+        // The rollback: DEL of the whole chain, in reverse.
+        ("berth-test-plugin", "DEL", "ok"),
+        ("bridge", "DEL", "ok"),
+    ]
+    .map(|(plugin, command, outcome)| ("faulty".to_owned(), plugin.to_owned(), command.to_owned(), outcome.to_owned()));
+    assert_eq!(calls, expected.to_vec());
+    rig.assert_nothing_left("ctr-observed");
 }
 
 #[test]
