@@ -45,17 +45,32 @@ fn kib(pid: i32, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Total RSS and PSS (KiB) and count of the processes whose command line contains `needle`.
-fn processes_matching(needle: &str) -> (f64, f64, usize) {
-    let mut totals = (0.0, 0.0, 0);
+/// Every process: pid, parent pid, command line (arguments joined by spaces).
+fn processes() -> Vec<(i32, i32, String)> {
+    let mut all = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(needle) {
-            totals.0 += kib(pid, "Rss");
-            totals.1 += kib(pid, "Pss");
-            totals.2 += 1;
-        }
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        // The parent is the second field after the command name, which ends with the last ')'.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        all.push((pid, ppid.unwrap_or(0), cmdline));
+    }
+    all
+}
+
+/// Total RSS and PSS (KiB) and count of the processes whose command line contains `needle`, plus their
+/// children whose command line contains `child` (containerd's pause process under its shim), if given.
+fn processes_matching(all: &[(i32, i32, String)], needle: &str, child: Option<&str>) -> (f64, f64, usize) {
+    let matched: Vec<i32> = all.iter().filter(|(_, _, cmd)| cmd.contains(needle)).map(|(pid, _, _)| *pid).collect();
+    let children =
+        all.iter().filter(|(_, ppid, cmd)| child.is_some_and(|child| matched.contains(ppid) && cmd.contains(child)));
+    let mut totals = (0.0, 0.0, 0);
+    for pid in matched.iter().copied().chain(children.map(|(pid, _, _)| *pid)) {
+        totals.0 += kib(pid, "Rss");
+        totals.1 += kib(pid, "Pss");
+        totals.2 += 1;
     }
     totals
 }
@@ -83,21 +98,28 @@ async fn main() {
     // Memory with every sequential pod running: the daemon's RSS, and per pod what runs for it (berth's
     // shim; containerd's shim and pause process), from /proc/PID/smaps_rollup.
     if let Some(daemon) = std::env::var("BENCH_DAEMON_PID").ok().and_then(|p| p.parse::<i32>().ok()) {
-        // Only the shims of this run's pods (other berth daemons may run on the machine).
+        // Only the shims of this run's pods (other berth daemons may run on the machine). BENCH_PER_POD_MATCH
+        // names another runtime's per-pod process ({pod}: the pod id's first 12 characters), and
+        // BENCH_PER_POD_CHILD what else runs for the pod under it (containerd: the pause process).
+        let needle = std::env::var("BENCH_PER_POD_MATCH").unwrap_or_else(|_| "berth-shim:{pod}".into());
+        let child = std::env::var("BENCH_PER_POD_CHILD").ok().filter(|c| !c.is_empty());
+        let all = processes();
         let mut rss = 0.0;
         let mut pss = 0.0;
         let mut count = 0;
         for (pod, _) in &made {
-            let needle = std::env::var("BENCH_PER_POD_MATCH").unwrap_or_else(|_| "berth-shim:{pod}".into());
-            let (r, p, c) = processes_matching(&needle.replace("{pod}", &pod[..12]));
+            let (r, p, c) = processes_matching(&all, &needle.replace("{pod}", &pod[..12]), child.as_deref());
             rss += r;
             pss += p;
             count += c;
         }
-        let per_pod = "berth-shim:<pod>";
+        let per_pod = match &child {
+            Some(child) => format!("{needle} + children {child:?}"),
+            None => needle.clone(),
+        };
         println!("daemon RSS with {pods} pods      {:7.1} MiB", kib(daemon, "Rss") / 1024.0);
         println!(
-            "per pod ({count} processes matching {per_pod:?}): RSS {:.2} MiB  PSS {:.2} MiB",
+            "per pod ({count} processes matching {per_pod}): RSS {:.2} MiB  PSS {:.2} MiB",
             rss / 1024.0 / pods as f64,
             pss / 1024.0 / pods as f64
         );

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use berth::cli::client::{Client, Endpoint};
 use berth::cri::v1::*;
 
+#[path = "bench/mod.rs"]
+#[allow(dead_code)]
+mod bench;
+
 fn percentile(samples: &[f64], p: f64) -> f64 {
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -34,7 +38,7 @@ fn pod_config(n: usize) -> PodSandboxConfig {
             searches: vec!["bench.svc.cluster.local".into()],
             options: vec!["ndots:5".into()],
         }),
-        linux: Some(LinuxPodSandboxConfig::default()),
+        linux: Some(bench::linux_config(&format!("uid-runp-{n}"))),
         ..Default::default()
     }
 }

@@ -13,18 +13,30 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples[index].as_secs_f64() * 1000.0
 }
 
+/// The Linux part of a pod's config: the pod's cgroup, `$BENCH_CGROUP_PARENT/pod<uid>` (cgroupfs), as kubelet
+/// gives one to every pod (`/kubepods/besteffort/pod<uid>`); the scripts set a parent per run so that they
+/// can remove its cgroups afterwards. Without the variable, none (the runtime's default).
+pub fn linux_config(uid: &str) -> LinuxPodSandboxConfig {
+    let cgroup_parent = match std::env::var("BENCH_CGROUP_PARENT") {
+        Ok(parent) if !parent.is_empty() => format!("{}/pod{uid}", parent.trim_end_matches('/')),
+        _ => String::new(),
+    };
+    LinuxPodSandboxConfig { cgroup_parent, ..Default::default() }
+}
+
 /// Pod `n` of a benchmark run named `run`: its own network namespace, logs under /tmp/berth-bench-logs.
 pub fn pod_config(run: &str, n: usize) -> PodSandboxConfig {
+    let uid = format!("uid-bench-{run}-{n}");
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: format!("bench-{run}-{n}"),
-            uid: format!("uid-bench-{run}-{n}"),
+            uid: uid.clone(),
             namespace: "bench".into(),
             attempt: 0,
         }),
         hostname: format!("bench-{n}"),
         log_directory: format!("/tmp/berth-bench-logs/{run}-{n}"),
-        linux: Some(LinuxPodSandboxConfig::default()),
+        linux: Some(linux_config(&uid)),
         ..Default::default()
     }
 }

@@ -7,6 +7,12 @@
 # host-local + portmap + loopback plugins (hack/cni/10-berth-bridge.conflist). Root; everything — registry,
 # daemon, bridge, pods — runs in a network namespace of its own, so the host's network is untouched.
 #
+# With BERTH_BENCH_CONTAINERD=1, the same client then measures containerd (Debian's package, CRI plugin, runc;
+# hack/bench/containerd.sh) in the same namespace, after berth is stopped. Its memory per pod is its shim
+# (containerd-shim-runc-v2, one per pod, whose command line names the pod) plus the pod's pause process (the
+# `pause` test image: `sleep 2000000000`), as berth's is its shim; the containers' own processes are counted
+# for neither.
+#
 # Usage: hack/bench/pods.sh [PODS] [CONCURRENCY]   (defaults 50 and 10)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,8 +25,21 @@ if [[ -z ${BERTH_BENCH_IN_NETNS:-} ]]; then
   exec env BERTH_BENCH_IN_NETNS=1 unshare --net "$0" "$@"
 fi
 source hack/bench/pod-daemon.sh
+source hack/bench/containerd.sh
+
+# run_bench NAME: the benchmark against the daemon now serving $endpoint.
+run_bench() {
+  sleep 1
+  printf '%s, %s pods, concurrency %s\n' "$1" "$pods" "$concurrency"
+  printf 'daemon RSS idle (image pulled)  %7.1f MiB\n' "$(awk '/^VmRSS:/ { print $2 / 1024 }' "/proc/$daemon_pid/status")"
+  BENCH_DAEMON_PID=$daemon_pid "$target/release/examples/pod-bench" "$endpoint" "$image" "$pods" "$concurrency"
+}
+
 start_bench_daemon berth-bench-pods berthbench0
-sleep 1
-printf 'berth %s, %s pods, concurrency %s\n' "$("$target/release/berth" --version | awk '{print $2}')" "$pods" "$concurrency"
-printf 'daemon RSS idle (image pulled)  %7.1f MiB\n' "$(awk '/^VmRSS:/ { print $2 / 1024 }' "/proc/$daemon_pid/status")"
-BENCH_DAEMON_PID=$daemon_pid "$target/release/examples/pod-bench" "$endpoint" "$image" "$pods" "$concurrency"
+run_bench "berth $("$target/release/berth" --version | awk '{print $2}')"
+if [[ -n ${BERTH_BENCH_CONTAINERD:-} ]]; then
+  echo
+  start_bench_containerd berthctd0
+  BENCH_PER_POD_MATCH="{pod}" BENCH_PER_POD_CHILD="sleep 2000000000" \
+    run_bench "containerd $(containerd --version | awk '{print $3}') + runc $(runc --version | awk 'NR == 1 { print $3 }')"
+fi

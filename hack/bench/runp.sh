@@ -7,6 +7,9 @@
 # berth's overhead is the client-side RPC latency minus that. No image is needed. Root; the daemon, bridge
 # and pods run in a network namespace of their own, so the host's network is untouched.
 #
+# With BERTH_BENCH_CONTAINERD=1, containerd (hack/bench/containerd.sh) is measured afterwards by the same
+# client, in the same namespace (see the end of this file).
+#
 # Usage: hack/bench/runp.sh [PODS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,11 +20,18 @@ if [[ -z ${BERTH_BENCH_IN_NETNS:-} ]]; then
   cargo build --quiet --release --bin berth --example runp-bench
   exec env BERTH_BENCH_IN_NETNS=1 unshare --net "$0" "$@"
 fi
+source hack/bench/pod-daemon.sh # remove_bench_cgroups
+source hack/bench/containerd.sh
 ip link set lo up
 work=$(mktemp -d "${TMPDIR:-/tmp}/brunp.XXXXXX")
+# The pods' cgroup parent, one per run, as kubelet gives one (see hack/bench/pod-daemon.sh).
+export BENCH_CGROUP_PARENT="/$(basename "$work")"
 daemon_pid=
 cleanup() {
   [[ -n $daemon_pid ]] && { kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; }
+  stop_containerd
+  remove_bench_cgroups
+  [[ -d $work/registry ]] && { hack/registry.sh stop "$work/registry" >/dev/null 2>&1 || true; }
   rm -rf "$work" /tmp/berth-bench-runp-logs
 }
 trap cleanup EXIT
@@ -69,56 +79,16 @@ for name, label in [("namespaces pinned", "pin helper"), ("pod sandbox made", "d
 PY
 fi
 
-# With BERTH_BENCH_CONTAINERD=1: containerd 1.6 (Debian's package) with the same plugins and conflist (its own
-# bridge and leases), in the same network namespace after berth is done. Its CRI plugin needs a sandbox image:
-# the `pause` test image (busybox running sleep), from a registry started inside this namespace. Latency
-# only: containerd does not report its plugin time. Opt-in because on the project VM runc 1.1.5 fails to
-# create containerd's sandbox container ("can't get final child's PID from pipe: EOF"), not yet understood.
+# With BERTH_BENCH_CONTAINERD=1: containerd (Debian's package, CRI plugin, runc; hack/bench/containerd.sh) with
+# the same plugins and conflist (its own bridge and leases), in the same network namespace after berth is done.
+# Its CRI plugin needs a sandbox image: the `pause` test image (busybox running sleep), from a registry started
+# inside this namespace. Latency only: containerd does not report its plugin time.
 if [[ -n ${BERTH_BENCH_CONTAINERD:-} ]]; then
   kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=
-  address=$(hack/registry.sh start "$work/registry")
-  python3 hack/test-images.py --registry "$address" --only pause --out "$work/images.json" >/dev/null
-  ctd="$work/containerd"
-  mkdir -p "$ctd/cni"
-  sed -e 's/"berth0"/"berthctd0"/' -e "s|\"ipam\": {|\"ipam\": { \"dataDir\": \"$ctd/leases\",|" \
-    hack/cni/10-berth-bridge.conflist > "$ctd/cni/10-berth-bridge.conflist"
-  cat > "$ctd/config.toml" <<TOML
-version = 2
-root = "$ctd/root"
-state = "$ctd/state"
-[grpc]
-  address = "$ctd/containerd.sock"
-[ttrpc]
-  address = "$ctd/containerd.sock.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$address/berth-test/pause:latest"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$ctd/cni"
-  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."$address"]
-    endpoint = ["http://$address"]
-TOML
-  containerd --config "$ctd/config.toml" >"$ctd/containerd.log" 2>&1 &
-  daemon_pid=$!
-  cleanup_containerd() {
-    # Sandboxes left by a failed run: their pause processes, and the shims serving this containerd (their
-    # command line names its socket), belong to this benchmark.
-    for bundle in "$ctd"/state/io.containerd.runtime.v2.task/k8s.io/*/; do
-      [[ -d $bundle ]] || continue
-      pid=$(cat "$bundle/init.pid" 2>/dev/null || true); [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null || true
-    done
-    for cmdline in /proc/[0-9]*/cmdline; do
-      if tr '\0' ' ' <"$cmdline" 2>/dev/null | grep -q -- "-address $ctd/containerd.sock"; then
-        pid=${cmdline#/proc/}; kill -9 "${pid%/cmdline}" 2>/dev/null || true
-      fi
-    done
-    [[ -n $daemon_pid ]] && { kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=; }
-    for m in $(awk -v p="$work" '$5 ~ "^"p { print $5 }' /proc/self/mountinfo | sort -r); do umount -l "$m" 2>/dev/null || true; done
-    hack/registry.sh stop "$work/registry" >/dev/null 2>&1 || true
-    rm -rf "$work" /tmp/berth-bench-runp-logs
-  }
-  trap cleanup_containerd EXIT
-  for _ in $(seq 200); do [[ -S $ctd/containerd.sock ]] && break; sleep 0.05; done
-  printf 'containerd %s\n' "$(containerd --version | awk '{print $3}')"
-  "$target/release/examples/runp-bench" "unix://$ctd/containerd.sock" "$pods"
+  ip link del berthrunp0 2>/dev/null || true # same subnet as containerd's bridge: keep one route to it
+  registry=$(hack/registry.sh start "$work/registry")
+  python3 hack/test-images.py --registry "$registry" --only pause --out "$work/images.json" >/dev/null
+  start_containerd "$work/containerd" "$registry" berthctd0
+  printf 'containerd %s + runc %s\n' "$(containerd --version | awk '{print $3}')" "$(runc --version | awk 'NR == 1 { print $3 }')"
+  "$target/release/examples/runp-bench" "$ctd_endpoint" "$pods"
 fi
