@@ -250,6 +250,10 @@ pub async fn exec(state: &Arc<ShimState>, mut input: Streaming<pb::StreamInput>)
             .collect();
         let mut client = tokio::spawn(feed_input(input, target));
         tokio::select! {
+            // An exit already reaped wins over a client that left at the same moment: its pid may be reused
+            // by now and must not be signalled. (The reaper runs on this thread, so no reap can slip in
+            // between this choice and the kill below.)
+            biased;
             code = exited => {
                 let code = code.unwrap_or(-1);
                 // Output written before the exit reaches the client first; a background child that keeps
