@@ -357,7 +357,7 @@ async fn attach_sees_output_from_now_on_writes_stdin_and_detaching_leaves_the_co
 }
 
 #[tokio::test]
-async fn stdin_once_closes_the_containers_stdin_when_the_first_attach_ends() {
+async fn stdin_once_closes_the_containers_stdin_when_the_first_attachs_stdin_or_session_ends() {
     let mut rig = rig("attach-once").await;
     let id = rig
         .container(
@@ -375,8 +375,31 @@ async fn stdin_once_closes_the_containers_stdin_when_the_first_attach_ends() {
     let mut transcript = Transcript::default();
     session.read_stdout_until("got:only", &mut transcript).await;
     assert!(transcript.stdout.contains("got:only"), "{transcript:?}");
+    // The client's stdin ends (`kubectl attach -i` with its input done): the container's stdin ends too.
+    session.close_stdin().await;
+    session.read_stdout_until("stdin-closed", &mut transcript).await;
+    assert!(transcript.stdout.contains("stdin-closed"), "{transcript:?}");
     drop(session);
-    let log_path = rig._dirs.path().join("logs/reader/0.log");
+    assert_eq!(status(&mut rig.client, &id).await.state, ContainerState::ContainerRunning as i32);
+
+    // An attach that ends without closing its stdin closes the container's too.
+    let id = rig
+        .container(
+            "dropper",
+            &["sh", "-c", "while read line; do echo got:$line; done; echo stdin-closed; sleep 3600"],
+            |c| {
+                c.stdin = true;
+                c.stdin_once = true;
+            },
+        )
+        .await;
+    let url = rig.attach_url(&id, false, true).await;
+    let mut session = Session::open(&url).await;
+    session.stdin(b"once\n").await;
+    let mut transcript = Transcript::default();
+    session.read_stdout_until("got:once", &mut transcript).await;
+    drop(session);
+    let log_path = rig._dirs.path().join("logs/dropper/0.log");
     eventually("the container sees EOF on stdin", Duration::from_secs(10), || {
         std::fs::read_to_string(&log_path).map(|l| l.contains("stdin-closed")).unwrap_or(false)
     })

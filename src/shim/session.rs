@@ -109,11 +109,23 @@ impl Attachers {
 }
 
 /// Where clients' input goes in a session.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct InputTarget {
     stdin: Option<Arc<FdWriter>>,
     /// The pty master (tty sessions), for resizes.
     terminal: Option<Arc<FdWriter>>,
+    /// Runs when the client's stdin ends (an attach to a `stdin_once` container closes the container's
+    /// stdin then, as kubelet expects: `kubectl attach -i` to such a container ends with its input).
+    on_stdin_end: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl InputTarget {
+    fn end_stdin(&mut self) {
+        self.stdin = None;
+        if let Some(end) = self.on_stdin_end.take() {
+            end();
+        }
+    }
 }
 
 /// Applies the client's input until its stream ends; returns then (the client is gone or detached).
@@ -134,7 +146,7 @@ async fn feed_input(mut input: Streaming<pb::StreamInput>, mut target: InputTarg
                     target.stdin = None;
                 }
             }
-            Some(Input::CloseStdin(_)) => target.stdin = None,
+            Some(Input::CloseStdin(_)) => target.end_stdin(),
             Some(Input::Resize(size)) => {
                 if let Some(terminal) = &target.terminal
                     && let Err(err) = fdio::resize(terminal.fd(), size.width, size.height)
@@ -296,17 +308,29 @@ pub async fn attach(state: &Arc<ShimState>, mut input: Streaming<pb::StreamInput
         }
         let attach_id = container.attachers.add(start.stdout, start.stderr, sender);
         let stdin = if start.stdin { container.stdin.lock().expect("stdin lock").clone() } else { None };
-        let target = InputTarget { stdin, terminal: container.terminal.clone() };
+        let target = InputTarget { stdin, terminal: container.terminal.clone(), on_stdin_end: None };
         (Arc::clone(&container.attachers), attach_id, target, container.stdin_once && start.stdin)
     };
+    let close_container_stdin = {
+        let state = Arc::clone(state);
+        let id = id.clone();
+        move || {
+            if let Some(container) = state.containers.lock().expect("containers lock").get(&id) {
+                container.stdin.lock().expect("stdin lock").take();
+            }
+        }
+    };
+    let mut target = target;
+    if stdin_once {
+        target.on_stdin_end = Some(Box::new(close_container_stdin.clone()));
+    }
     tracing::info!(container_id = %id, attach = attach_id, "attached");
-    let state = Arc::clone(state);
     tokio::spawn(async move {
         feed_input(input, target).await;
         attachers.remove(attach_id);
-        if stdin_once && let Some(container) = state.containers.lock().expect("containers lock").get(&id) {
-            // The first attach with stdin has ended: the container's stdin closes with it.
-            container.stdin.lock().expect("stdin lock").take();
+        if stdin_once {
+            // The first attach with stdin has ended (or its stdin did): the container's stdin closes.
+            close_container_stdin();
         }
         tracing::info!(container_id = %id, attach = attach_id, "detached");
     });
