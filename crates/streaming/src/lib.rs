@@ -2,10 +2,12 @@
 //! here. It serves one-shot URLs (`/exec/{token}`, `/attach/{token}`, `/portforward/{token}`) over HTTP/1.1,
 //! upgrades them to SPDY/3.1 or WebSocket, speaks Kubernetes' remotecommand and port-forward protocols, and
 //! asks a [`Backend`] to run the exec, attach or dial. It knows HTTP and those protocols, not CRI: the
-//! daemon validates CRI requests, calls [`Server::url_for`], and implements [`Backend`].
+//! daemon validates CRI requests, calls [`Server::url_for`], and implements [`Backend`]. [`client`] is
+//! the other end: what `berth exec/attach/port-forward`, the benchmarks and the tests connect with.
 
 mod activity;
 mod backend;
+pub mod client;
 mod config;
 mod error;
 mod server;
