@@ -1,13 +1,12 @@
-//! The streaming server through the daemon: PortForward returns a one-shot URL, and a WebSocket client
-//! (`v4.channel.k8s.io`, as newer kubectl and crictl speak it) reaches the web test image's port 80 inside the
-//! pod's own network namespace, which the host cannot reach otherwise.
+//! The streaming server through the daemon: PortForward returns a one-shot URL, and berth's WebSocket client
+//! (`v4.channel.k8s.io` with the port in the query) reaches the web test image's port 80 inside the pod's own
+//! network namespace, which the host cannot reach otherwise. `streaming_cli.rs` covers SPDY and the CLI.
 
 use std::time::Duration;
 
 use berth::cri::v1::*;
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use berth_streaming::client::websocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 use crate::support::cri::{container_config, pull, run_container, run_pod, stop_and_remove_pod};
@@ -66,43 +65,24 @@ async fn port_forward_reaches_a_port_inside_the_pod_over_websocket() {
     assert!(body.starts_with("HTTP/1.") && body.contains("200") && body.contains("berth-test-web"), "{body}");
 
     // The URL was single-use.
-    let ws_url = format!("{}?port=80", url.replacen("http://", "ws://", 1));
-    let mut request = ws_url.as_str().into_client_request().unwrap();
-    request.headers_mut().insert("sec-websocket-protocol", "v4.channel.k8s.io".parse().unwrap());
-    let tcp = tokio::net::TcpStream::connect(request.uri().authority().unwrap().to_string()).await.unwrap();
-    assert!(tokio_tungstenite::client_async(request, tcp).await.is_err(), "a used token was accepted again");
+    let again = websocket::connect(&format!("{url}?port=80"), &[websocket::PORT_FORWARD_PROTOCOL]).await;
+    assert!(again.is_err(), "a used token was accepted again");
 
     stop_and_remove_pod(&mut client, &pod).await;
 }
 
-/// Opens the forward (WebSocket, port in the query), sends an HTTP request on the data channel and returns
-/// what comes back until the pod's server closes.
+/// Opens the forward (WebSocket, port in the query), sends an HTTP request through it and returns what
+/// comes back until the pod's server closes.
 async fn fetch_through(url: &str, port: u16) -> String {
-    let ws_url = format!("{}?port={port}", url.replacen("http://", "ws://", 1));
-    let mut request = ws_url.as_str().into_client_request().unwrap();
-    request.headers_mut().insert("sec-websocket-protocol", "v4.channel.k8s.io".parse().unwrap());
-    let tcp = tokio::net::TcpStream::connect(request.uri().authority().unwrap().to_string()).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await.expect("WebSocket handshake");
-    // Each channel first announces its port (data channel 0, error channel 1).
-    let mut announced = 0;
-    while announced < 2 {
-        if let Some(Ok(Message::Binary(_))) = ws.next().await {
-            announced += 1;
-        }
-    }
-    let mut message = vec![0u8];
-    message.extend_from_slice(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    ws.send(Message::binary(message)).await.unwrap();
-    let mut body = Vec::new();
-    while let Some(Ok(message)) = ws.next().await {
-        match message {
-            Message::Binary(data) if data.first() == Some(&0) => body.extend_from_slice(&data[1..]),
-            Message::Binary(data) if data.first() == Some(&1) && data.len() > 1 => {
-                panic!("error channel: {}", String::from_utf8_lossy(&data[1..]))
-            }
-            Message::Close(_) => break,
-            _ => {}
-        }
-    }
+    // `forwarded` stands for an accepted local connection; `app` is the program behind it.
+    let (forwarded, mut app) = tokio::io::duplex(64 * 1024);
+    let request = async {
+        app.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+        let mut body = Vec::new();
+        app.read_to_end(&mut body).await.unwrap();
+        body
+    };
+    let (forwarded, body) = tokio::join!(websocket::forward_port(url, port, forwarded), request);
+    forwarded.expect("the forward ends cleanly");
     String::from_utf8_lossy(&body).into_owned()
 }

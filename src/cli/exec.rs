@@ -1,23 +1,35 @@
-//! `berth exec -s CONTAINER COMMAND...`: runs a command in a running container through ExecSync and exits
-//! with its exit code, its stdout on stdout and its stderr on stderr (crictl prints both on stdout and exits
-//! 1 for any failure; a script is better served by the real streams and code).
+//! `berth exec [-i] [-t] CONTAINER COMMAND...`: runs a command in a running container and exits with its
+//! exit code, its stdout on stdout and its stderr on stderr (crictl exits 1 for any failure; a script is
+//! better served by the real streams and code).
 //!
-//! Interactive exec (`-it`) goes through the streaming server and is not a CLI verb yet.
+//! Without `-s` it goes through the streaming server like `crictl exec`: the Exec RPC returns a URL and
+//! `stream.rs` runs the session (stdin with `-i`, a remote tty with `-t`). With `-s` it is one ExecSync call
+//! and the output arrives when the command has ended.
 
 use std::io::Write;
 
 use super::client::{Client, rpc_failed};
-use crate::cri::v1::ExecSyncRequest;
+use super::stream::{self, TransportArg, exit_code};
+use crate::cri::v1::{ExecRequest, ExecSyncRequest};
 
 /// `berth exec`.
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
-    /// Run the command synchronously (ExecSync): the only mode berth's CLI has.
-    #[arg(long, short = 's')]
+    /// Run the command synchronously (ExecSync): its output comes when it has ended.
+    #[arg(long, short = 's', conflicts_with_all = ["interactive", "tty"])]
     pub sync: bool,
-    /// Seconds the command may run before the runtime kills it (0: no limit).
-    #[arg(long, default_value_t = 0)]
+    /// Seconds the command may run before the runtime kills it (0: no limit; with -s only).
+    #[arg(long, default_value_t = 0, requires = "sync")]
     pub timeout: i64,
+    /// Keep stdin open and send it to the command.
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
+    /// Give the command a terminal (its stderr then comes on stdout).
+    #[arg(long, short = 't')]
+    pub tty: bool,
+    /// The streaming protocol.
+    #[arg(long, value_enum, default_value_t = TransportArg::Spdy)]
+    pub transport: TransportArg,
     pub container: String,
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -26,7 +38,17 @@ pub struct ExecArgs {
 /// Runs the command; the exit code to leave with is the command's.
 pub async fn run(mut client: Client, args: ExecArgs) -> Result<u8, String> {
     if !args.sync {
-        return Err("only `berth exec -s` (ExecSync) is supported; interactive exec is not".to_owned());
+        let request = ExecRequest {
+            container_id: args.container,
+            cmd: args.command,
+            tty: args.tty,
+            stdin: args.interactive,
+            stdout: true,
+            // A tty has one output stream: the server refuses stderr with a tty.
+            stderr: !args.tty,
+        };
+        let url = client.runtime.exec(request).await.map_err(|s| rpc_failed("Exec", s))?.into_inner().url;
+        return stream::run_command(&url, args.transport, args.interactive, args.tty).await;
     }
     let request = ExecSyncRequest { container_id: args.container, cmd: args.command, timeout: args.timeout };
     let answer = client.runtime.exec_sync(request).await.map_err(|s| rpc_failed("ExecSync", s))?.into_inner();
@@ -41,11 +63,6 @@ pub async fn run(mut client: Client, args: ExecArgs) -> Result<u8, String> {
         }
     }
     Ok(exit_code(answer.exit_code))
-}
-
-/// A process exit status is one byte; a code outside it (which no Linux process has) is still a failure.
-fn exit_code(code: i32) -> u8 {
-    u8::try_from(code).unwrap_or(1)
 }
 
 #[cfg(test)]
@@ -71,11 +88,15 @@ mod tests {
     }
 
     #[test]
-    fn exit_codes_pass_through() {
-        assert_eq!(super::exit_code(0), 0);
-        assert_eq!(super::exit_code(3), 3);
-        assert_eq!(super::exit_code(137), 137);
-        assert_eq!(super::exit_code(-1), 1);
-        assert_eq!(super::exit_code(256), 1);
+    fn streaming_exec_takes_i_and_t_and_a_transport() {
+        let parsed = Harness::parse_from(["exec", "-it", "abc", "sh"]);
+        assert!(parsed.exec.interactive && parsed.exec.tty && !parsed.exec.sync);
+        assert_eq!(parsed.exec.transport, super::TransportArg::Spdy);
+        let parsed = Harness::parse_from(["exec", "-i", "--transport", "websocket", "abc", "cat", "-t"]);
+        assert!(parsed.exec.interactive && !parsed.exec.tty);
+        assert_eq!(parsed.exec.transport, super::TransportArg::Websocket);
+        assert_eq!(parsed.exec.command, ["cat", "-t"]);
+        assert!(Harness::try_parse_from(["exec", "-s", "-t", "abc", "sh"]).is_err(), "-s has no terminal");
+        assert!(Harness::try_parse_from(["exec", "--timeout", "3", "abc", "sh"]).is_err(), "--timeout needs -s");
     }
 }

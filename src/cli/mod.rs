@@ -1,6 +1,7 @@
 //! The `berth` command line: the daemon (`berth serve`) and the operator's client verbs, which talk CRI to
 //! a daemon over its socket exactly as crictl does.
 
+mod attach;
 pub mod client;
 mod config_cmd;
 mod containers;
@@ -13,9 +14,11 @@ mod listing;
 mod logs;
 mod output;
 mod pods;
+mod port_forward;
 mod progress;
 mod runtime;
 mod stats;
+mod stream;
 mod version;
 
 use std::path::PathBuf;
@@ -123,8 +126,12 @@ enum Command {
     Inspect(containers::InspectArgs),
     /// Print a container's logs.
     Logs(logs::LogsArgs),
-    /// Run a command in a running container (-s: synchronously) and exit with its exit code.
+    /// Run a command in a running container (-i stdin, -t terminal, -s synchronously) and exit with its code.
     Exec(exec::ExecArgs),
+    /// Attach to a running container's stdio (-i stdin; -t terminal, default from its status).
+    Attach(attach::AttachArgs),
+    /// Forward local ports to ports inside a pod until Ctrl-C.
+    PortForward(port_forward::PortForwardArgs),
     /// Stop running containers.
     Stop(containers::StopArgs),
     /// Remove containers.
@@ -154,8 +161,17 @@ pub fn main() -> ExitCode {
             Ok(seconds) if seconds > 0 => timeout.max(Duration::from_secs(seconds.saturating_add(30))),
             _ => Duration::from_secs(24 * 3600),
         };
-        let outcome =
-            client_command(&cli.runtime_endpoint, timeout, |client| async move { exec::run(client, args).await });
+        let outcome = interactive_command(&cli.runtime_endpoint, timeout, |client| exec::run(client, args));
+        return match outcome {
+            Ok(code) => ExitCode::from(code),
+            Err(message) => {
+                eprintln!("berth: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Command::Attach(args) = cli.command {
+        let outcome = interactive_command(&cli.runtime_endpoint, timeout, |client| attach::run(client, args));
         return match outcome {
             Ok(code) => ExitCode::from(code),
             Err(message) => {
@@ -167,7 +183,7 @@ pub fn main() -> ExitCode {
     let mutation_timeout = timeout.max(MUTATION_TIMEOUT);
     let endpoint = cli.runtime_endpoint.as_str();
     let outcome: Result<(), String> = match cli.command {
-        Command::Runtime(_) | Command::Exec(_) => unreachable!("handled above"),
+        Command::Runtime(_) | Command::Exec(_) | Command::Attach(_) => unreachable!("handled above"),
         Command::Serve { config } => serve(config),
         Command::Config(command) => config_cmd::run(command),
         Command::Version { output } => {
@@ -226,6 +242,7 @@ pub fn main() -> ExitCode {
         Command::Rm(args) => client_command(endpoint, mutation_timeout, |client| containers::remove(client, args)),
         Command::Stats(args) => client_command(endpoint, timeout, |client| stats::containers(client, args)),
         Command::Statsp(args) => client_command(endpoint, timeout, |client| stats::pods(client, args)),
+        Command::PortForward(args) => client_command(endpoint, timeout, |client| port_forward::run(client, args)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -264,6 +281,28 @@ where
         let client = client::Client::connect(endpoint, timeout).await.map_err(|err| chain(&err))?;
         run(client).await
     })
+}
+
+/// [`client_command`] for verbs that read this process's stdin (exec, attach). tokio reads stdin on a
+/// blocking thread that cannot be interrupted, and dropping a runtime waits for its blocking threads, so the
+/// runtime is left to die with the process instead: otherwise `berth exec -it` would hang at exit until
+/// the user pressed a key.
+fn interactive_command<F, Fut, T>(endpoint: &str, timeout: Duration, run: F) -> Result<T, String>
+where
+    F: FnOnce(client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let endpoint = Endpoint::parse(endpoint).map_err(|err| chain(&err))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the async runtime: {err}"))?;
+    let outcome = runtime.block_on(async move {
+        let client = client::Client::connect(endpoint, timeout).await.map_err(|err| chain(&err))?;
+        run(client).await
+    });
+    runtime.shutdown_background();
+    outcome
 }
 
 #[cfg(test)]

@@ -3,10 +3,12 @@
 //! upgrades them to SPDY/3.1 or WebSocket, speaks Kubernetes' remotecommand and port-forward protocols, and
 //! asks a [`Backend`] to run the exec, attach or dial. It knows HTTP and those protocols, not CRI: the
 //! daemon validates CRI requests, calls [`Server::url_for`], and implements [`Backend`]. With a TLS
-//! configuration ([`tls::server_config`]) it serves HTTPS and hands out `https://` URLs.
+//! configuration ([`tls::server_config`]) it serves HTTPS and hands out `https://` URLs. [`client`] is the
+//! other end: what `berth exec/attach/port-forward`, the benchmarks and the tests connect with.
 
 mod activity;
 mod backend;
+pub mod client;
 mod config;
 mod error;
 mod server;

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use berth_streaming::{Config, ExecRequest, PortForwardRequest, Request, Server};
-use support::{FakeBackend, SpdyClient, echo_server, http_request};
+use support::{FakeBackend, SpdyStream, echo_server, http_request, read_all, spdy};
 
 const V4: &[&str] = &["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"];
 
@@ -38,17 +38,18 @@ async fn with_timeout<T>(what: &str, f: impl std::future::Future<Output = T>) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_separates_stdin_stdout_stderr_and_reports_success_as_v4_status() {
     let (server, _) = server().await;
-    let client = SpdyClient::connect(&server.url_for(exec("cat; echo oops >&2", false, true)), V4).await;
-    assert_eq!(client.protocol, "v4.channel.k8s.io");
-    let mut error = client.open(&[("streamType", "error")]).await;
-    let stdin = client.open(&[("streamType", "stdin")]).await;
-    let mut stdout = client.open(&[("streamType", "stdout")]).await;
-    let mut stderr = client.open(&[("streamType", "stderr")]).await;
-    stdin.write(b"hello from stdin").await;
-    stdin.close();
-    let (out, err, status) =
-        with_timeout("exec", async { tokio::join!(stdout.read_to_end(), stderr.read_to_end(), error.read_to_end()) })
-            .await;
+    let client = spdy(&server.url_for(exec("cat; echo oops >&2", false, true)), V4).await;
+    assert_eq!(client.protocol(), "v4.channel.k8s.io");
+    let mut error = client.open(&[("streamType", "error")]).await.unwrap();
+    let stdin = client.open(&[("streamType", "stdin")]).await.unwrap();
+    let mut stdout = client.open(&[("streamType", "stdout")]).await.unwrap();
+    let mut stderr = client.open(&[("streamType", "stderr")]).await.unwrap();
+    stdin.write(b"hello from stdin").await.unwrap();
+    stdin.close().await.unwrap();
+    let (out, err, status) = with_timeout("exec", async {
+        tokio::join!(read_all(&mut stdout), read_all(&mut stderr), read_all(&mut error))
+    })
+    .await;
     assert_eq!(String::from_utf8(out).unwrap(), "hello from stdin");
     assert_eq!(String::from_utf8(err).unwrap(), "oops\n");
     assert_eq!(String::from_utf8(status).unwrap(), r#"{"metadata":{},"status":"Success"}"#);
@@ -57,11 +58,11 @@ async fn exec_separates_stdin_stdout_stderr_and_reports_success_as_v4_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_zero_exit_code_is_a_failure_status_with_the_code() {
     let (server, _) = server().await;
-    let client = SpdyClient::connect(&server.url_for(exec("echo out; exit 3", false, false)), V4).await;
-    let mut error = client.open(&[("streamType", "error")]).await;
-    let mut stdout = client.open(&[("streamType", "stdout")]).await;
-    let _stderr = client.open(&[("streamType", "stderr")]).await;
-    let (out, status) = with_timeout("exec", async { tokio::join!(stdout.read_to_end(), error.read_to_end()) }).await;
+    let client = spdy(&server.url_for(exec("echo out; exit 3", false, false)), V4).await;
+    let mut error = client.open(&[("streamType", "error")]).await.unwrap();
+    let mut stdout = client.open(&[("streamType", "stdout")]).await.unwrap();
+    let _stderr = client.open(&[("streamType", "stderr")]).await.unwrap();
+    let (out, status) = with_timeout("exec", async { tokio::join!(read_all(&mut stdout), read_all(&mut error)) }).await;
     assert_eq!(out, b"out\n");
     let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
     assert_eq!(status["status"], "Failure");
@@ -74,12 +75,12 @@ async fn a_non_zero_exit_code_is_a_failure_status_with_the_code() {
 async fn before_v4_the_error_stream_carries_only_a_failure_message() {
     let (server, _) = server().await;
     for (cmd, want_message) in [("exit 0", false), ("exit 5", true)] {
-        let client = SpdyClient::connect(&server.url_for(exec(cmd, false, false)), &["v2.channel.k8s.io"]).await;
-        assert_eq!(client.protocol, "v2.channel.k8s.io");
-        let mut error = client.open(&[("streamType", "error")]).await;
-        let _stdout = client.open(&[("streamType", "stdout")]).await;
-        let _stderr = client.open(&[("streamType", "stderr")]).await;
-        let message = String::from_utf8(with_timeout("exec", error.read_to_end()).await).unwrap();
+        let client = spdy(&server.url_for(exec(cmd, false, false)), &["v2.channel.k8s.io"]).await;
+        assert_eq!(client.protocol(), "v2.channel.k8s.io");
+        let mut error = client.open(&[("streamType", "error")]).await.unwrap();
+        let _stdout = client.open(&[("streamType", "stdout")]).await.unwrap();
+        let _stderr = client.open(&[("streamType", "stderr")]).await.unwrap();
+        let message = String::from_utf8(with_timeout("exec", read_all(&mut error)).await).unwrap();
         if want_message {
             assert!(message.contains("non-zero exit code") && message.contains('5'), "{message}");
         } else {
@@ -91,14 +92,14 @@ async fn before_v4_the_error_stream_carries_only_a_failure_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resize_events_reach_the_backend() {
     let (server, backend) = server().await;
-    let client = SpdyClient::connect(&server.url_for(exec("cat", true, true)), V4).await;
-    let mut error = client.open(&[("streamType", "error")]).await;
-    let stdin = client.open(&[("streamType", "stdin")]).await;
-    let mut stdout = client.open(&[("streamType", "stdout")]).await;
-    let resize = client.open(&[("streamType", "resize")]).await;
+    let client = spdy(&server.url_for(exec("cat", true, true)), V4).await;
+    let mut error = client.open(&[("streamType", "error")]).await.unwrap();
+    let stdin = client.open(&[("streamType", "stdin")]).await.unwrap();
+    let mut stdout = client.open(&[("streamType", "stdout")]).await.unwrap();
+    let resize = client.open(&[("streamType", "resize")]).await.unwrap();
     // One object split across two writes, then a second one.
-    resize.write(br#"{"Width":80,"He"#).await;
-    resize.write(br#"ight":24}{"Width":132,"Height":43}"#).await;
+    resize.write(br#"{"Width":80,"He"#).await.unwrap();
+    resize.write(br#"ight":24}{"Width":132,"Height":43}"#).await.unwrap();
     with_timeout("resizes", async {
         while backend.resizes.lock().unwrap().len() < 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -107,9 +108,9 @@ async fn resize_events_reach_the_backend() {
     .await;
     let sizes: Vec<(u16, u16)> = backend.resizes.lock().unwrap().iter().map(|s| (s.width, s.height)).collect();
     assert_eq!(sizes, vec![(80, 24), (132, 43)]);
-    stdin.write(b"x").await;
-    stdin.close();
-    let (out, status) = with_timeout("exec", async { tokio::join!(stdout.read_to_end(), error.read_to_end()) }).await;
+    stdin.write(b"x").await.unwrap();
+    stdin.close().await.unwrap();
+    let (out, status) = with_timeout("exec", async { tokio::join!(read_all(&mut stdout), read_all(&mut error)) }).await;
     assert_eq!(out, b"x");
     assert!(String::from_utf8(status).unwrap().contains("Success"));
 }
@@ -117,17 +118,14 @@ async fn resize_events_reach_the_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_never_sends_more_than_the_window_the_client_gave() {
     let (server, _) = server().await;
-    let client = SpdyClient::connect(&server.url_for(exec("head -c 1000000 /dev/zero", false, false)), V4).await;
-    client.acknowledge.store(false, Ordering::SeqCst);
-    let _error = client.open(&[("streamType", "error")]).await;
-    let mut stdout = client.open(&[("streamType", "stdout")]).await;
-    let _stderr = client.open(&[("streamType", "stderr")]).await;
-    let mut got = 0;
-    while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_millis(500), stdout.data.recv()).await {
-        got += chunk.len();
-    }
-    assert_eq!(got, 65536, "exactly one window, then the server waits for WINDOW_UPDATE");
-    assert_eq!(client.max_outstanding(stdout.id), 65536);
+    let client = spdy(&server.url_for(exec("head -c 1000000 /dev/zero", false, false)), V4).await;
+    let _error = client.open(&[("streamType", "error")]).await.unwrap();
+    let stdout = client.open(&[("streamType", "stdout")]).await.unwrap();
+    let _stderr = client.open(&[("streamType", "stderr")]).await.unwrap();
+    // Nothing is read, so nothing is acknowledged: one window may arrive, then the server must wait.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stdout.reader.unacknowledged(), 65536, "exactly one window, then the server waits for WINDOW_UPDATE");
+    assert_eq!(stdout.reader.max_unacknowledged(), 65536);
     client.disconnect();
 }
 
@@ -136,33 +134,34 @@ async fn port_forward_runs_parallel_connections_and_megabytes_through_flow_contr
     let (server, _) = server().await;
     let port = echo_server().await.to_string();
     let url = server.url_for(Request::PortForward(PortForwardRequest { pod_sandbox_id: "pod1".into() }));
-    let client = SpdyClient::connect(&url, &["portforward.k8s.io"]).await;
-    assert_eq!(client.protocol, "portforward.k8s.io");
+    let client = spdy(&url, &["portforward.k8s.io"]).await;
+    assert_eq!(client.protocol(), "portforward.k8s.io");
     let mut transfers = Vec::new();
     for request in 0..4u8 {
         let client = client.clone();
         let port = port.clone();
         transfers.push(tokio::spawn(async move {
             let id = request.to_string();
-            let mut error = client.open(&[("streamType", "error"), ("port", &port), ("requestID", &id)]).await;
-            let mut data = client.open(&[("streamType", "data"), ("port", &port), ("requestID", &id)]).await;
+            let mut error = client.open(&[("streamType", "error"), ("port", &port), ("requestID", &id)]).await.unwrap();
+            let data = client.open(&[("streamType", "data"), ("port", &port), ("requestID", &id)]).await.unwrap();
             let payload: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8 ^ request).collect();
-            let mut received = std::mem::replace(&mut data.data, tokio::sync::mpsc::unbounded_channel().1);
+            let SpdyStream { reader: mut received, writer, .. } = data;
             let reader = async {
                 let mut echoed = Vec::new();
                 while echoed.len() < payload.len() {
-                    match received.recv().await {
+                    match received.read_chunk().await.unwrap() {
                         Some(chunk) => echoed.extend_from_slice(&chunk),
                         None => break,
                     }
                 }
                 echoed
             };
-            let (_, echoed) = tokio::join!(data.write(&payload), reader);
+            let (written, echoed) = tokio::join!(writer.write(&payload), reader);
+            written.unwrap();
             assert!(echoed == payload, "request {request}: {} bytes echoed of {}", echoed.len(), payload.len());
-            data.close();
-            assert_eq!(error.read_to_end().await, b"", "no error for request {request}");
-            assert!(client.max_outstanding(data.id) <= 65536);
+            writer.close().await.unwrap();
+            assert_eq!(read_all(&mut error).await, b"", "no error for request {request}");
+            assert!(received.max_unacknowledged() <= 65536, "the server kept to the window");
         }));
     }
     for transfer in transfers {
@@ -177,10 +176,10 @@ async fn port_forward_reports_a_failed_dial_on_the_error_stream() {
     let port = closed.local_addr().unwrap().port().to_string();
     drop(closed);
     let url = server.url_for(Request::PortForward(PortForwardRequest { pod_sandbox_id: "pod1".into() }));
-    let client = SpdyClient::connect(&url, &["portforward.k8s.io"]).await;
-    let mut error = client.open(&[("streamType", "error"), ("port", &port), ("requestID", "0")]).await;
-    let _data = client.open(&[("streamType", "data"), ("port", &port), ("requestID", "0")]).await;
-    let message = String::from_utf8(with_timeout("error", error.read_to_end()).await).unwrap();
+    let client = spdy(&url, &["portforward.k8s.io"]).await;
+    let mut error = client.open(&[("streamType", "error"), ("port", &port), ("requestID", "0")]).await.unwrap();
+    let _data = client.open(&[("streamType", "data"), ("port", &port), ("requestID", "0")]).await.unwrap();
+    let message = String::from_utf8(with_timeout("error", read_all(&mut error)).await).unwrap();
     assert!(message.contains(&format!("error forwarding port {port} to pod pod1")), "{message}");
 }
 
@@ -216,10 +215,10 @@ async fn used_unknown_expired_and_misrouted_tokens_get_404_and_run_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_mid_session_leaves_no_session_and_no_process() {
     let (server, backend) = server().await;
-    let client = SpdyClient::connect(&server.url_for(exec("sleep 1000", false, false)), V4).await;
-    let _error = client.open(&[("streamType", "error")]).await;
-    let _stdout = client.open(&[("streamType", "stdout")]).await;
-    let _stderr = client.open(&[("streamType", "stderr")]).await;
+    let client = spdy(&server.url_for(exec("sleep 1000", false, false)), V4).await;
+    let _error = client.open(&[("streamType", "error")]).await.unwrap();
+    let _stdout = client.open(&[("streamType", "stdout")]).await.unwrap();
+    let _stderr = client.open(&[("streamType", "stderr")]).await.unwrap();
     let pid = with_timeout("spawn", async {
         loop {
             if let Some(pid) = backend.pids.lock().unwrap().first().copied() {
@@ -254,7 +253,7 @@ async fn a_client_that_disconnects_mid_session_leaves_no_session_and_no_process(
 async fn sessions_beyond_the_per_container_limit_are_refused_with_429() {
     let config = Config { max_sessions_per_container: 1, ..Config::default() };
     let (server, _) = server_with(config).await;
-    let first = SpdyClient::connect(&server.url_for(exec("sleep 1000", false, false)), V4).await;
+    let first = spdy(&server.url_for(exec("sleep 1000", false, false)), V4).await;
     let upgrade =
         [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", "v4.channel.k8s.io")];
     let (status, head, _) = http_request(&server.url_for(exec("true", false, false)), &upgrade).await;
@@ -274,11 +273,11 @@ async fn sessions_beyond_the_per_container_limit_are_refused_with_429() {
 async fn an_idle_session_is_closed_with_an_error() {
     let config = Config { idle_timeout: Duration::from_millis(300), ..Config::default() };
     let (server, backend) = server_with(config).await;
-    let client = SpdyClient::connect(&server.url_for(exec("sleep 1000", false, false)), V4).await;
-    let mut error = client.open(&[("streamType", "error")]).await;
-    let _stdout = client.open(&[("streamType", "stdout")]).await;
-    let _stderr = client.open(&[("streamType", "stderr")]).await;
-    let status: serde_json::Value = serde_json::from_slice(&with_timeout("idle", error.read_to_end()).await).unwrap();
+    let client = spdy(&server.url_for(exec("sleep 1000", false, false)), V4).await;
+    let mut error = client.open(&[("streamType", "error")]).await.unwrap();
+    let _stdout = client.open(&[("streamType", "stdout")]).await.unwrap();
+    let _stderr = client.open(&[("streamType", "stderr")]).await.unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&with_timeout("idle", read_all(&mut error)).await).unwrap();
     assert_eq!(status["status"], "Failure");
     assert!(status["message"].as_str().unwrap().contains("idle"), "{status}");
     with_timeout("session end", async {
@@ -310,13 +309,14 @@ async fn attach_connects_stdin_and_stdout_and_reports_success() {
         stdout: true,
         stderr: false,
     });
-    let client = SpdyClient::connect(&server.url_for(request), V4).await;
-    let mut error = client.open(&[("streamType", "error")]).await;
-    let stdin = client.open(&[("streamType", "stdin")]).await;
-    let mut stdout = client.open(&[("streamType", "stdout")]).await;
-    stdin.write(b"attached").await;
-    stdin.close();
-    let (out, status) = with_timeout("attach", async { tokio::join!(stdout.read_to_end(), error.read_to_end()) }).await;
+    let client = spdy(&server.url_for(request), V4).await;
+    let mut error = client.open(&[("streamType", "error")]).await.unwrap();
+    let stdin = client.open(&[("streamType", "stdin")]).await.unwrap();
+    let mut stdout = client.open(&[("streamType", "stdout")]).await.unwrap();
+    stdin.write(b"attached").await.unwrap();
+    stdin.close().await.unwrap();
+    let (out, status) =
+        with_timeout("attach", async { tokio::join!(read_all(&mut stdout), read_all(&mut error)) }).await;
     assert_eq!(out, b"attached");
     assert_eq!(status, br#"{"metadata":{},"status":"Success"}"#);
 }
@@ -324,19 +324,19 @@ async fn attach_connects_stdin_and_stdout_and_reports_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_the_request_did_not_ask_for_is_refused_and_the_session_goes_on() {
     let (server, _) = server().await;
-    let client = SpdyClient::connect(&server.url_for(exec("echo ok", false, false)), V4).await;
-    let mut error = client.open(&[("streamType", "error")]).await;
+    let client = spdy(&server.url_for(exec("echo ok", false, false)), V4).await;
+    let mut error = client.open(&[("streamType", "error")]).await.unwrap();
     // No stdin was asked for: the server resets it (REFUSED_STREAM) and waits for the streams it wants.
-    let stdin = client.open(&[("streamType", "stdin")]).await;
+    let stdin = client.open(&[("streamType", "stdin")]).await.unwrap();
     with_timeout("reset", async {
         while !client.resets().contains(&(stdin.id, 3)) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
-    let mut stdout = client.open(&[("streamType", "stdout")]).await;
-    let _stderr = client.open(&[("streamType", "stderr")]).await;
-    let (out, status) = with_timeout("exec", async { tokio::join!(stdout.read_to_end(), error.read_to_end()) }).await;
+    let mut stdout = client.open(&[("streamType", "stdout")]).await.unwrap();
+    let _stderr = client.open(&[("streamType", "stderr")]).await.unwrap();
+    let (out, status) = with_timeout("exec", async { tokio::join!(read_all(&mut stdout), read_all(&mut error)) }).await;
     assert_eq!(out, b"ok\n");
     assert!(String::from_utf8(status).unwrap().contains("Success"));
 }
@@ -352,10 +352,10 @@ async fn a_backend_error_is_a_failure_status_with_its_message() {
         stdout: true,
         stderr: false,
     });
-    let client = SpdyClient::connect(&server.url_for(request), V4).await;
-    let mut error = client.open(&[("streamType", "error")]).await;
-    let _stdout = client.open(&[("streamType", "stdout")]).await;
-    let status: serde_json::Value = serde_json::from_slice(&with_timeout("exec", error.read_to_end()).await).unwrap();
+    let client = spdy(&server.url_for(request), V4).await;
+    let mut error = client.open(&[("streamType", "error")]).await.unwrap();
+    let _stdout = client.open(&[("streamType", "stdout")]).await.unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&with_timeout("exec", read_all(&mut error)).await).unwrap();
     assert_eq!(status["status"], "Failure");
     assert_eq!(status["message"], "container \"missing\" not found");
 }
@@ -365,7 +365,7 @@ async fn an_idle_port_forward_session_goes_away() {
     let config = Config { idle_timeout: Duration::from_millis(300), ..Config::default() };
     let (server, _) = server_with(config).await;
     let url = server.url_for(Request::PortForward(PortForwardRequest { pod_sandbox_id: "pod1".into() }));
-    let client = SpdyClient::connect(&url, &["portforward.k8s.io"]).await;
+    let client = spdy(&url, &["portforward.k8s.io"]).await;
     assert_eq!(server.active_sessions(), 1);
     with_timeout("idle close", async {
         while server.active_sessions() != 0 || !client.got_goaway() {

@@ -140,34 +140,19 @@ async fn port_forward_with_spdy_tunnelled_in_websocket() {
     let server = Server::bind("127.0.0.1:0".parse().unwrap(), FakeBackend::default()).await.unwrap();
     let port = echo_server().await.to_string();
     let url = server.url_for(Request::PortForward(PortForwardRequest { pod_sandbox_id: "pod1".into() }));
-    let (ws, chosen) = connect(&url, "SPDY/3.1+portforward.k8s.io").await;
-    assert_eq!(chosen.as_deref(), Some("SPDY/3.1+portforward.k8s.io"));
-    // Bridge the socket to a byte stream for the test's SPDY client.
-    let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let (mut sink, mut stream) = ws.split();
-    let (mut from_client, mut to_client) = tokio::io::split(ours);
-    tokio::spawn(async move {
-        while let Some(Ok(Message::Binary(data))) = stream.next().await {
-            if tokio::io::AsyncWriteExt::write_all(&mut to_client, &data).await.is_err() {
-                break;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 16 * 1024];
-        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut from_client, &mut buf).await {
-            if n == 0 || sink.send(Message::binary(buf[..n].to_vec())).await.is_err() {
-                break;
-            }
-        }
-    });
-    let client = support::SpdyClient::start(theirs, String::new());
-    let mut error = client.open(&[("streamType", "error"), ("port", &port), ("requestID", "0")]).await;
-    let mut data = client.open(&[("streamType", "data"), ("port", &port), ("requestID", "0")]).await;
+    let client = berth_streaming::client::websocket::spdy_tunnel(&url).await.unwrap();
+    let mut error = client.open(&[("streamType", "error"), ("port", &port), ("requestID", "0")]).await.unwrap();
+    let data = client.open(&[("streamType", "data"), ("port", &port), ("requestID", "0")]).await.unwrap();
     let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 239) as u8).collect();
-    data.write(&payload).await;
-    data.close();
-    let echoed = tokio::time::timeout(Duration::from_secs(20), data.read_to_end()).await.unwrap();
+    let support::SpdyStream { mut reader, writer, .. } = data;
+    let send = async {
+        writer.write(&payload).await.unwrap();
+        writer.close().await.unwrap();
+    };
+    let (_, echoed) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(send, reader.read_to_end()) })
+        .await
+        .unwrap();
+    let echoed = echoed.unwrap();
     assert!(echoed == payload, "{} bytes echoed", echoed.len());
-    assert_eq!(error.read_to_end().await, b"");
+    assert_eq!(support::read_all(&mut error).await, b"");
 }
