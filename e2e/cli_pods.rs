@@ -310,5 +310,6 @@ fn config_mistakes_are_one_clear_line() {
     assert_eq!(berth_ok(socket, &["pods", "-q"]).trim(), "", "nothing was run");
 
     let output = berth(socket, &["exec", "abc", "true"]);
-    assert!(String::from_utf8_lossy(&output.stderr).contains("only `berth exec -s`"), "{output:?}");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("container abc does not exist"), "{output:?}");
 }
