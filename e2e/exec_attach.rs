@@ -309,6 +309,9 @@ async fn a_tty_exec_starts_with_the_clients_size_and_follows_resizes() {
     session.read_stdout_until("40 100", &mut transcript).await;
     assert!(transcript.stdout.contains("40 100"), "initial size: {:?}", transcript.stdout);
     session.resize(120, 30).await;
+    // Sizes and stdin are separate streams with no order between them (in the protocol as in kubelet):
+    // give the resize time to land before the input that makes the shell look.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     session.stdin(b"go\r").await;
     session.read_stdout_until("30 120", &mut transcript).await;
     assert!(transcript.stdout.contains("30 120"), "after a resize: {:?}", transcript.stdout);
