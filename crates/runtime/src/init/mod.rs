@@ -97,10 +97,21 @@ fn helper(channel: &Channel) -> Result<()> {
 fn enter_namespaces(channel: &Channel, config: &InitConfig) -> Result<()> {
     let spec = &config.spec;
     let listed = namespaces::of(spec);
+    // The user namespace first (namespaces::ALL's order): the others a pod pins are owned by it, and
+    // joining it gives the capabilities over them.
     for kind in namespaces::ALL {
         if let Some(path) = listed.iter().find(|ns| ns.typ() == kind).and_then(|ns| ns.path().clone()) {
             join(&path, kind)?;
         }
+    }
+    if listed.iter().any(|ns| ns.typ() == LinuxNamespaceType::User && ns.path().is_some()) {
+        // Its maps were written by whoever made it. Become its root (runc does the same): until the
+        // container's own user is set, files the setup creates (mount points) belong to the namespace's
+        // root, not to an unmapped id.
+        nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+            .map_err(RuntimeError::sys("setresgid(0) in the joined user namespace"))?;
+        nix::unistd::setresuid(0.into(), 0.into(), 0.into())
+            .map_err(RuntimeError::sys("setresuid(0) in the joined user namespace"))?;
     }
     if namespaces::creates(spec, LinuxNamespaceType::User) {
         unshare(CloneFlags::CLONE_NEWUSER).map_err(RuntimeError::sys("unshare(CLONE_NEWUSER)"))?;
