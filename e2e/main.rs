@@ -27,3 +27,4 @@ mod runtime_oci;
 mod runtime_service;
 mod stats;
 mod streaming;
+mod userns;
