@@ -97,7 +97,11 @@ fn with_namespaces(mut config: ContainerConfig, options: NamespaceOption) -> Con
 async fn exec_out(client: &mut Client, id: &str, cmd: &[&str]) -> String {
     let response = client
         .runtime
-        .exec_sync(ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout: 10 })
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        })
         .await
         .unwrap_or_else(|err| panic!("ExecSync {cmd:?}: {err:?}"))
         .into_inner();
@@ -117,9 +121,7 @@ fn container_pids(container_id: &str) -> Vec<i32> {
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(container_id))
-        })
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(container_id)))
         .collect()
 }
 
@@ -178,7 +180,10 @@ async fn a_pod_with_its_own_user_namespace_runs_as_root_inside_and_unprivileged_
         exec_out(&mut client, &id, &["sh", "-c", "echo hi > /made-by-root && stat -c %u:%g /made-by-root"]).await,
         "0:0\n"
     );
-    assert_eq!(exec_out(&mut client, &id, &["sh", "-c", "echo changed >> /etc/hosts && stat -c %u /etc/hosts"]).await, "0\n");
+    assert_eq!(
+        exec_out(&mut client, &id, &["sh", "-c", "echo changed >> /etc/hosts && stat -c %u /etc/hosts"]).await,
+        "0\n"
+    );
     exec_out(&mut client, &id, &["sh", "-c", "echo x > /dev/null && head -c 4 /dev/urandom > /dev/shm/x"]).await;
     // sysfs is the pod network's own (mounted, not the host's bound read-only): only its loopback.
     assert_eq!(exec_out(&mut client, &id, &["ls", "/sys/class/net"]).await, "lo\n");
@@ -206,6 +211,27 @@ async fn a_pod_with_its_own_user_namespace_runs_as_root_inside_and_unprivileged_
     // The idmapped lowers were attached only while the overlay was mounted.
     assert!(!dirs.root().join("images/containers").join(&id).join("lower").exists());
 
+    // A second container of the pod, as a non-root user: the same namespace (it sees the first one's
+    // hostname and maps), its uid mapped into the pod's range on the host.
+    let mut config = with_namespaces(container_config("non-root", busybox, &["sleep", "1000"]), userns_options());
+    config.linux.as_mut().unwrap().security_context.as_mut().unwrap().run_as_user = Some(Int64Value { value: 1000 });
+    let second = create(&mut client, &pod, &pod_config, config).await;
+    start(&mut client, &second).await;
+    assert_eq!(
+        exec_out(&mut client, &second, &["id", "-u"]).await,
+        "1000
+"
+    );
+    assert_eq!(
+        exec_out(&mut client, &second, &["readlink", "/proc/self/ns/user"]).await,
+        exec_out(&mut client, &id, &["readlink", "/proc/self/ns/user"]).await
+    );
+    let pids = container_pids(&second);
+    assert!(!pids.is_empty(), "no process in the second container's cgroup");
+    for pid in &pids {
+        assert_eq!(host_uids(*pid), vec![HOST_BASE + 1000; 4], "process {pid}");
+    }
+
     // A container whose userns_options differ from its pod's is refused, naming the pod.
     let other = UserNamespace {
         mode: NamespaceMode::Pod as i32,
@@ -230,7 +256,7 @@ async fn a_pod_with_its_own_user_namespace_runs_as_root_inside_and_unprivileged_
     }
 
     stop_and_remove_pod(&mut client, &pod).await;
-    let left = leftovers(&dirs, &[pod.clone(), id.clone()]);
+    let left = leftovers(&dirs, &[pod.clone(), id.clone(), second.clone()]);
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
 
@@ -281,6 +307,20 @@ async fn invalid_user_namespace_requests_are_refused_and_leave_nothing() {
         assert!(err.message().contains(words), "case {n}: {err:?} lacks {words:?}");
         assert!(err.message().contains(&format!("refused-{n}")), "case {n}: {err:?} does not name the pod");
     }
+    // A pod the helper fails to make (a sysctl its new network namespace does not have) is undone: no
+    // pinned namespace, user or other, and no pod directory is left.
+    let mut failing = pod_config("helper-fails", &logs, userns_options());
+    failing.linux.as_mut().unwrap().sysctls = [("net.no.such.knob".to_owned(), "1".to_owned())].into();
+    let err = client
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(failing), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("net/no/such/knob"), "{err:?}");
+    assert!(err.message().contains("user namespace"), "{err:?}");
+    let left = leftovers(&dirs, &[]);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+
     let listed = client.runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
     assert!(listed.is_empty(), "{listed:?}");
 

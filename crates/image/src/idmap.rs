@@ -27,7 +27,8 @@ pub(crate) fn idmapped_clone(source: &Path, userns: BorrowedFd<'_>) -> std::io::
         source,
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_SYMLINK_NOFOLLOW,
     )?;
-    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
+    let attr =
+        MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
     let empty = c"";
     // SAFETY: `tree` is an open mount descriptor for the whole call, `empty` a NUL-terminated string and
     // `attr` a live mount_attr of the size passed; the kernel only reads them during the call.

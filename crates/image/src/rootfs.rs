@@ -127,8 +127,8 @@ impl ImageStore {
         tokio::task::spawn_blocking(move || {
             mount_blocking(&id, &dir, &chain_ids, &lowers, &target, read_only, idmap.as_ref())
         })
-            .await
-            .map_err(|e| RootfsError::Image(ImageError::Worker(e)))?
+        .await
+        .map_err(|e| RootfsError::Image(ImageError::Worker(e)))?
     }
 
     /// Unmounts `target` (if mounted) and deletes the container's writable layer. Succeeds when there is
@@ -218,7 +218,8 @@ fn mount_blocking(
         let step = std::fs::create_dir_all(&at)
             .map_err(io("cannot create", &at))
             .and_then(|()| {
-                crate::idmap::idmapped_clone(lower, userns.as_fd()).map_err(idmap_error("cannot clone the mount of", lower))
+                crate::idmap::idmapped_clone(lower, userns.as_fd())
+                    .map_err(idmap_error("cannot clone the mount of", lower))
             })
             .and_then(|tree| crate::idmap::attach(tree.as_fd(), &at).map_err(idmap_error("cannot attach", &at)));
         if let Err(err) = step {

@@ -87,9 +87,7 @@ pub struct UserMappings {
 impl UserMappings {
     /// The host ids root (0) of the namespace is, if it is mapped.
     pub fn root(&self) -> Option<(u32, u32)> {
-        let host = |maps: &[IdMapping]| {
-            maps.iter().find(|m| m.container_id == 0 && m.size > 0).map(|m| m.host_id)
-        };
+        let host = |maps: &[IdMapping]| maps.iter().find(|m| m.container_id == 0 && m.size > 0).map(|m| m.host_id);
         Some((host(&self.uids)?, host(&self.gids)?))
     }
 }
