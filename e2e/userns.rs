@@ -160,7 +160,23 @@ async fn a_pod_with_its_own_user_namespace_runs_as_root_inside_and_unprivileged_
     // std, but the pinned user namespace's inode differs from the host's.
     assert_ne!(userns.ino(), std::fs::metadata("/proc/self/ns/user").unwrap().ino());
 
-    let config = with_namespaces(container_config("inside", busybox, &["sleep", "1000"]), userns_options());
+    // A volume (a directory with a root-only file, as kubelet's secrets are) and a file (like kubelet's
+    // /dev/termination-log), both owned by the host's root.
+    let volume = dirs.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::write(volume.join("secret"), "s3cret").unwrap();
+    std::fs::set_permissions(volume.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let termination_log = dirs.path().join("termination-log");
+    std::fs::write(&termination_log, "").unwrap();
+    let mut config = with_namespaces(container_config("inside", busybox, &["sleep", "1000"]), userns_options());
+    config.mounts = vec![
+        Mount { container_path: "/vol".into(), host_path: volume.display().to_string(), ..Default::default() },
+        Mount {
+            container_path: "/dev/termination-log".into(),
+            host_path: termination_log.display().to_string(),
+            ..Default::default()
+        },
+    ];
     let id = create(&mut client, &pod, &pod_config, config).await;
     start(&mut client, &id).await;
     assert_eq!(status(&mut client, &id).await.state, ContainerState::ContainerRunning as i32);
@@ -185,6 +201,19 @@ async fn a_pod_with_its_own_user_namespace_runs_as_root_inside_and_unprivileged_
         "0\n"
     );
     exec_out(&mut client, &id, &["sh", "-c", "echo x > /dev/null && head -c 4 /dev/urandom > /dev/shm/x"]).await;
+    // Volumes are idmapped too: the host root's files are root's inside, and what root writes there is
+    // stored as the unmapped id (0) on disk — the point of idmapped volumes (KEP-127): a volume's ids do not
+    // depend on which pod's range wrote them. (The rootfs upper directory is not idmapped: see above.)
+    assert_eq!(exec_out(&mut client, &id, &["stat", "-c", "%u:%g", "/vol/secret"]).await, "0:0\n");
+    assert_eq!(exec_out(&mut client, &id, &["cat", "/vol/secret"]).await, "s3cret");
+    exec_out(&mut client, &id, &["sh", "-c", "echo new > /vol/made && echo bye > /dev/termination-log"]).await;
+    let made = std::fs::metadata(volume.join("made")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (0, 0));
+    assert_eq!(std::fs::read_to_string(&termination_log).unwrap(), "bye\n");
+    // The idmapped copies were staged in the runtime's private mount namespace, never in the host's.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains("/idmap/"), "an idmap staging mount is visible on the host");
+
     // sysfs is the pod network's own (mounted, not the host's bound read-only): only its loopback.
     assert_eq!(exec_out(&mut client, &id, &["ls", "/sys/class/net"]).await, "lo\n");
 

@@ -14,8 +14,10 @@
 //! - User namespaces: mode POD only (`hostUsers: false`), joined from the pod's pinned one; mode TARGET
 //!   and CONTAINER are refused as unsupported, and so is a pod that also shares its PID namespace. The
 //!   root filesystem's layers are idmapped, never chowned (containerd 2 does the same with its overlay
-//!   snapshotter); CRI mounts with their own `uidMappings`/`gidMappings` (idmapped volumes) are not built
-//!   yet: volumes are bind-mounted as they are, so the pod's root sees host-root-owned files as nobody.
+//!   snapshotter). Every CRI mount of such a pod is idmapped through the pod's user namespace (`ridmap`,
+//!   made by the runtime before it joins the namespace), as containerd 2 with runc 1.2 does: a volume on a
+//!   filesystem that cannot be idmapped (before Linux 6.3, tmpfs) fails CreateContainer naming the mount.
+//!   A CRI mount's own `uidMappings`/`gidMappings` are accepted only when they are the pod's.
 //! - Image volumes (`Mount.image`) are refused as unsupported; CDI devices are ignored (kubelet resolves
 //!   them only with a CDI-enabled runtime).
 //! - Propagation `rshared`/`rslave` is not checked against the host mount's own propagation (containerd
@@ -319,6 +321,7 @@ pub(crate) fn build_with(request: &SpecRequest, host: &HostFacts) -> Result<Buil
         readonly_rootfs: context.is_some_and(|c| c.readonly_rootfs),
         etc_dir: request.pod.etc_dir,
         shm: request.pod.shm,
+        user_mappings: record.user_mappings.as_ref(),
     })?;
 
     let devices = devices::devices(&config.devices, privileged)?;

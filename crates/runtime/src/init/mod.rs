@@ -9,6 +9,7 @@
 
 mod console;
 mod container;
+mod idmap;
 mod process;
 mod rootfs;
 
@@ -79,9 +80,13 @@ fn helper(channel: &Channel) -> Result<()> {
     // Not dumpable: until it execs, no process in the container may open our /proc/<pid>/exe (the berth
     // binary) or our memory (the runc CVE-2019-5736 class). execve of the container's program resets it.
     nix::sys::prctl::set_dumpable(false).map_err(RuntimeError::sys("prctl(PR_SET_DUMPABLE, 0)"))?;
-    let Some((Message::Bootstrap(config), fds)) = channel.receive()? else {
+    let Some((Message::Bootstrap(mut config), fds)) = channel.receive()? else {
         return Err(RuntimeError::Setup("the runtime sent no bootstrap message".into()));
     };
+    if config.join_pid.is_none() {
+        // Before any namespace is joined: only the host's root may idmap the host's filesystems.
+        idmap::stage(&mut config)?;
+    }
     match config.join_pid {
         Some(pid) => join_namespaces_of(pid)?,
         None => enter_namespaces(channel, &config)?,
