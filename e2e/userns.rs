@@ -8,6 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use berth::cli::client::Client;
 use berth::cri::v1::*;
+use nix::sys::signal::Signal;
 use tonic::Code;
 
 use crate::containers::leftovers;
@@ -136,7 +137,7 @@ fn host_uids(pid: i32) -> Vec<u32> {
 async fn a_pod_with_its_own_user_namespace_runs_as_root_inside_and_unprivileged_outside() {
     let registry = TestRegistry::get();
     let busybox = &registry.image("busybox").reference;
-    let (dirs, daemon) = start_daemon(&registry);
+    let (dirs, mut daemon) = start_daemon(&registry);
     let mut client = daemon.client().await;
     pull(&mut client, busybox).await;
     let logs = dirs.path().join("logs");
@@ -283,6 +284,24 @@ async fn a_pod_with_its_own_user_namespace_runs_as_root_inside_and_unprivileged_
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains(&pod), "{err:?}");
     }
+
+    // A daemon killed with -9 and restarted finds the pod as it was: the container still runs in the pod's
+    // user namespace, and ExecSync still joins it.
+    drop(client);
+    daemon.stop(Signal::SIGKILL).await;
+    let daemon = Daemon::start_in(&dirs);
+    let mut client = daemon.client().await;
+    assert_eq!(status(&mut client, &id).await.state, ContainerState::ContainerRunning as i32);
+    assert_eq!(words(exec_out(&mut client, &id, &["cat", "/proc/self/uid_map"]).await), expected);
+    let restarted = client
+        .runtime
+        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(restarted.linux.unwrap().namespaces.unwrap().options.unwrap().userns_options, Some(pod_userns()));
 
     stop_and_remove_pod(&mut client, &pod).await;
     let left = leftovers(&dirs, &[pod.clone(), id.clone(), second.clone()]);
