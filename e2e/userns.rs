@@ -2,7 +2,8 @@
 //! root is root inside and an unprivileged id on the host, its root filesystem is idmapped (root owns the
 //! image's files inside, what it writes belongs to the mapped id on the host), the pod's namespaces belong
 //! to the user namespace (sysfs shows the pod's network), ExecSync joins it, and removal leaves nothing.
-//! Plus the requests berth refuses, and what they must not leave behind.
+//! A pod sharing one PID namespace gets it inside its user namespace. Plus the requests berth refuses, and
+//! what they must not leave behind.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
@@ -338,11 +339,6 @@ async fn invalid_user_namespace_requests_are_refused_and_leave_nothing() {
             Code::Unimplemented,
             "mode TARGET",
         ),
-        (
-            NamespaceOption { pid: NamespaceMode::Pod as i32, ..userns_options() },
-            Code::Unimplemented,
-            "shareProcessNamespace",
-        ),
     ];
     for (n, (options, code, words)) in cases.into_iter().enumerate() {
         let config = pod_config(&format!("refused-{n}"), &logs, options);
@@ -393,5 +389,44 @@ async fn invalid_user_namespace_requests_are_refused_and_leave_nothing() {
     assert!(err.message().contains("the host's user namespace"), "{err:?}");
     stop_and_remove_pod(&mut client, &pod).await;
     let left = leftovers(&dirs, &[pod]);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[tokio::test]
+async fn a_shared_pid_namespace_is_made_inside_the_pods_user_namespace() {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let (dirs, daemon) = start_daemon(&registry);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+    let shared = NamespaceOption { pid: NamespaceMode::Pod as i32, ..userns_options() };
+    let pod_config = pod_config("userns-shared-pid", &dirs.path().join("logs"), shared.clone());
+    let pod = run_pod(&mut client, &pod_config).await;
+    let mut ids = Vec::new();
+    for (name, command) in [("first", ["sleep", "1001"]), ("second", ["sleep", "1002"])] {
+        let config = with_namespaces(container_config(name, busybox, &command), shared.clone());
+        let id = create(&mut client, &pod, &pod_config, config).await;
+        start(&mut client, &id).await;
+        ids.push(id);
+    }
+    // /proc is the shared namespace's (mounting it needed the namespace to be the user namespace's): each
+    // container sees the other's process, and the pod's reaper as pid 1.
+    let ps = exec_out(&mut client, &ids[0], &["ps", "-o", "pid,args"]).await;
+    assert!(ps.contains("sleep 1002") && ps.contains("sleep 1001"), "{ps}");
+    assert_eq!(exec_out(&mut client, &ids[1], &["id", "-u"]).await, "0\n");
+    let words = |text: String| text.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(
+        words(exec_out(&mut client, &ids[1], &["cat", "/proc/self/uid_map"]).await),
+        ["0".to_owned(), HOST_BASE.to_string(), RANGE.to_string()]
+    );
+    for id in &ids {
+        for pid in container_pids(id) {
+            assert_eq!(host_uids(pid), vec![HOST_BASE; 4], "process {pid}");
+        }
+    }
+    stop_and_remove_pod(&mut client, &pod).await;
+    let mut all = ids.clone();
+    all.push(pod);
+    let left = leftovers(&dirs, &all);
     assert!(left.is_empty(), "left behind: {left:#?}");
 }

@@ -8,8 +8,9 @@
 //! id maps, pinned as `ns/user` by the exec'd helper (a threaded daemon cannot unshare one), and its
 //! network, IPC and UTS namespaces are made inside it, so the containers' root has capabilities over them
 //! (mounting sysfs and mqueue needs that). Its containers join it (see `containers::spec`), their root
-//! filesystems are idmapped through it (`berth_image::rootfs`), and the pod's `/etc` files and `/dev/shm`
-//! belong to its root.
+//! filesystems and volumes are idmapped through it (`berth_image::rootfs`, the runtime's `ridmap`), the
+//! pod's `/etc` files and `/dev/shm` belong to its root, and a shared PID namespace is made inside it (so
+//! such a pod pins its namespaces before its shim starts, instead of meanwhile).
 //!
 //! State on disk and in the database follows "intent before side effects, facts after": the record is
 //! written as `Creating` before anything is made, and becomes `Ready` last. Every failure undoes what was
@@ -337,6 +338,10 @@ impl PodManager {
         let id = record.id.clone();
         let began = std::time::Instant::now();
         std::fs::create_dir_all(dir).map_err(step(&id, "create the pod directory"))?;
+        if record.user_mappings.is_some() {
+            // The shim's PID-namespace holder joins the pod's user namespace, so it must exist first.
+            self.pin_namespaces(spec, record, dir)?;
+        }
         let shim = crate::shim::launch::start(
             &self.init_binary,
             &id,
@@ -363,32 +368,10 @@ impl PodManager {
 
     fn make_namespaces_and_network(&self, spec: &PodSpec, record: &mut PodRecord, dir: &Path) -> Result<(), PodError> {
         let id = record.id.clone();
-        let mut kinds = Vec::new();
-        if record.netns.is_some() {
-            kinds.extend([PinnedKind::Net, PinnedKind::Uts]);
-        }
-        if record.ipcns.is_some() {
-            kinds.push(PinnedKind::Ipc);
+        if record.user_mappings.is_none() {
+            self.pin_namespaces(spec, record, dir)?;
         }
         let hostname = record.hostname.clone();
-        if !kinds.is_empty() {
-            let request = PinRequest {
-                dir: dir.join("ns"),
-                kinds,
-                hostname: record.utsns.is_some().then(|| hostname.clone()),
-                sysctls: spec.sysctls.clone(),
-                user: record.user_mappings.clone(),
-            };
-            let pinning = std::time::Instant::now();
-            if request.user.is_some() {
-                // unshare(CLONE_NEWUSER) is refused to a multi-threaded process: the exec'd helper makes it.
-                berth_runtime::pin::pin(&self.init_binary, &request)
-                    .map_err(step(&id, "pin the pod's namespaces (with its user namespace)"))?;
-            } else {
-                berth_runtime::pin::pin_in_thread(&request).map_err(step(&id, "pin the pod's namespaces"))?;
-            }
-            tracing::debug!(pod_sandbox_id = %id, elapsed_ms = pinning.elapsed().as_secs_f64() * 1000.0, "namespaces pinned");
-        }
         if let Some(netns) = &record.netns {
             let network = self.network().map_err(PodError::NetworkNotReady)?;
             let pod_cidr = self.store.get::<NodeSettings>("settings")?.map(|s| s.pod_cidr).filter(|c| !c.is_empty());
@@ -425,6 +408,38 @@ impl PodManager {
         }
         if record.ipcns.is_some() {
             mount_shm(&dir.join("shm"), owner).map_err(step(&id, "mount the pod's /dev/shm"))?;
+        }
+        Ok(())
+    }
+
+    /// Pins the pod's namespaces (net, IPC, UTS; user first and owning them when it has its own).
+    fn pin_namespaces(&self, spec: &PodSpec, record: &PodRecord, dir: &Path) -> Result<(), PodError> {
+        let id = record.id.clone();
+        let hostname = record.hostname.clone();
+        let mut kinds = Vec::new();
+        if record.netns.is_some() {
+            kinds.extend([PinnedKind::Net, PinnedKind::Uts]);
+        }
+        if record.ipcns.is_some() {
+            kinds.push(PinnedKind::Ipc);
+        }
+        if !kinds.is_empty() {
+            let request = PinRequest {
+                dir: dir.join("ns"),
+                kinds,
+                hostname: record.utsns.is_some().then(|| hostname.clone()),
+                sysctls: spec.sysctls.clone(),
+                user: record.user_mappings.clone(),
+            };
+            let pinning = std::time::Instant::now();
+            if request.user.is_some() {
+                // unshare(CLONE_NEWUSER) is refused to a multi-threaded process: the exec'd helper makes it.
+                berth_runtime::pin::pin(&self.init_binary, &request)
+                    .map_err(step(&id, "pin the pod's namespaces (with its user namespace)"))?;
+            } else {
+                berth_runtime::pin::pin_in_thread(&request).map_err(step(&id, "pin the pod's namespaces"))?;
+            }
+            tracing::debug!(pod_sandbox_id = %id, elapsed_ms = pinning.elapsed().as_secs_f64() * 1000.0, "namespaces pinned");
         }
         Ok(())
     }
@@ -715,14 +730,6 @@ fn check_user_namespace_modes(spec: &PodSpec) -> Result<(), PodError> {
                 spec.name
             )));
         }
-    }
-    if spec.pid_mode == MODE_POD {
-        // The shim's PID-namespace holder is made in the host's user namespace, and /proc cannot be mounted
-        // from a user namespace that does not own the PID namespace.
-        return Err(PodError::Unsupported(format!(
-            "pod {:?}: a shared PID namespace (shareProcessNamespace) together with a user namespace",
-            spec.name
-        )));
     }
     Ok(())
 }

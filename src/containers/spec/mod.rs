@@ -11,8 +11,8 @@
 //! - Image `VOLUME`s are ignored (containerd's default, `ignore_image_defined_volumes`-like behaviour).
 //! - Missing host paths of CRI mounts are created (as directories) by [`build`] itself, as containerd does
 //!   while generating the spec; symlinks in host paths are resolved, so the spec names the real source.
-//! - User namespaces: mode POD only (`hostUsers: false`), joined from the pod's pinned one; mode TARGET
-//!   and CONTAINER are refused as unsupported, and so is a pod that also shares its PID namespace. The
+//! - User namespaces: mode POD only (`hostUsers: false`), joined from the pod's pinned one (and a shared PID
+//!   namespace is made inside it); mode TARGET and CONTAINER are refused as unsupported. The
 //!   root filesystem's layers are idmapped, never chowned (containerd 2 does the same with its overlay
 //!   snapshotter). Every CRI mount of such a pod is idmapped through the pod's user namespace (`ridmap`,
 //!   made by the runtime before it joins the namespace), as containerd 2 with runc 1.2 does: a volume on a
