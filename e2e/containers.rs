@@ -398,7 +398,7 @@ async fn containers_outlive_a_daemon_killed_with_sigkill_and_a_dead_shim_never_h
 
 /// What a pod and its containers could leave on the host, by their ids: mounts and nsfs mounts under the
 /// test's directories, cgroup directories, processes (shims, holders, containers) and state entries.
-fn leftovers(dirs: &DaemonDirs, ids: &[String]) -> Vec<String> {
+pub(crate) fn leftovers(dirs: &DaemonDirs, ids: &[String]) -> Vec<String> {
     let mut found = Vec::new();
     let prefix = dirs.path().to_string_lossy().into_owned();
     for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines() {

@@ -28,3 +28,4 @@ mod runtime_service;
 mod stats;
 mod streaming;
 mod streaming_cli;
+mod userns;

@@ -424,6 +424,7 @@ fn pinned_namespaces_outlive_their_helper_are_joined_by_containers_and_unpin_cle
         kinds: vec![PinnedKind::Net, PinnedKind::Ipc, PinnedKind::Uts],
         hostname: Some("pinned-pod".into()),
         sysctls: [("net.ipv4.ip_unprivileged_port_start".to_owned(), "80".to_owned())].into(),
+        user: None,
     };
     let binary = Path::new(crate::support::berth_bin());
     pin(binary, &request).expect("pin");

@@ -61,7 +61,11 @@ async fn status_lists_runtime_handlers_and_hides_credentials() {
     let status = client.runtime.status(StatusRequest { verbose: true }).await.unwrap().into_inner();
     let names: Vec<&str> = status.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(names, ["", "restricted"]);
-    assert!(status.features.is_some());
+    // kubelet admits `hostUsers: false` pods only on handlers that support user namespaces.
+    assert!(status.runtime_handlers.iter().all(|h| h.features.is_some_and(|f| f.user_namespaces)));
+    let features = status.features.expect("runtime features");
+    // ... but never with the host's network (berth refuses that combination, as Kubernetes does).
+    assert!(!features.user_namespaces_host_network);
     let everything = format!("{:?}", status.info);
     assert!(!everything.contains("s3cret-value"), "credentials leaked into Status: {everything}");
     let config: serde_json::Value = serde_json::from_str(&status.info["config"]).unwrap();

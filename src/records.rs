@@ -67,6 +67,12 @@ pub struct PodRecord {
     pub overhead: Vec<u8>,
     #[serde(default)]
     pub resources: Vec<u8>,
+    /// The pod's pinned user namespace (`<state>/pods/<id>/ns/user`) and its id maps, when it has its own
+    /// (`hostUsers: false`).
+    #[serde(default)]
+    pub userns: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub user_mappings: Option<berth_runtime::pin::UserMappings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

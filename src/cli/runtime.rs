@@ -392,10 +392,10 @@ fn features() -> serde_json::Value {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": berth_runtime::OCI_VERSION,
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
-        "mountOptions": ["async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "mand", "noatime",
-            "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime", "nosuid", "private", "rbind",
-            "relatime", "remount", "ro", "rprivate", "rshared", "rslave", "runbindable", "rw", "shared", "slave",
-            "strictatime", "suid", "sync", "unbindable"],
+        "mountOptions": ["async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "idmap", "mand",
+            "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime", "nosuid", "private",
+            "rbind", "relatime", "remount", "ridmap", "ro", "rprivate", "rshared", "rslave", "runbindable", "rw",
+            "shared", "slave", "strictatime", "suid", "sync", "unbindable"],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
             "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
@@ -407,6 +407,8 @@ fn features() -> serde_json::Value {
                 "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
                     "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
             },
+            // idmap/ridmap take the maps of a user namespace joined by path; maps of a mount's own are not read.
+            "mountExtensions": {"idmap": {"enabled": true}},
             "apparmor": {"enabled": Path::new("/sys/module/apparmor/parameters/enabled").exists()},
             "selinux": {"enabled": Path::new("/sys/fs/selinux/enforce").exists()},
         },

@@ -404,8 +404,15 @@ impl ContainerManager {
         let bundle = self.bundle(record);
         let rootfs = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(step(&id, "create the bundle directory"))?;
+        // In a pod with its own user namespace the layers are seen through it (idmapped), so its root owns them.
+        let idmap = match (&pod.userns, pod.user_mappings.as_ref().and_then(|m| m.root())) {
+            (Some(userns), Some((uid, gid))) => {
+                Some(berth_image::rootfs::IdmappedRoot { userns: userns.clone(), uid, gid })
+            }
+            _ => None,
+        };
         self.images
-            .mount_rootfs(&id, &image.id.to_string(), &rootfs, false)
+            .mount_rootfs_idmapped(&id, &image.id.to_string(), &rootfs, false, idmap)
             .await
             .map_err(step(&id, "mount the container's root filesystem"))?;
         let image_config = self.images.config(image).await.map_err(step(&id, "read the image config"))?;

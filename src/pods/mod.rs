@@ -4,12 +4,21 @@
 //! pinned by bind mounts (`berth __pin`) under `<state>/pods/<id>/ns/`, CNI wires the network namespace,
 //! and `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf` are written under `<state>/pods/<id>/`.
 //!
+//! A pod with `hostUsers: false` (CRI `userns_options`, mode POD) also gets a user namespace with kubelet's
+//! id maps, pinned as `ns/user` by the exec'd helper (a threaded daemon cannot unshare one), and its
+//! network, IPC and UTS namespaces are made inside it, so the containers' root has capabilities over them
+//! (mounting sysfs and mqueue needs that). Its containers join it (see `containers::spec`), their root
+//! filesystems and volumes are idmapped through it (`berth_image::rootfs`, the runtime's `ridmap`), the
+//! pod's `/etc` files and `/dev/shm` belong to its root, and a shared PID namespace is made inside it (so
+//! such a pod pins its namespaces before its shim starts, instead of meanwhile).
+//!
 //! State on disk and in the database follows "intent before side effects, facts after": the record is
 //! written as `Creating` before anything is made, and becomes `Ready` last. Every failure undoes what was
 //! made (CNI DEL before the network namespace is unpinned, because plugins such as bridge find the rules
 //! they must delete from inside it); Stop and Remove are idempotent and finish what a crash interrupted.
 
 mod bandwidth;
+pub mod userns;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -18,7 +27,7 @@ use std::time::Duration;
 
 use berth_cni::{AttachRequest, AttachmentRef, Capabilities, Cni, CniOptions, DnsCapability, PodIdentity, PortMapping};
 use berth_error_kind::{ErrorKind, Kinded};
-use berth_runtime::pin::{PinRequest, PinnedKind};
+use berth_runtime::pin::{PinRequest, PinnedKind, UserMappings};
 use berth_store::Store;
 
 use crate::config::Config;
@@ -35,6 +44,8 @@ pub const MODE_TARGET: i32 = 3;
 pub enum PodError {
     #[error("invalid pod sandbox config: {0}")]
     Invalid(String),
+    #[error("pod sandbox config: {0} is not supported")]
+    Unsupported(String),
     #[error("pod sandbox {0} does not exist")]
     NotFound(String),
     #[error("pod sandbox {0} is not ready")]
@@ -56,6 +67,7 @@ impl Kinded for PodError {
     fn kind(&self) -> ErrorKind {
         match self {
             PodError::Invalid(_) => ErrorKind::InvalidArgument,
+            PodError::Unsupported(_) => ErrorKind::Unimplemented,
             PodError::NotFound(_) => ErrorKind::NotFound,
             PodError::NotReady(_) => ErrorKind::FailedPrecondition,
             PodError::NetworkNotReady(_) => ErrorKind::FailedPrecondition,
@@ -101,6 +113,19 @@ pub struct PodSpec {
     /// manages pod cgroups).
     pub overhead: Vec<u8>,
     pub resources: Vec<u8>,
+    /// The id maps of the pod's own user namespace (`hostUsers: false`), checked by `userns::mappings`;
+    /// None = the host's.
+    pub user_mappings: Option<UserMappings>,
+}
+
+impl PodError {
+    /// A refused `userns_options` of the pod `pod` (its name, as kubelet gave it).
+    pub fn userns(pod: &str, problem: userns::UsernsProblem) -> PodError {
+        match problem {
+            userns::UsernsProblem::Invalid(reason) => PodError::Invalid(format!("pod {pod:?}: {reason}")),
+            userns::UsernsProblem::Unsupported(reason) => PodError::Unsupported(format!("pod {pod:?}: {reason}")),
+        }
+    }
 }
 
 /// Owns every pod's lifecycle. Mutations of one pod are serialized by that pod's lock (creations by the
@@ -249,6 +274,9 @@ impl PodManager {
             tracing::info!(pod_sandbox_id = %pod.id, "RunPodSandbox repeated for a ready sandbox; returning it");
             return Ok(pod.id.clone());
         }
+        if spec.user_mappings.is_some() {
+            check_user_namespace_modes(&spec)?;
+        }
         let id = new_id().map_err(step("", "generate an id"))?;
         let has_netns = spec.network_mode != MODE_NODE;
         let has_ipcns = spec.ipc_mode != MODE_NODE;
@@ -279,6 +307,8 @@ impl PodManager {
             network: None,
             overhead: spec.overhead.clone(),
             resources: spec.resources.clone(),
+            userns: spec.user_mappings.is_some().then(|| ns_dir.join(berth_runtime::pin::USER_NAMESPACE_FILE)),
+            user_mappings: spec.user_mappings.clone(),
         };
         // Intent first: a crash from here on leaves a record that Remove (or start-up) can finish.
         self.store.put(&record)?;
@@ -308,6 +338,10 @@ impl PodManager {
         let id = record.id.clone();
         let began = std::time::Instant::now();
         std::fs::create_dir_all(dir).map_err(step(&id, "create the pod directory"))?;
+        if record.user_mappings.is_some() {
+            // The shim's PID-namespace holder joins the pod's user namespace, so it must exist first.
+            self.pin_namespaces(spec, record, dir)?;
+        }
         let shim = crate::shim::launch::start(
             &self.init_binary,
             &id,
@@ -334,25 +368,10 @@ impl PodManager {
 
     fn make_namespaces_and_network(&self, spec: &PodSpec, record: &mut PodRecord, dir: &Path) -> Result<(), PodError> {
         let id = record.id.clone();
-        let mut kinds = Vec::new();
-        if record.netns.is_some() {
-            kinds.extend([PinnedKind::Net, PinnedKind::Uts]);
-        }
-        if record.ipcns.is_some() {
-            kinds.push(PinnedKind::Ipc);
+        if record.user_mappings.is_none() {
+            self.pin_namespaces(spec, record, dir)?;
         }
         let hostname = record.hostname.clone();
-        if !kinds.is_empty() {
-            let request = PinRequest {
-                dir: dir.join("ns"),
-                kinds,
-                hostname: record.utsns.is_some().then(|| hostname.clone()),
-                sysctls: spec.sysctls.clone(),
-            };
-            let pinning = std::time::Instant::now();
-            berth_runtime::pin::pin_in_thread(&request).map_err(step(&id, "pin the pod's namespaces"))?;
-            tracing::debug!(pod_sandbox_id = %id, elapsed_ms = pinning.elapsed().as_secs_f64() * 1000.0, "namespaces pinned");
-        }
         if let Some(netns) = &record.netns {
             let network = self.network().map_err(PodError::NetworkNotReady)?;
             let pod_cidr = self.store.get::<NodeSettings>("settings")?.map(|s| s.pod_cidr).filter(|c| !c.is_empty());
@@ -379,8 +398,48 @@ impl PodManager {
             record.ips = attached.result.pod_ips("eth0").iter().map(|ip| ip.to_string()).collect();
         }
         self.write_files(spec, &hostname, &record.ips, dir).map_err(step(&id, "write the pod's /etc files"))?;
+        let owner = record.user_mappings.as_ref().and_then(UserMappings::root);
+        if let Some((uid, gid)) = owner {
+            // The pod's root may edit them, as it could without a user namespace.
+            for name in ["hostname", "hosts", "resolv.conf"] {
+                std::os::unix::fs::chown(dir.join(name), Some(uid), Some(gid))
+                    .map_err(step(&id, "give the pod's /etc files to the root of its user namespace"))?;
+            }
+        }
         if record.ipcns.is_some() {
-            mount_shm(&dir.join("shm")).map_err(step(&id, "mount the pod's /dev/shm"))?;
+            mount_shm(&dir.join("shm"), owner).map_err(step(&id, "mount the pod's /dev/shm"))?;
+        }
+        Ok(())
+    }
+
+    /// Pins the pod's namespaces (net, IPC, UTS; user first and owning them when it has its own).
+    fn pin_namespaces(&self, spec: &PodSpec, record: &PodRecord, dir: &Path) -> Result<(), PodError> {
+        let id = record.id.clone();
+        let hostname = record.hostname.clone();
+        let mut kinds = Vec::new();
+        if record.netns.is_some() {
+            kinds.extend([PinnedKind::Net, PinnedKind::Uts]);
+        }
+        if record.ipcns.is_some() {
+            kinds.push(PinnedKind::Ipc);
+        }
+        if !kinds.is_empty() {
+            let request = PinRequest {
+                dir: dir.join("ns"),
+                kinds,
+                hostname: record.utsns.is_some().then(|| hostname.clone()),
+                sysctls: spec.sysctls.clone(),
+                user: record.user_mappings.clone(),
+            };
+            let pinning = std::time::Instant::now();
+            if request.user.is_some() {
+                // unshare(CLONE_NEWUSER) is refused to a multi-threaded process: the exec'd helper makes it.
+                berth_runtime::pin::pin(&self.init_binary, &request)
+                    .map_err(step(&id, "pin the pod's namespaces (with its user namespace)"))?;
+            } else {
+                berth_runtime::pin::pin_in_thread(&request).map_err(step(&id, "pin the pod's namespaces"))?;
+            }
+            tracing::debug!(pod_sandbox_id = %id, elapsed_ms = pinning.elapsed().as_secs_f64() * 1000.0, "namespaces pinned");
         }
         Ok(())
     }
@@ -643,18 +702,36 @@ fn is_pod_id(id: &str) -> bool {
 }
 
 /// The pod's /dev/shm: one tmpfs its containers share (bind-mounted into each), 64 MiB like Docker's and
-/// containerd's default.
-fn mount_shm(path: &Path) -> std::io::Result<()> {
+/// containerd's default; `owner` (the root of the pod's user namespace) owns its root directory.
+fn mount_shm(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
     use nix::mount::MsFlags;
     std::fs::create_dir_all(path)?;
+    let mut options = String::from("mode=1777,size=65536k");
+    if let Some((uid, gid)) = owner {
+        options.push_str(&format!(",uid={uid},gid={gid}"));
+    }
     nix::mount::mount(
         Some("shm"),
         path,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(options.as_str()),
     )
     .map_err(std::io::Error::from)
+}
+
+/// A pod with its own user namespace must have its own network, IPC and PID namespaces made inside it
+/// (Kubernetes refuses `hostUsers: false` with hostNetwork, hostIPC or hostPID too).
+fn check_user_namespace_modes(spec: &PodSpec) -> Result<(), PodError> {
+    for (what, mode) in [("network", spec.network_mode), ("IPC", spec.ipc_mode), ("PID", spec.pid_mode)] {
+        if mode == MODE_NODE {
+            return Err(PodError::Invalid(format!(
+                "pod {:?}: a pod with its own user namespace cannot use the host's {what} namespace",
+                spec.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Unmounts `path` if it is mounted (idempotent).

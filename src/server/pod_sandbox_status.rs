@@ -43,6 +43,8 @@ pub async fn status(context: &Context, request: PodSandboxStatusRequest) -> Resu
             "netns": record.netns,
             "ipcns": record.ipcns,
             "utsns": record.utsns,
+            "userns": record.userns,
+            "userMappings": record.user_mappings,
             "network": record.network,
             "cgroupParent": record.cgroup_parent,
             "hostname": record.hostname,
@@ -65,6 +67,7 @@ pub async fn status(context: &Context, request: PodSandboxStatusRequest) -> Resu
                         network: record.network_mode,
                         pid: record.pid_mode,
                         ipc: record.ipc_mode,
+                        userns_options: record.user_mappings.as_ref().map(crate::pods::userns::to_cri),
                         ..Default::default()
                     }),
                 }),

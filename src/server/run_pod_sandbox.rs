@@ -5,7 +5,7 @@ use berth_cni::{DnsCapability, PortMapping};
 use crate::context::Context;
 use crate::cri::v1::{Protocol, RunPodSandboxRequest, RunPodSandboxResponse};
 use crate::error::RpcError;
-use crate::pods::PodSpec;
+use crate::pods::{PodError, PodSpec};
 use crate::server::trace::record_id;
 
 pub async fn handle(context: &Context, request: RunPodSandboxRequest) -> Result<RunPodSandboxResponse, RpcError> {
@@ -30,6 +30,8 @@ pub async fn handle(context: &Context, request: RunPodSandboxRequest) -> Result<
             host_ip: p.host_ip,
         })
         .collect();
+    let user_mappings = crate::pods::userns::mappings(options.userns_options.as_ref())
+        .map_err(|problem| PodError::userns(&metadata.name, problem))?;
     let spec = PodSpec {
         name: metadata.name,
         namespace: metadata.namespace,
@@ -49,6 +51,7 @@ pub async fn handle(context: &Context, request: RunPodSandboxRequest) -> Result<
         port_mappings,
         overhead: linux.overhead.map(|o| prost::Message::encode_to_vec(&o)).unwrap_or_default(),
         resources: linux.resources.map(|r| prost::Message::encode_to_vec(&r)).unwrap_or_default(),
+        user_mappings,
     };
     let id = context.pods.run(spec).await?;
     record_id("pod_sandbox_id", &id);

@@ -90,7 +90,9 @@ fn condition(kind: &str, ready: bool, reason: &str, message: &str) -> RuntimeCon
 
 /// The default handler (empty name) and every configured one, in name order.
 fn runtime_handlers(context: &Context) -> Vec<RuntimeHandler> {
-    let features = RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false };
+    // user_namespaces: kubelet runs `hostUsers: false` pods only on handlers that say so (every handler
+    // runs them the same way: a pinned pod user namespace, idmapped layers and volumes).
+    let features = RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: true };
     std::iter::once(String::new())
         .chain(context.config.runtime_handlers.keys().cloned())
         .map(|name| RuntimeHandler { name, features: Some(features) })

@@ -90,7 +90,13 @@ pub async fn run(options: Options) -> Result<(), String> {
     let _ = std::fs::remove_file(super::SOCKET_NAME);
     let listener = tokio::net::UnixListener::bind(super::SOCKET_NAME)
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
-    let holder = if options.pid_namespace { super::pidns::start()? } else { 0 };
+    let holder = if options.pid_namespace {
+        // A pod with its own user namespace has it pinned before its shim starts (see pods::make).
+        let userns = options.pod_dir.join("ns").join(berth_runtime::pin::USER_NAMESPACE_FILE);
+        super::pidns::start(userns.exists().then_some(userns.as_path()))?
+    } else {
+        0
+    };
     let pid = std::process::id() as i32;
     let bootstrap = Bootstrap {
         version: super::API_VERSION.to_owned(),

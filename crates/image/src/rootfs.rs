@@ -5,8 +5,16 @@
 //! garbage collection never deletes a snapshot under a container, even after the image is removed
 //! (removing an image in use must not break the container). Unmounting and removing is idempotent: it
 //! finishes whatever an interrupted removal left.
+//!
+//! A container in a user namespace (a pod with `hostUsers: false`) gets the same overlay with each lower
+//! directory seen through an idmapped mount of that namespace (files the host's root owns on disk belong to
+//! the namespace's root), and an upper directory owned by the namespace's root on disk; copy-up keeps the
+//! ownership the idmapped lower shows, so what the container makes or changes is owned by its mapped ids on
+//! the host. No layer is copied or chowned. The idmapped lowers are attached at `containers/<id>/lower/<n>`
+//! only while the overlay is mounted (overlayfs keeps private clones of its layers), then detached.
 
 use std::ffi::CString;
+use std::os::fd::AsFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -31,6 +39,15 @@ pub enum RootfsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("container {id}: {step} {path} (idmapped through the user namespace {userns})")]
+    Idmap {
+        id: String,
+        step: &'static str,
+        path: PathBuf,
+        userns: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "container {id}: the overlay options for {layers} layers are {length} bytes, over the kernel's limit of 4095"
     )]
@@ -44,6 +61,7 @@ impl Kinded for RootfsError {
             RootfsError::ImageNotFound { .. } => ErrorKind::NotFound,
             RootfsError::Image(err) => err.kind(),
             RootfsError::Io { source, .. } => ErrorKind::of_io(source),
+            RootfsError::Idmap { .. } => ErrorKind::Internal,
             RootfsError::TooManyLayers { .. } => ErrorKind::ResourceExhausted,
         }
     }
@@ -55,6 +73,20 @@ fn check_id(id: &str) -> Result<(), RootfsError> {
         && !id.starts_with('.')
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if ok { Ok(()) } else { Err(RootfsError::ContainerId { id: id.to_owned() }) }
+}
+
+/// The user namespace a container's root filesystem is seen through: its pinned namespace file, and the
+/// host ids its root is (the upper directory's owner).
+#[derive(Debug, Clone)]
+pub struct IdmappedRoot {
+    pub userns: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Where the idmapped lower directories of a container are attached while its overlay is mounted.
+fn lower_mounts_dir(container_dir: &Path) -> PathBuf {
+    container_dir.join("lower")
 }
 
 impl ImageStore {
@@ -72,6 +104,19 @@ impl ImageStore {
         target: &Path,
         read_only: bool,
     ) -> Result<(), RootfsError> {
+        self.mount_rootfs_idmapped(container_id, image, target, read_only, None).await
+    }
+
+    /// [`mount_rootfs`](Self::mount_rootfs), with the layers seen through a user namespace when `idmap`
+    /// is given (see the module comment).
+    pub async fn mount_rootfs_idmapped(
+        &self,
+        container_id: &str,
+        image: &str,
+        target: &Path,
+        read_only: bool,
+        idmap: Option<IdmappedRoot>,
+    ) -> Result<(), RootfsError> {
         check_id(container_id)?;
         let record = self.find(image).await?.ok_or_else(|| RootfsError::ImageNotFound { image: image.to_owned() })?;
         let dir = self.container_dir(container_id);
@@ -79,9 +124,11 @@ impl ImageStore {
         let target = target.to_owned();
         let id = container_id.to_owned();
         let chain_ids = record.chain_ids.clone();
-        tokio::task::spawn_blocking(move || mount_blocking(&id, &dir, &chain_ids, &lowers, &target, read_only))
-            .await
-            .map_err(|e| RootfsError::Image(ImageError::Worker(e)))?
+        tokio::task::spawn_blocking(move || {
+            mount_blocking(&id, &dir, &chain_ids, &lowers, &target, read_only, idmap.as_ref())
+        })
+        .await
+        .map_err(|e| RootfsError::Image(ImageError::Worker(e)))?
     }
 
     /// Unmounts `target` (if mounted) and deletes the container's writable layer. Succeeds when there is
@@ -103,6 +150,14 @@ impl ImageStore {
                     });
                 }
             }
+            // A crash while an idmapped overlay was being mounted may have left its lowers attached: they
+            // must go before the directory does, or removing it would delete the image's snapshots.
+            detach_lowers(&lower_mounts_dir(&dir)).map_err(|(path, source)| RootfsError::Io {
+                id: id.clone(),
+                step: "cannot detach the idmapped lower directory",
+                path,
+                source,
+            })?;
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => Ok(()),
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -121,6 +176,7 @@ fn mount_blocking(
     lowers: &[PathBuf],
     target: &Path,
     read_only: bool,
+    idmap: Option<&IdmappedRoot>,
 ) -> Result<(), RootfsError> {
     let io = |step, path: &Path| {
         let path = path.to_owned();
@@ -143,6 +199,89 @@ fn mount_blocking(
         .map_err(io("cannot write", &temp))?;
     std::fs::rename(&temp, &layers).map_err(io("cannot write", &layers))?;
 
+    let Some(idmap) = idmap else {
+        return mount_overlay(id, lowers, &upper, &work, target, read_only);
+    };
+    // The namespace's root owns the upper directory's root (the overlay's root directory), so it can write
+    // there; everything below is created by copy-up or by the container with the right owners.
+    std::os::unix::fs::chown(&upper, Some(idmap.uid), Some(idmap.gid)).map_err(io("cannot chown", &upper))?;
+    let userns = std::fs::File::open(&idmap.userns).map_err(io("cannot open the user namespace", &idmap.userns))?;
+    let attached_dir = lower_mounts_dir(dir);
+    let idmap_error = |step, path: &Path| {
+        let (id, path, userns) = (id.to_owned(), path.to_owned(), idmap.userns.clone());
+        move |source| RootfsError::Idmap { id, step, path, userns, source }
+    };
+    let mut attached = Vec::with_capacity(lowers.len());
+    let mut result = Ok(());
+    for (index, lower) in lowers.iter().enumerate() {
+        let at = attached_dir.join(index.to_string());
+        let step = std::fs::create_dir_all(&at)
+            .map_err(io("cannot create", &at))
+            .and_then(|()| {
+                crate::idmap::idmapped_clone(lower, userns.as_fd())
+                    .map_err(idmap_error("cannot clone the mount of", lower))
+            })
+            .and_then(|tree| crate::idmap::attach(tree.as_fd(), &at).map_err(idmap_error("cannot attach", &at)));
+        if let Err(err) = step {
+            result = Err(err);
+            break;
+        }
+        attached.push(at);
+    }
+    if result.is_ok() {
+        result = mount_overlay(id, &attached, &upper, &work, target, read_only);
+    }
+    // Attached only for the mount: the overlay holds its own clones of them from here on.
+    let detached = detach_lowers(&attached_dir).map_err(|(path, source)| RootfsError::Io {
+        id: id.to_owned(),
+        step: "cannot detach the idmapped lower directory",
+        path,
+        source,
+    });
+    result.and(detached)
+}
+
+/// Detaches and removes whatever is attached under `dir` (the idmapped lowers), then `dir`. Missing is fine.
+fn detach_lowers(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err((dir.to_owned(), err)),
+    };
+    for entry in entries {
+        let path = entry.map_err(|err| (dir.to_owned(), err))?.path();
+        match rustix::mount::unmount(&path, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
+            Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
+            Err(errno) => return Err((path, errno.into())),
+        }
+        // rmdir, never a recursive removal: if the unmount did not happen, this fails instead of deleting
+        // a snapshot's files.
+        match std::fs::remove_dir(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err((path, err)),
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err((dir.to_owned(), err)),
+    }
+}
+
+fn mount_overlay(
+    id: &str,
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    read_only: bool,
+) -> Result<(), RootfsError> {
+    let io = |step, path: &Path| {
+        let path = path.to_owned();
+        let id = id.to_owned();
+        move |source| RootfsError::Io { id, step, path, source }
+    };
     let lowerdir = lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
     let options = format!("lowerdir={lowerdir},upperdir={},workdir={}", upper.display(), work.display());
     // The mount data is one page (4096 bytes including the NUL) and longer options are cut by the kernel.

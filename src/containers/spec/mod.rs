@@ -11,8 +11,15 @@
 //! - Image `VOLUME`s are ignored (containerd's default, `ignore_image_defined_volumes`-like behaviour).
 //! - Missing host paths of CRI mounts are created (as directories) by [`build`] itself, as containerd does
 //!   while generating the spec; symlinks in host paths are resolved, so the spec names the real source.
-//! - User namespaces (`userns_options`, idmapped mounts) and image volumes (`Mount.image`) are refused as
-//!   unsupported; CDI devices are ignored (kubelet resolves them only with a CDI-enabled runtime).
+//! - User namespaces: mode POD only (`hostUsers: false`), joined from the pod's pinned one (and a shared PID
+//!   namespace is made inside it); mode TARGET and CONTAINER are refused as unsupported. The
+//!   root filesystem's layers are idmapped, never chowned (containerd 2 does the same with its overlay
+//!   snapshotter). Every CRI mount of such a pod is idmapped through the pod's user namespace (`ridmap`,
+//!   made by the runtime before it joins the namespace), as containerd 2 with runc 1.2 does: a volume on a
+//!   filesystem that cannot be idmapped (before Linux 6.3, tmpfs) fails CreateContainer naming the mount.
+//!   A CRI mount's own `uidMappings`/`gidMappings` are accepted only when they are the pod's.
+//! - Image volumes (`Mount.image`) are refused as unsupported; CDI devices are ignored (kubelet resolves
+//!   them only with a CDI-enabled runtime).
 //! - Propagation `rshared`/`rslave` is not checked against the host mount's own propagation (containerd
 //!   refuses a bidirectional mount of a private host path); the mount is made and simply does not propagate.
 
@@ -28,9 +35,9 @@ use std::path::{Path, PathBuf};
 
 use berth_error_kind::{ErrorKind, Kinded};
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxCpuBuilder, LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxBuilder, LinuxCpuBuilder, LinuxHugepageLimitBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 pub use crate::config::CgroupDriver;
@@ -262,10 +269,7 @@ pub(crate) fn build_with(request: &SpecRequest, host: &HostFacts) -> Result<Buil
             ));
         }
     }
-    let userns = context.and_then(|c| c.namespace_options.as_ref()).and_then(|n| n.userns_options.as_ref());
-    if userns.is_some_and(|u| u.mode == MODE_POD) {
-        return Err(Problem::Unsupported("user namespaces (NamespaceMode POD for user)".into()));
-    }
+    check_user_namespace(context, record)?;
 
     let hostname = if record.utsns.is_some() {
         // Records keep the effective hostname; an empty one (older records) meant the node's.
@@ -317,6 +321,7 @@ pub(crate) fn build_with(request: &SpecRequest, host: &HostFacts) -> Result<Buil
         readonly_rootfs: context.is_some_and(|c| c.readonly_rootfs),
         etc_dir: request.pod.etc_dir,
         shm: request.pod.shm,
+        user_mappings: record.user_mappings.as_ref(),
     })?;
 
     let devices = devices::devices(&config.devices, privileged)?;
@@ -330,6 +335,22 @@ pub(crate) fn build_with(request: &SpecRequest, host: &HostFacts) -> Result<Buil
         .devices(devices.nodes);
     if let Some(propagation) = mounts.rootfs_propagation {
         linux_builder = linux_builder.rootfs_propagation(propagation);
+    }
+    if let Some(mappings) = &record.user_mappings {
+        // Informational for the runtime (the namespace is joined by path and already mapped); tools that
+        // read bundles, and runc, expect them next to a user namespace.
+        let oci = |maps: &[berth_runtime::pin::IdMapping]| {
+            maps.iter()
+                .map(|m| {
+                    LinuxIdMappingBuilder::default()
+                        .container_id(m.container_id)
+                        .host_id(m.host_id)
+                        .size(m.size)
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        linux_builder = linux_builder.uid_mappings(oci(&mappings.uids)?).gid_mappings(oci(&mappings.gids)?);
     }
     if !privileged {
         let (masked, readonly) = security::masked_and_readonly_paths(context);
@@ -438,7 +459,9 @@ fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> Result<LinuxNamesp
     })
 }
 
-/// Network, IPC and UTS: the pod's pinned namespaces, or the host's (no entry). Mount: new. PID: per
+/// User (`hostUsers: false`), network, IPC and UTS: the pod's pinned namespaces, or the host's (no entry); a
+/// user namespace is joined first, and the mount, PID and cgroup namespaces made after it belong to it.
+/// Mount: new. PID: per
 /// NamespaceMode. Cgroup: new on cgroup v2 for unprivileged containers (containerd does the same; on v1 a
 /// cgroup namespace would hide nothing useful and containerd adds none).
 fn namespaces(
@@ -450,6 +473,7 @@ fn namespaces(
     let record = request.pod.record;
     let mut namespaces = vec![namespace(LinuxNamespaceType::Mount, None)?];
     for (typ, path) in [
+        (LinuxNamespaceType::User, &record.userns),
         (LinuxNamespaceType::Network, &record.netns),
         (LinuxNamespaceType::Ipc, &record.ipcns),
         (LinuxNamespaceType::Uts, &record.utsns),
@@ -475,6 +499,35 @@ fn namespaces(
         namespaces.push(namespace(LinuxNamespaceType::Cgroup, None)?);
     }
     Ok(namespaces)
+}
+
+/// A container's `userns_options` must say what its pod's do (kubelet sends the same to both): absent means
+/// the pod's; mode NODE in a pod with its own user namespace, or other maps, is refused.
+fn check_user_namespace(
+    context: Option<&cri::LinuxContainerSecurityContext>,
+    record: &PodRecord,
+) -> Result<(), Problem> {
+    let Some(options) = context.and_then(|c| c.namespace_options.as_ref()).and_then(|n| n.userns_options.as_ref())
+    else {
+        return Ok(());
+    };
+    let asked = crate::pods::userns::mappings(Some(options)).map_err(|problem| match problem {
+        crate::pods::userns::UsernsProblem::Invalid(reason) => Problem::Invalid(reason),
+        crate::pods::userns::UsernsProblem::Unsupported(reason) => Problem::Unsupported(reason),
+    })?;
+    if asked != record.user_mappings {
+        let describe = |maps: &Option<berth_runtime::pin::UserMappings>| match maps {
+            None => "the host's user namespace".to_owned(),
+            Some(m) => format!("a user namespace with uid maps {:?} and gid maps {:?}", m.uids, m.gids),
+        };
+        return Err(Problem::Invalid(format!(
+            "userns_options ask for {}, but pod sandbox {} has {}",
+            describe(&asked),
+            record.id,
+            describe(&record.user_mappings)
+        )));
+    }
+    Ok(())
 }
 
 /// `linux.resources` from CRI, as containerd fills it: zero means "not set"; without an explicit swap limit

@@ -13,6 +13,9 @@ pub(crate) struct MountRequest<'a> {
     pub readonly_rootfs: bool,
     pub etc_dir: &'a Path,
     pub shm: Option<&'a Path>,
+    /// The pod's user namespace maps (`hostUsers: false`): CRI mounts are then idmapped through it
+    /// (`ridmap`), so the pod's root owns what the host's root owns in its volumes.
+    pub user_mappings: Option<&'a berth_runtime::pin::UserMappings>,
 }
 
 pub(crate) struct Mounts {
@@ -99,7 +102,10 @@ fn host_source(mount: &cri::Mount) -> Result<PathBuf, Problem> {
     path.canonicalize().map_err(Problem::io("resolve the mount source", path))
 }
 
-fn cri_mount(mount: &cri::Mount) -> Result<(Mount, &'static str), Problem> {
+fn cri_mount(
+    mount: &cri::Mount,
+    user_mappings: Option<&berth_runtime::pin::UserMappings>,
+) -> Result<(Mount, &'static str), Problem> {
     if !mount.container_path.starts_with('/') {
         return Err(Problem::Invalid(format!("mount destination {:?} is not absolute", mount.container_path)));
     }
@@ -110,7 +116,19 @@ fn cri_mount(mount: &cri::Mount) -> Result<(Mount, &'static str), Problem> {
         return Err(Problem::Unsupported(format!("image volume mount {}", mount.container_path)));
     }
     if !mount.uid_mappings.is_empty() || !mount.gid_mappings.is_empty() {
-        return Err(Problem::Unsupported(format!("idmapped mount {}", mount.container_path)));
+        // Maps of its own are honoured when they are the pod's (the only user namespace an idmapped mount
+        // can be made through here).
+        let own = crate::pods::userns::mappings(Some(&cri::UserNamespace {
+            mode: crate::pods::MODE_POD,
+            uids: mount.uid_mappings.clone(),
+            gids: mount.gid_mappings.clone(),
+        }));
+        if !matches!((own, user_mappings), (Ok(Some(own)), Some(pod)) if own == *pod) {
+            return Err(Problem::Unsupported(format!(
+                "idmapped mount {} with maps other than its pod's user namespace",
+                mount.container_path
+            )));
+        }
     }
     let propagation = propagation_option(mount)?;
     let mode = if mount.recursive_read_only {
@@ -138,7 +156,11 @@ fn cri_mount(mount: &cri::Mount) -> Result<(Mount, &'static str), Problem> {
         tracing::debug!(destination = %mount.container_path, "SELinux relabelling asked for; berth does not relabel");
     }
     let source = host_source(mount)?;
-    Ok((bind(&mount.container_path, source, &[propagation, mode])?, propagation))
+    let mut options = vec![propagation, mode];
+    if user_mappings.is_some() {
+        options.push("ridmap");
+    }
+    Ok((bind(&mount.container_path, source, &options)?, propagation))
 }
 
 fn bind(destination: &str, source: impl Into<PathBuf>, options: &[&str]) -> Result<Mount, Problem> {
@@ -175,7 +197,7 @@ pub(crate) fn mounts(request: &MountRequest) -> Result<Mounts, Problem> {
     }
     let mut rootfs_propagation: Option<String> = None;
     for requested_mount in &config.mounts {
-        let (mount, propagation) = cri_mount(requested_mount)?;
+        let (mount, propagation) = cri_mount(requested_mount, request.user_mappings)?;
         match propagation {
             "rshared" => rootfs_propagation = Some("rshared".into()),
             "rslave" if rootfs_propagation.is_none() => rootfs_propagation = Some("rslave".into()),

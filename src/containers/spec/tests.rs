@@ -984,3 +984,82 @@ fn apparmor_without_apparmor_on_the_host() {
     c.apparmor = Some(cri::SecurityProfile { profile_type: 1, localhost_ref: String::new() });
     assert_eq!(security::apparmor_profile(Some(&c), false, true).unwrap(), None);
 }
+
+fn userns_pod(fixture: &mut Fixture) -> berth_runtime::pin::UserMappings {
+    let map = |host_id| vec![berth_runtime::pin::IdMapping { container_id: 0, host_id, size: 65536 }];
+    let mappings = berth_runtime::pin::UserMappings { uids: map(3_000_000), gids: map(3_000_000) };
+    fixture.record.userns = Some(PathBuf::from("/run/berth/pods/f/ns/user"));
+    fixture.record.user_mappings = Some(mappings.clone());
+    mappings
+}
+
+fn userns_context(options: Option<cri::UserNamespace>) -> cri::LinuxContainerSecurityContext {
+    cri::LinuxContainerSecurityContext {
+        // PID mode CONTAINER (1): the proto default, POD, would need the shim's holder.
+        namespace_options: Some(cri::NamespaceOption { pid: 1, userns_options: options, ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn cri_userns(host_id: u32) -> cri::UserNamespace {
+    let map = vec![cri::IdMapping { container_id: 0, host_id, length: 65536 }];
+    cri::UserNamespace { mode: MODE_POD, uids: map.clone(), gids: map }
+}
+
+#[test]
+fn containers_of_a_userns_pod_join_its_user_namespace_first_with_its_maps() {
+    let mut fixture = Fixture::new();
+    userns_pod(&mut fixture);
+    let volume = fixture.path("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    let mut config = with_context(container(&["sh"], &[]), userns_context(Some(cri_userns(3_000_000))));
+    config.mounts = vec![cri_mount(&volume, "/data", false, cri::MountPropagation::PropagationPrivate)];
+    let built = build_ok(&fixture, &config);
+    let linux = linux(&built.spec);
+    let namespaces = linux.namespaces().as_ref().unwrap();
+    let user: Vec<_> = namespaces.iter().filter(|ns| ns.typ() == LinuxNamespaceType::User).collect();
+    assert_eq!(user.len(), 1, "{namespaces:?}");
+    assert_eq!(user[0].path().as_deref(), Some(Path::new("/run/berth/pods/f/ns/user")));
+    let uids = linux.uid_mappings().as_ref().unwrap();
+    assert_eq!((uids[0].container_id(), uids[0].host_id(), uids[0].size()), (0, 3_000_000, 65536));
+    assert_eq!(linux.gid_mappings().as_ref().unwrap().len(), 1);
+    // Volumes are idmapped through the pod's namespace; the pod's own /etc files are not (they are chowned).
+    assert!(options(mount_at(&built.spec, "/data")).contains(&"ridmap".to_owned()));
+    assert!(!options(mount_at(&built.spec, "/etc/hosts")).iter().any(|o| o.contains("idmap")));
+    // Absent options mean the pod's.
+    assert!(try_build(&fixture, &container(&["sh"], &[])).is_ok());
+}
+
+#[test]
+fn a_containers_user_namespace_must_be_its_pods() {
+    let mut fixture = Fixture::new();
+    let refused = |fixture: &Fixture, options: cri::UserNamespace| {
+        let config = with_context(container(&["sh"], &[]), userns_context(Some(options)));
+        try_build(fixture, &config).unwrap_err()
+    };
+    // A pod without one.
+    let err = refused(&fixture, cri_userns(3_000_000));
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("has the host's user namespace"), "{err}");
+    userns_pod(&mut fixture);
+    // Other maps, or the host's.
+    let err = refused(&fixture, cri_userns(4_000_000));
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    let err = refused(&fixture, cri::UserNamespace { mode: crate::pods::MODE_NODE, ..Default::default() });
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains(CONTAINER_ID) && err.to_string().contains(&"f".repeat(64)), "{err}");
+    let err = refused(&fixture, cri::UserNamespace { mode: MODE_TARGET, ..Default::default() });
+    assert_eq!(err.kind(), ErrorKind::Unimplemented, "{err}");
+    // A mount's own maps are accepted only when they are the pod's.
+    let volume = fixture.path("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    let mut mount = cri_mount(&volume, "/data", false, cri::MountPropagation::PropagationPrivate);
+    mount.uid_mappings = cri_userns(3_000_000).uids;
+    mount.gid_mappings = cri_userns(3_000_000).gids;
+    let mut config = container(&["sh"], &[]);
+    config.mounts = vec![mount.clone()];
+    assert!(try_build(&fixture, &config).is_ok());
+    mount.uid_mappings = cri_userns(4_000_000).uids;
+    config.mounts = vec![mount];
+    assert_eq!(try_build(&fixture, &config).unwrap_err().kind(), ErrorKind::Unimplemented);
+}

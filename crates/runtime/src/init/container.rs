@@ -69,10 +69,11 @@ fn setup(channel: &Channel, config: &InitConfig, fds: Vec<OwnedFd>) -> Result<Ne
         let prepared = process::prepare(spec)?;
         channel.send(&Message::Ready)?;
         if let Some(gate) = gate {
-            if namespaces::creates(spec, LinuxNamespaceType::User) {
-                // A non-dumpable process's /proc/self/fd belongs to the host's root, which a new user namespace
-                // cannot reach; the gate is reopened through it. Nothing else runs in a fresh user namespace
-                // yet, so no container process can use the window before execve.
+            if namespaces::has(spec, LinuxNamespaceType::User) {
+                // A non-dumpable process's /proc/self/fd belongs to the host's root, which a user namespace
+                // cannot reach; the gate is reopened through it. In a fresh user namespace nothing else runs
+                // yet; in a joined one (a pod's) the other containers run as ids of that namespace, which
+                // own nothing of the host's: the berth binary /proc/self/exe leads to stays out of reach.
                 nix::sys::prctl::set_dumpable(true).map_err(RuntimeError::sys("prctl(PR_SET_DUMPABLE, 1)"))?;
             }
             wait_for_start(&gate)?;

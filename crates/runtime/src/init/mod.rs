@@ -9,6 +9,7 @@
 
 mod console;
 mod container;
+mod idmap;
 mod process;
 mod rootfs;
 
@@ -79,9 +80,13 @@ fn helper(channel: &Channel) -> Result<()> {
     // Not dumpable: until it execs, no process in the container may open our /proc/<pid>/exe (the berth
     // binary) or our memory (the runc CVE-2019-5736 class). execve of the container's program resets it.
     nix::sys::prctl::set_dumpable(false).map_err(RuntimeError::sys("prctl(PR_SET_DUMPABLE, 0)"))?;
-    let Some((Message::Bootstrap(config), fds)) = channel.receive()? else {
+    let Some((Message::Bootstrap(mut config), fds)) = channel.receive()? else {
         return Err(RuntimeError::Setup("the runtime sent no bootstrap message".into()));
     };
+    if config.join_pid.is_none() {
+        // Before any namespace is joined: only the host's root may idmap the host's filesystems.
+        idmap::stage(&mut config)?;
+    }
     match config.join_pid {
         Some(pid) => join_namespaces_of(pid)?,
         None => enter_namespaces(channel, &config)?,
@@ -97,10 +102,21 @@ fn helper(channel: &Channel) -> Result<()> {
 fn enter_namespaces(channel: &Channel, config: &InitConfig) -> Result<()> {
     let spec = &config.spec;
     let listed = namespaces::of(spec);
+    // The user namespace first (namespaces::ALL's order): the others a pod pins are owned by it, and
+    // joining it gives the capabilities over them.
     for kind in namespaces::ALL {
         if let Some(path) = listed.iter().find(|ns| ns.typ() == kind).and_then(|ns| ns.path().clone()) {
             join(&path, kind)?;
         }
+    }
+    if listed.iter().any(|ns| ns.typ() == LinuxNamespaceType::User && ns.path().is_some()) {
+        // Its maps were written by whoever made it. Become its root (runc does the same): until the
+        // container's own user is set, files the setup creates (mount points) belong to the namespace's
+        // root, not to an unmapped id.
+        nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+            .map_err(RuntimeError::sys("setresgid(0) in the joined user namespace"))?;
+        nix::unistd::setresuid(0.into(), 0.into(), 0.into())
+            .map_err(RuntimeError::sys("setresuid(0) in the joined user namespace"))?;
     }
     if namespaces::creates(spec, LinuxNamespaceType::User) {
         unshare(CloneFlags::CLONE_NEWUSER).map_err(RuntimeError::sys("unshare(CLONE_NEWUSER)"))?;
