@@ -430,3 +430,62 @@ async fn a_shared_pid_namespace_is_made_inside_the_pods_user_namespace() {
     let left = leftovers(&dirs, &all);
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
+
+/// Runs `cmd` with a tty through the Exec RPC and the streaming server; returns what the terminal showed.
+async fn tty_exec(client: &mut Client, id: &str, cmd: &[&str]) -> (String, i32) {
+    use berth_streaming::client::{CommandIo, Transport, run_command};
+    let url = client
+        .runtime
+        .exec(ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Exec")
+        .into_inner()
+        .url;
+    let (sizes, resize) = tokio::sync::mpsc::channel(1);
+    sizes.send(berth_streaming::TerminalSize { width: 77, height: 22 }).await.unwrap();
+    let (output, mut reader) = tokio::io::duplex(64 * 1024);
+    let io = CommandIo { stdin: None, stdout: Some(Box::new(output)), stderr: None, tty: true, resize: Some(resize) };
+    let code = tokio::time::timeout(std::time::Duration::from_secs(20), run_command(&url, Transport::Spdy, io))
+        .await
+        .expect("the exec ends")
+        .expect("the exec runs");
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut reader, &mut text).await.unwrap();
+    (text, code)
+}
+
+#[tokio::test]
+async fn terminals_work_in_a_pod_with_its_own_user_namespace() {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let (dirs, daemon) = start_daemon(&registry);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+    let pod_config = pod_config("userns-tty", &dirs.path().join("logs"), userns_options());
+    let pod = run_pod(&mut client, &pod_config).await;
+    // A tty container: its init, already root of the pod's user namespace (nobody to the host), hands the
+    // pty to the shim through the console socket; and a tty exec beside it.
+    let mut config =
+        with_namespaces(container_config("tty", busybox, &["sh", "-c", "tty; sleep 1000"]), userns_options());
+    config.tty = true;
+    let id = create(&mut client, &pod, &pod_config, config).await;
+    start(&mut client, &id).await;
+    let log = dirs.path().join("logs/tty/0.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("/dev/pts/") {
+        assert!(std::time::Instant::now() < deadline, "{:?}", std::fs::read_to_string(&log));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (shown, code) = tty_exec(&mut client, &id, &["sh", "-c", "tty; stty size; id -u"]).await;
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("/dev/pts/") && shown.contains("22 77") && shown.contains("0\r\n"), "{shown:?}");
+    stop_and_remove_pod(&mut client, &pod).await;
+    let left = leftovers(&dirs, &[id, pod]);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
