@@ -197,6 +197,11 @@ impl Runtime {
             ours.send_with_fds(&Message::Bootstrap(Box::new(config)), &fds)?;
             drop(console_stream);
             let mut pid = None;
+            // The helper reports the pid after its fork returns, while the container process (its child,
+            // on the same channel) reports Ready when its setup is done: on a busy machine Ready can come
+            // first, so creation is done when both have arrived, in either order.
+            let mut ready = false;
+            let mut hooks_waiting = false;
             loop {
                 match ours.receive()? {
                     Some((Message::MapIds, _)) => {
@@ -206,20 +211,24 @@ impl Runtime {
                     Some((Message::Pid { pid: child }, _)) => {
                         pid = Some(child);
                         cleanup.pid = Some(child);
+                        if std::mem::take(&mut hooks_waiting) {
+                            run_create_hooks(spec, state, child, &ours)?;
+                        }
+                        if ready {
+                            break;
+                        }
                     }
-                    Some((Message::RunHooks, _)) => {
-                        state.pid = pid.unwrap_or(0);
-                        let hooks_spec = spec.hooks().clone().unwrap_or_default();
-                        let document = state.oci_state(Status::Creating);
-                        hooks::run(
-                            "createRuntime",
-                            hooks_spec.create_runtime().as_deref().unwrap_or_default(),
-                            &document,
-                        )?;
-                        hooks::run("prestart", hooks_spec.prestart().as_deref().unwrap_or_default(), &document)?;
-                        ours.send(&Message::HooksDone)?;
+                    Some((Message::RunHooks, _)) => match pid {
+                        Some(pid) => run_create_hooks(spec, state, pid, &ours)?,
+                        // The hooks are given the container's pid: they run when it arrives.
+                        None => hooks_waiting = true,
+                    },
+                    Some((Message::Ready, _)) if !joining => {
+                        ready = true;
+                        if pid.is_some() {
+                            break;
+                        }
                     }
-                    Some((Message::Ready, _)) if !joining => break,
                     Some((Message::Error { message }, _)) => {
                         return Err(RuntimeError::Init { id: id.clone(), message });
                     }
@@ -479,6 +488,16 @@ fn wait_gone(pid: i32, start_time: u64) {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// The createRuntime and prestart hooks, run while the container waits at their point of its setup.
+fn run_create_hooks(spec: &Spec, state: &mut ContainerState, pid: i32, channel: &Channel) -> Result<()> {
+    state.pid = pid;
+    let hooks_spec = spec.hooks().clone().unwrap_or_default();
+    let document = state.oci_state(Status::Creating);
+    hooks::run("createRuntime", hooks_spec.create_runtime().as_deref().unwrap_or_default(), &document)?;
+    hooks::run("prestart", hooks_spec.prestart().as_deref().unwrap_or_default(), &document)?;
+    channel.send(&Message::HooksDone)
 }
 
 fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
