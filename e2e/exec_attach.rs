@@ -351,6 +351,17 @@ async fn attach_sees_output_from_now_on_writes_stdin_and_detaching_leaves_the_co
         assert_eq!(state, ContainerState::ContainerRunning as i32, "detaching stopped the container");
     }
 
+    // Two clients attached at once both see what either one's input caused.
+    let (first_url, second_url) = (rig.attach_url(&id, false, true).await, rig.attach_url(&id, false, false).await);
+    let (mut writer, mut listener) = (Session::open(&first_url).await, Session::open(&second_url).await);
+    writer.stdin(b"both\n").await;
+    for session in [&mut writer, &mut listener] {
+        let mut transcript = Transcript::default();
+        session.read_stdout_until("got:both", &mut transcript).await;
+        assert!(transcript.stdout.contains("got:both"), "{transcript:?}");
+    }
+    drop((writer, listener));
+
     // The log has what every attach wrote to stdin, in order.
     let log = std::fs::read_to_string(rig._dirs.path().join("logs/echoer/0.log")).unwrap();
     let first = log.find("got:first").expect("first line in the log");

@@ -32,6 +32,8 @@ cleanup() {
   stop_containerd
   remove_bench_cgroups
   [[ -d $work/registry ]] && { hack/registry.sh stop "$work/registry" >/dev/null 2>&1 || true; }
+  # BERTH_BENCH_KEEP_LOG=FILE keeps the daemon's log (with BERTH_BENCH_BREAKDOWN=1, every step's timing).
+  [[ -n ${BERTH_BENCH_KEEP_LOG:-} && -f $work/daemon.log ]] && cp "$work/daemon.log" "$BERTH_BENCH_KEEP_LOG"
   rm -rf "$work" /tmp/berth-bench-runp-logs
 }
 trap cleanup EXIT
