@@ -26,24 +26,7 @@ fn start_daemon(registry: &TestRegistry) -> (DaemonDirs, Daemon) {
 }
 
 fn pod_config(name: &str, logs: &std::path::Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        hostname: format!("{name}-host"),
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    crate::support::cri::pod_config(name, logs, crate::support::cri::node_network())
 }
 
 async fn exec(client: &mut Client, id: &str, cmd: &[&str], timeout: i64) -> Result<ExecSyncResponse, tonic::Status> {

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tonic::Code;
 
-use crate::support::cri::{container_config, pull, run_container, run_pod, status, stop_and_remove_pod};
+use crate::support::cri::{container_config, node_network, pull, run_container, run_pod, status, stop_and_remove_pod};
 use crate::support::registry::TestRegistry;
 use crate::support::{Daemon, DaemonDirs};
 
@@ -175,24 +175,7 @@ async fn rig_with(name: &str, extra: &str) -> Rig {
     let daemon = Daemon::start_in(&dirs);
     let mut client = daemon.client().await;
     pull(&mut client, busybox).await;
-    let pod_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: dirs.path().join("logs").display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let pod_config = crate::support::cri::pod_config(name, &dirs.path().join("logs"), node_network());
     let pod = run_pod(&mut client, &pod_config).await;
     Rig { _dirs: dirs, _daemon: daemon, client, pod, pod_config }
 }

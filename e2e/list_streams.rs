@@ -12,24 +12,9 @@ use crate::support::registry::TestRegistry;
 use crate::support::{Daemon, DaemonDirs};
 
 fn pod_config(name: &str, logs: &std::path::Path, group: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        log_directory: logs.display().to_string(),
-        labels: [("group".to_owned(), group.to_owned())].into(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let mut config = crate::support::cri::pod_config(name, logs, crate::support::cri::node_network());
+    config.labels = [("group".to_owned(), group.to_owned())].into();
+    config
 }
 
 /// Every item of a stream, checking the contract on the way: no empty message, no item twice, EOF.

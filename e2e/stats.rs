@@ -34,25 +34,10 @@ fn start_daemon(registry: &TestRegistry, extra: &str, loopback_cni: bool) -> (Da
 }
 
 fn pod_config(name: &str, logs: &std::path::Path, network: NamespaceMode) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        hostname: format!("{name}-host"),
-        log_directory: logs.display().to_string(),
-        labels: [("suite".to_owned(), "stats".to_owned())].into(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption { network: network as i32, ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let namespaces = NamespaceOption { network: network as i32, ..Default::default() };
+    let mut config = crate::support::cri::pod_config(name, logs, namespaces);
+    config.labels = [("suite".to_owned(), "stats".to_owned())].into();
+    config
 }
 
 fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {

@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use tonic::Code;
 
 use crate::containers::leftovers;
-use crate::support::cri::{container_config, create, pull, run_pod, start, status, stop_and_remove_pod};
+use crate::support::cri::{container_config, create, pod_config, pull, run_pod, start, status, stop_and_remove_pod};
 use crate::support::registry::TestRegistry;
 use crate::support::{Daemon, DaemonDirs};
 
@@ -50,27 +50,6 @@ fn start_daemon(registry: &TestRegistry) -> (DaemonDirs, Daemon) {
     .unwrap();
     let daemon = Daemon::start_in(&dirs);
     (dirs, daemon)
-}
-
-fn pod_config(name: &str, logs: &std::path::Path, options: NamespaceOption) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        hostname: format!("{name}-host"),
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(options),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 /// What kubelet sends for a `hostUsers: false` pod: own network and IPC, a PID namespace per container.

@@ -6,6 +6,35 @@ use std::time::{Duration, Instant};
 use berth::cli::client::Client;
 use berth::cri::v1::*;
 
+/// A pod named `name` (uid `uid-<name>`, namespace `e2e`, hostname `<name>-host`) logging under `logs`, with
+/// `namespaces` as its NamespaceOption (see [`node_network`] for the common case).
+pub fn pod_config(name: &str, logs: &std::path::Path, namespaces: NamespaceOption) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: format!("{name}-host"),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(namespaces),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The node's network (and its own IPC and PID namespaces): pods that need no CNI and leave the host as
+/// it is.
+pub fn node_network() -> NamespaceOption {
+    NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }
+}
+
 /// A container of `image` running `command`, logging to `<name>/0.log` under the pod's log directory.
 pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
     ContainerConfig {
