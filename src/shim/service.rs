@@ -287,6 +287,34 @@ pub(super) fn receive_console(listener: &std::os::unix::net::UnixListener) -> Re
     Err(Status::internal("the container sent no terminal"))
 }
 
+/// Starts a process whose terminal comes back over a console socket named `name`, relative to the shim's
+/// working directory (the pod directory: short enough for a socket path). Returns what `start` made and the
+/// pty master it sent; the master's failure is handed back separately so the caller can undo the start.
+pub(super) fn with_console<T>(
+    name: &str,
+    start: impl FnOnce(ConsoleSocket) -> Result<T, berth_runtime::RuntimeError>,
+) -> Result<(T, Result<OwnedFd, Status>), Status> {
+    let socket_path = PathBuf::from(name);
+    let _ = std::fs::remove_file(&socket_path);
+    let listener = std::os::unix::net::UnixListener::bind(&socket_path)
+        .map_err(|e| Status::internal(format!("bind {}: {e}", socket_path.display())))?;
+    let started = start(ConsoleSocket(socket_path.clone()));
+    let master = started.as_ref().ok().map(|_| receive_console(&listener));
+    let _ = std::fs::remove_file(&socket_path);
+    let started = started.map_err(runtime_status)?;
+    Ok((started, master.expect("a started process has a console result")))
+}
+
+impl ShimState {
+    /// The exit code of exec'd process `pid`, once the reaper collects it. Called right after the process
+    /// starts, on the reaper's own thread, so the reaper cannot run before the pid is registered.
+    pub(super) fn exec_exit(&self, pid: i32) -> oneshot::Receiver<i32> {
+        let (sender, exited) = oneshot::channel();
+        self.waiters.lock().expect("waiters lock").insert(pid, Waiter::Exec(sender));
+        exited
+    }
+}
+
 impl Service {
     fn snapshot(&self, id: &str) -> Result<pb::ContainerState, Status> {
         self.0.containers.lock().expect("containers lock").get(id).map(|c| c.state.clone()).ok_or_else(|| not_found(id))
@@ -323,27 +351,14 @@ impl Service {
             (dev_null()?, None)
         };
         let mut outputs = Vec::new();
-        let mut master_fd = None;
         let created = if request.tty {
-            // Relative to the shim's working directory (the pod directory): short enough for a socket path.
-            let socket_path = PathBuf::from(format!("console-{id}.sock"));
-            let _ = std::fs::remove_file(&socket_path);
-            let listener = std::os::unix::net::UnixListener::bind(&socket_path)
-                .map_err(|e| Status::internal(format!("bind {}: {e}", socket_path.display())))?;
-            let options = CreateOptions {
-                stdio: Stdio::Fds([stdin_read, dev_null()?, dev_null()?]),
-                console_socket: Some(ConsoleSocket(socket_path.clone())),
-                pid_file: None,
-            };
-            let created = self.0.runtime.create(id, std::path::Path::new(&request.bundle), options);
-            let master = created.as_ref().ok().map(|_| receive_console(&listener));
-            let _ = std::fs::remove_file(&socket_path);
-            if let Some(master) = master {
-                let master = master?;
-                master_fd = Some(master.try_clone().map_err(|e| Status::internal(format!("dup the terminal: {e}")))?);
-                outputs.push((master, LogStream::Stdout));
-            }
-            created
+            let stdio = Stdio::Fds([stdin_read, dev_null()?, dev_null()?]);
+            let (created, master) = with_console(&format!("console-{id}.sock"), |console_socket| {
+                let options = CreateOptions { stdio, console_socket: Some(console_socket), pid_file: None };
+                self.0.runtime.create(id, std::path::Path::new(&request.bundle), options)
+            })?;
+            outputs.push((master?, LogStream::Stdout));
+            Ok(created)
         } else {
             let (out_read, out_write) = pipe()?;
             let (err_read, err_write) = pipe()?;
@@ -359,8 +374,9 @@ impl Service {
         let created = created.map_err(runtime_status)?;
         // Registered before the reaper can run again (this thread is the reaper's).
         self.0.waiters.lock().expect("waiters lock").insert(created.pid, Waiter::Container(id.to_owned()));
-        let input = session::container_input(stdin_write, master_fd.as_ref(), request.stdin)?;
-        drop(master_fd);
+        // A tty container's only output is its pty master, which attach also writes and resizes.
+        let master = if request.tty { outputs.first().map(|(fd, _)| fd) } else { None };
+        let input = session::container_input(stdin_write, master, request.stdin)?;
         let attachers = Arc::new(Attachers::default());
         let copiers = outputs
             .into_iter()
@@ -484,8 +500,7 @@ impl Shim for Service {
             pid_file: None,
         };
         let pid = self.0.runtime.exec(&request.id, process, options).map_err(runtime_status)?;
-        let (sender, exited) = oneshot::channel();
-        self.0.waiters.lock().expect("waiters lock").insert(pid, Waiter::Exec(sender));
+        let exited = self.0.exec_exit(pid);
         let collect = |fd: OwnedFd| {
             let buffer = Arc::new(Mutex::new(Vec::new()));
             let sink = Arc::clone(&buffer);

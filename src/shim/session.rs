@@ -11,15 +11,15 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use berth_runtime::{ConsoleSocket, ExecOptions, Stdio};
+use berth_runtime::{ExecOptions, Stdio};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::fdio::{self, CHUNK, FdReader, FdWriter};
 use super::logs::Stream as LogStream;
-use super::service::{DRAIN_GRACE, ShimState, Waiter, dev_null, not_found, pipe, receive_console, runtime_status};
+use super::service::{DRAIN_GRACE, ShimState, dev_null, not_found, pipe, runtime_status, with_console};
 use crate::cri::shim as pb;
 use pb::stream_input::Kind as Input;
 use pb::stream_output::Kind as Output;
@@ -197,25 +197,16 @@ pub async fn exec(state: &Arc<ShimState>, mut input: Streaming<pb::StreamInput>)
     let tty = process.terminal() == Some(true);
     let mut target = InputTarget::default();
     let mut outputs = Vec::new();
-    let pid = if tty {
-        // Relative to the shim's working directory (the pod directory): short enough for a socket path.
-        let socket = std::path::PathBuf::from(format!("exec-{}.sock", CONSOLE_SOCKETS.fetch_add(1, Ordering::Relaxed)));
-        let _ = std::fs::remove_file(&socket);
-        let listener = std::os::unix::net::UnixListener::bind(&socket)
-            .map_err(|e| Status::internal(format!("bind {}: {e}", socket.display())))?;
-        let options = ExecOptions {
-            stdio: Stdio::Fds([dev_null()?, dev_null()?, dev_null()?]),
-            console_socket: Some(ConsoleSocket(socket.clone())),
-            pid_file: None,
-        };
-        let started = state.runtime.exec(id, process, options);
-        let master = started.as_ref().ok().map(|_| receive_console(&listener));
-        let _ = std::fs::remove_file(&socket);
-        let pid = started.map_err(runtime_status)?;
-        // Registered before the reaper can run again (this thread is the reaper's).
-        let (sender, exited) = oneshot::channel();
-        state.waiters.lock().expect("waiters lock").insert(pid, Waiter::Exec(sender));
-        let master = match master.expect("a started exec has a console result") {
+    let (pid, exited) = if tty {
+        let name = format!("exec-{}.sock", CONSOLE_SOCKETS.fetch_add(1, Ordering::Relaxed));
+        // The pty replaces all three.
+        let stdio = Stdio::Fds([dev_null()?, dev_null()?, dev_null()?]);
+        let (pid, master) = with_console(&name, |console_socket| {
+            let options = ExecOptions { stdio, console_socket: Some(console_socket), pid_file: None };
+            state.runtime.exec(id, process, options)
+        })?;
+        let exited = state.exec_exit(pid);
+        let master = match master {
             Ok(master) => master,
             Err(status) => {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -241,8 +232,7 @@ pub async fn exec(state: &Arc<ShimState>, mut input: Streaming<pb::StreamInput>)
         let options =
             ExecOptions { stdio: Stdio::Fds([stdin_read, out_write, err_write]), console_socket: None, pid_file: None };
         let pid = state.runtime.exec(id, process, options).map_err(runtime_status)?;
-        let (sender, exited) = oneshot::channel();
-        state.waiters.lock().expect("waiters lock").insert(pid, Waiter::Exec(sender));
+        let exited = state.exec_exit(pid);
         if let Some(write) = stdin_write {
             target.stdin = Some(writer(write)?);
         }
@@ -250,7 +240,6 @@ pub async fn exec(state: &Arc<ShimState>, mut input: Streaming<pb::StreamInput>)
         outputs.push((err_read, LogStream::Stderr, start.stderr));
         (pid, exited)
     };
-    let (pid, exited) = pid;
     tracing::info!(container_id = %id, pid, tty, "exec started");
 
     let (sender, receiver) = mpsc::channel(EXEC_QUEUE);
