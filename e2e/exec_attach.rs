@@ -362,12 +362,12 @@ async fn attach_sees_output_from_now_on_writes_stdin_and_detaching_leaves_the_co
     rig.end().await;
 }
 
-#[tokio::test]
-async fn stdin_once_closes_the_containers_stdin_when_the_first_attachs_stdin_or_session_ends() {
-    let mut rig = rig("attach-once").await;
+/// A `stdin_once` container echoing its stdin until EOF, then saying so; and an attach to it that has
+/// written `line` and seen the echo.
+async fn stdin_once_reader(rig: &mut Rig, name: &str, line: &str) -> (String, Session, Transcript) {
     let id = rig
         .container(
-            "reader",
+            name,
             &["sh", "-c", "while read line; do echo got:$line; done; echo stdin-closed; sleep 3600"],
             |c| {
                 c.stdin = true;
@@ -377,10 +377,17 @@ async fn stdin_once_closes_the_containers_stdin_when_the_first_attachs_stdin_or_
         .await;
     let url = rig.attach_url(&id, false, true).await;
     let mut session = Session::open(&url).await;
-    session.stdin(b"only\n").await;
+    session.stdin(format!("{line}\n").as_bytes()).await;
     let mut transcript = Transcript::default();
-    session.read_stdout_until("got:only", &mut transcript).await;
-    assert!(transcript.stdout.contains("got:only"), "{transcript:?}");
+    session.read_stdout_until(&format!("got:{line}"), &mut transcript).await;
+    assert!(transcript.stdout.contains(&format!("got:{line}")), "{transcript:?}");
+    (id, session, transcript)
+}
+
+#[tokio::test]
+async fn stdin_once_closes_the_containers_stdin_when_the_first_attachs_stdin_or_session_ends() {
+    let mut rig = rig("attach-once").await;
+    let (id, mut session, mut transcript) = stdin_once_reader(&mut rig, "reader", "only").await;
     // The client's stdin ends (`kubectl attach -i` with its input done): the container's stdin ends too.
     session.close_stdin().await;
     session.read_stdout_until("stdin-closed", &mut transcript).await;
@@ -389,21 +396,7 @@ async fn stdin_once_closes_the_containers_stdin_when_the_first_attachs_stdin_or_
     assert_eq!(status(&mut rig.client, &id).await.state, ContainerState::ContainerRunning as i32);
 
     // An attach that ends without closing its stdin closes the container's too.
-    let id = rig
-        .container(
-            "dropper",
-            &["sh", "-c", "while read line; do echo got:$line; done; echo stdin-closed; sleep 3600"],
-            |c| {
-                c.stdin = true;
-                c.stdin_once = true;
-            },
-        )
-        .await;
-    let url = rig.attach_url(&id, false, true).await;
-    let mut session = Session::open(&url).await;
-    session.stdin(b"once\n").await;
-    let mut transcript = Transcript::default();
-    session.read_stdout_until("got:once", &mut transcript).await;
+    let (_, session, _) = stdin_once_reader(&mut rig, "dropper", "once").await;
     drop(session);
     let log_path = rig._dirs.path().join("logs/dropper/0.log");
     eventually("the container sees EOF on stdin", Duration::from_secs(10), || {
