@@ -123,4 +123,18 @@ async fn main() {
         );
     }
     println!("stop+remove              {:6.1} ms per pod", removal.as_secs_f64() * 1e3 / pods as f64);
+
+    // The transport's share of the overhead: a Version call does no work, so its latency is the round trip
+    // through the client, the socket, tonic and the daemon's request task.
+    let mut round_trips = Vec::new();
+    for _ in 0..pods {
+        let began = Instant::now();
+        client.runtime.version(VersionRequest::default()).await.expect("Version");
+        round_trips.push(began.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "gRPC round trip (Version) p50 {:6.2} ms  p90 {:6.2} ms",
+        percentile(&round_trips, 0.5),
+        percentile(&round_trips, 0.9)
+    );
 }

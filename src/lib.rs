@@ -21,5 +21,6 @@ pub mod records;
 pub mod server;
 pub mod shim;
 pub mod stats;
+pub mod step_clock;
 pub mod streaming;
 pub mod version;

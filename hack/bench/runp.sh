@@ -61,23 +61,27 @@ printf 'berth %s, plugins from /usr/lib/cni (containernetworking-plugins %s)\n' 
   "$(dpkg-query -W -f '${Version}' containernetworking-plugins 2>/dev/null || echo '?')"
 "$target/release/examples/runp-bench" "unix://$work/state/berth.sock" "$pods" "$work/daemon.log"
 if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then
+  # `pod sandbox steps`: each step's wall-clock time in ms (src/step_clock.rs); `cni` includes the plugins.
   python3 - "$work/daemon.log" <<'PY'
 import json, statistics, sys
-steps = {"namespaces pinned": [], "pod sandbox made": [], "shim": []}
+steps = {}
 for line in open(sys.argv[1]):
     try:
         event = json.loads(line)
     except ValueError:
         continue
-    message = event.get("message")
-    if message == "namespaces pinned":
-        steps["namespaces pinned"].append(event["elapsed_ms"])
-    elif message == "pod sandbox made":
-        steps["pod sandbox made"].append(event["namespaces_and_network_ms"])
-        steps["shim"].append(event["shim_ready_ms"])
-for name, label in [("namespaces pinned", "pin helper"), ("pod sandbox made", "directory + pin + CNI + files"), ("shim", "... until the shim is ready")]:
-    if steps[name]:
-        print(f"  {label:<32} p50 {statistics.median(steps[name]):6.1f} ms")
+    if event.get("message") != "pod sandbox steps":
+        continue
+    laps = dict(pair.split("=") for pair in event["steps"].split())
+    for name, ms in laps.items():
+        steps.setdefault(name, []).append(float(ms))
+    if "cni" in laps:
+        steps.setdefault("cni outside the plugins", []).append(float(laps["cni"]) - event["plugins_ms"])
+def p90(values):
+    return sorted(values)[int(0.9 * (len(values) - 1))]
+print("  berth's steps, p50 / p90 ms:")
+for name, values in steps.items():
+    print(f"    {name:<26} {statistics.median(values):6.2f} / {p90(values):6.2f}")
 PY
 fi
 

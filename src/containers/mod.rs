@@ -26,6 +26,7 @@ use crate::layout::Layout;
 use crate::records::{ContainerRecord, ContainerRecordState, PodRecord, PodState, new_id, now_nanos};
 use crate::shim::ExitRecord;
 use crate::shim::client::{Shim, ShimError, Shims};
+use crate::step_clock::StepClock;
 
 /// How long StopPodSandbox and RemoveContainer wait for a SIGKILLed container to be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -401,7 +402,7 @@ impl ContainerManager {
         record: &mut ContainerRecord,
     ) -> Result<(), ContainerError> {
         let id = record.id.clone();
-        let began = std::time::Instant::now();
+        let mut clock = StepClock::start();
         let bundle = self.bundle(record);
         let rootfs = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(step(&id, "create the bundle directory"))?;
@@ -416,7 +417,7 @@ impl ContainerManager {
             .mount_rootfs_idmapped(&id, &image.id.to_string(), &rootfs, false, idmap)
             .await
             .map_err(step(&id, "mount the container's root filesystem"))?;
-        let rootfs_done = began.elapsed();
+        clock.lap("rootfs");
         let image_config = self.images.config(image).await.map_err(step(&id, "read the image config"))?;
         let shim = self.shim_or_restart(pod).await?;
         let pod_dir = self.layout.pod_dir(&pod.id);
@@ -445,7 +446,7 @@ impl ContainerManager {
         let config_path = bundle.join("config.json");
         let bytes = serde_json::to_vec(&built.spec).expect("specs serialize");
         std::fs::write(&config_path, bytes).map_err(step(&id, "write the bundle's config.json"))?;
-        let spec_done = began.elapsed();
+        clock.lap("spec");
         let created = shim
             .api
             .clone()
@@ -461,14 +462,8 @@ impl ContainerManager {
             .map_err(shim.failed("Create"))?
             .into_inner();
         record.pid = created.pid;
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-        tracing::debug!(
-            container_id = %id,
-            rootfs_ms = ms(rootfs_done),
-            spec_ms = ms(spec_done - rootfs_done),
-            shim_create_ms = ms(began.elapsed() - spec_done),
-            "container made"
-        );
+        clock.lap("shim_create");
+        tracing::debug!(container_id = %id, steps = %clock, "container made");
         Ok(())
     }
 

@@ -33,6 +33,7 @@ use berth_store::Store;
 use crate::config::Config;
 use crate::layout::Layout;
 use crate::records::{NodeSettings, PodRecord, PodState, new_id, now_nanos};
+use crate::step_clock::StepClock;
 
 /// CRI NamespaceMode numbers (api.proto `NamespaceMode`).
 pub const MODE_POD: i32 = 0;
@@ -218,7 +219,13 @@ impl PodManager {
         }
         bandwidth::from_annotations(&spec.annotations).map_err(PodError::Invalid)?;
         let key = format!("run:{}/{}/{}/{}", spec.namespace, spec.name, spec.uid, spec.attempt);
-        let result = self.exclusive(key.clone(), move |manager| manager.run_blocking(spec)).await;
+        let mut clock = StepClock::start();
+        let result = self
+            .exclusive(key.clone(), move |manager| {
+                clock.lap("queue");
+                manager.run_blocking(spec, clock)
+            })
+            .await;
         self.forget_lock(&key);
         result
     }
@@ -267,7 +274,7 @@ impl PodManager {
         })?
     }
 
-    fn run_blocking(&self, spec: PodSpec) -> Result<String, PodError> {
+    fn run_blocking(&self, spec: PodSpec, mut clock: StepClock) -> Result<String, PodError> {
         let existing = self.store.list::<PodRecord>()?;
         let wanted = (spec.name.clone(), spec.namespace.clone(), spec.uid.clone(), spec.attempt);
         if let Some(pod) = existing.iter().find(|p| p.reservation() == wanted && p.state == PodState::Ready) {
@@ -310,12 +317,17 @@ impl PodManager {
             userns: spec.user_mappings.is_some().then(|| ns_dir.join(berth_runtime::pin::USER_NAMESPACE_FILE)),
             user_mappings: spec.user_mappings.clone(),
         };
+        clock.lap("lookup");
         // Intent first: a crash from here on leaves a record that Remove (or start-up) can finish.
         self.store.put(&record)?;
-        match self.make(&spec, &mut record, &dir) {
-            Ok(()) => {
+        clock.lap("intent");
+        match self.make(&spec, &mut record, &dir, &mut clock) {
+            Ok(plugins) => {
                 record.state = PodState::Ready;
                 self.store.put(&record)?;
+                clock.lap("ready");
+                let plugins_ms = plugins.as_secs_f64() * 1000.0;
+                tracing::debug!(pod_sandbox_id = %id, steps = %clock, plugins_ms, "pod sandbox steps");
                 tracing::info!(pod_sandbox_id = %id, pod = %spec.name, namespace = %spec.namespace, ips = ?record.ips, "pod sandbox ready");
                 Ok(id)
             }
@@ -332,46 +344,84 @@ impl PodManager {
         }
     }
 
-    /// Every side effect of RunPodSandbox. The shim starts first and comes up while the namespaces are
-    /// pinned and CNI runs (it needs neither); it is waited for last.
-    fn make(&self, spec: &PodSpec, record: &mut PodRecord, dir: &Path) -> Result<(), PodError> {
+    /// Every side effect of RunPodSandbox. The shim is started while a thread pins the namespaces (neither
+    /// needs the other) and comes up while CNI runs; it is waited for last. Returns the time spent inside
+    /// the CNI plugins.
+    fn make(
+        &self,
+        spec: &PodSpec,
+        record: &mut PodRecord,
+        dir: &Path,
+        clock: &mut StepClock,
+    ) -> Result<Duration, PodError> {
         let id = record.id.clone();
-        let began = std::time::Instant::now();
         std::fs::create_dir_all(dir).map_err(step(&id, "create the pod directory"))?;
-        if record.user_mappings.is_some() {
+        let shim = if record.user_mappings.is_some() {
             // The shim's PID-namespace holder joins the pod's user namespace, so it must exist first.
             self.pin_namespaces(spec, record, dir)?;
-        }
-        let shim = crate::shim::launch::start(
-            &self.init_binary,
-            &id,
-            dir,
-            &self.layout.runtime_state(),
-            spec.pid_mode == MODE_POD,
-        )
-        .map_err(step(&id, "start the pod's shim"))?;
-        let result = self.make_namespaces_and_network(spec, record, dir);
-        let network_done = began.elapsed();
+            clock.lap("pin");
+            let shim = self.start_shim(spec, &id, dir)?;
+            clock.lap("shim_spawn");
+            shim
+        } else {
+            let pod: &PodRecord = record;
+            let (pinned, shim) = std::thread::scope(|scope| {
+                let pinning = scope.spawn(|| self.pin_namespaces(spec, pod, dir));
+                let shim = self.start_shim(spec, &id, dir);
+                let pinned = pinning.join().unwrap_or_else(|_| {
+                    Err(step(&id, "pin the pod's namespaces")(std::io::Error::other("the pinning thread panicked")))
+                });
+                (pinned, shim)
+            });
+            clock.lap("pin_and_shim_spawn");
+            match (pinned, shim) {
+                (Ok(()), Ok(shim)) => shim,
+                (Err(pin), shim) => {
+                    // Waited for, so teardown finds it in its cgroup (and kills it).
+                    if let Ok(shim) = shim {
+                        let _ = shim.wait_ready();
+                    }
+                    return Err(pin);
+                }
+                (Ok(()), Err(shim)) => return Err(shim),
+            }
+        };
+        let result = self.make_files_and_network(spec, record, dir, clock);
         // Waited for even after a failure, so teardown finds it in its cgroup (and kills it).
         let ready = shim.wait_ready().map_err(step(&id, "start the pod's shim"));
-        result?;
+        clock.lap("shim_wait");
+        let plugins = result?;
         ready?;
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-        tracing::debug!(
-            pod_sandbox_id = %id,
-            namespaces_and_network_ms = ms(network_done),
-            shim_ready_ms = ms(began.elapsed()),
-            "pod sandbox made"
-        );
-        Ok(())
+        Ok(plugins)
     }
 
-    fn make_namespaces_and_network(&self, spec: &PodSpec, record: &mut PodRecord, dir: &Path) -> Result<(), PodError> {
+    fn start_shim(&self, spec: &PodSpec, id: &str, dir: &Path) -> Result<crate::shim::launch::Launching, PodError> {
+        crate::shim::launch::start(&self.init_binary, id, dir, &self.layout.runtime_state(), spec.pid_mode == MODE_POD)
+            .map_err(step(id, "start the pod's shim"))
+    }
+
+    /// The pod's `/etc/hostname`, `/etc/resolv.conf` and `/dev/shm`, then the network (CNI ADD), then
+    /// `/etc/hosts`, which lists the pod's IPs. Returns the time spent inside the CNI plugins.
+    fn make_files_and_network(
+        &self,
+        spec: &PodSpec,
+        record: &mut PodRecord,
+        dir: &Path,
+        clock: &mut StepClock,
+    ) -> Result<Duration, PodError> {
         let id = record.id.clone();
-        if record.user_mappings.is_none() {
-            self.pin_namespaces(spec, record, dir)?;
+        // The pod's root may edit its files, as it could without a user namespace.
+        let owner = record.user_mappings.as_ref().and_then(UserMappings::root);
+        let hostname = etc_hostname(spec, &record.hostname);
+        let resolv = resolv_conf(spec.dns.as_ref());
+        for (name, content) in [("hostname", format!("{hostname}\n")), ("resolv.conf", resolv)] {
+            write_pod_file(&dir.join(name), &content, owner).map_err(step(&id, "write the pod's /etc files"))?;
         }
-        let hostname = record.hostname.clone();
+        if record.ipcns.is_some() {
+            mount_shm(&dir.join("shm"), owner).map_err(step(&id, "mount the pod's /dev/shm"))?;
+        }
+        clock.lap("files_and_shm");
+        let mut plugins = Duration::ZERO;
         if let Some(netns) = &record.netns {
             let network = self.network().map_err(PodError::NetworkNotReady)?;
             let pod_cidr = self.store.get::<NodeSettings>("settings")?.map(|s| s.pod_cidr).filter(|c| !c.is_empty());
@@ -395,21 +445,17 @@ impl PodManager {
             let attached = self.cni.add(&network, &request);
             crate::metrics::global().cni_operation(berth_cni::Command::Add, attached.is_ok(), started.elapsed());
             let attached = attached.map_err(step(&id, "attach the pod network (CNI ADD)"))?;
+            plugins = attached.timings.in_plugins;
             record.ips = attached.result.pod_ips("eth0").iter().map(|ip| ip.to_string()).collect();
+            clock.lap("cni");
         }
-        self.write_files(spec, &hostname, &record.ips, dir).map_err(step(&id, "write the pod's /etc files"))?;
-        let owner = record.user_mappings.as_ref().and_then(UserMappings::root);
-        if let Some((uid, gid)) = owner {
-            // The pod's root may edit them, as it could without a user namespace.
-            for name in ["hostname", "hosts", "resolv.conf"] {
-                std::os::unix::fs::chown(dir.join(name), Some(uid), Some(gid))
-                    .map_err(step(&id, "give the pod's /etc files to the root of its user namespace"))?;
-            }
+        let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        for ip in &record.ips {
+            hosts.push_str(&format!("{ip}\t{hostname}\n"));
         }
-        if record.ipcns.is_some() {
-            mount_shm(&dir.join("shm"), owner).map_err(step(&id, "mount the pod's /dev/shm"))?;
-        }
-        Ok(())
+        write_pod_file(&dir.join("hosts"), &hosts, owner).map_err(step(&id, "write the pod's /etc/hosts"))?;
+        clock.lap("hosts");
+        Ok(plugins)
     }
 
     /// Pins the pod's namespaces (net, IPC, UTS; user first and owning them when it has its own).
@@ -431,7 +477,6 @@ impl PodManager {
                 sysctls: spec.sysctls.clone(),
                 user: record.user_mappings.clone(),
             };
-            let pinning = std::time::Instant::now();
             if request.user.is_some() {
                 // unshare(CLONE_NEWUSER) is refused to a multi-threaded process: the exec'd helper makes it.
                 berth_runtime::pin::pin(&self.init_binary, &request)
@@ -439,39 +484,8 @@ impl PodManager {
             } else {
                 berth_runtime::pin::pin_in_thread(&request).map_err(step(&id, "pin the pod's namespaces"))?;
             }
-            tracing::debug!(pod_sandbox_id = %id, elapsed_ms = pinning.elapsed().as_secs_f64() * 1000.0, "namespaces pinned");
         }
         Ok(())
-    }
-
-    fn write_files(&self, spec: &PodSpec, hostname: &str, ips: &[String], dir: &Path) -> std::io::Result<()> {
-        let host_network = spec.network_mode == MODE_NODE;
-        let node_hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-        let hostname = if host_network { node_hostname.as_str() } else { hostname };
-        std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-        let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        for ip in ips {
-            hosts.push_str(&format!("{ip}\t{hostname}\n"));
-        }
-        std::fs::write(dir.join("hosts"), hosts)?;
-        let resolv = match &spec.dns {
-            Some(dns) if !dns.servers.is_empty() || !dns.searches.is_empty() || !dns.options.is_empty() => {
-                let mut text = String::new();
-                if !dns.searches.is_empty() {
-                    text.push_str(&format!("search {}\n", dns.searches.join(" ")));
-                }
-                for server in &dns.servers {
-                    text.push_str(&format!("nameserver {server}\n"));
-                }
-                if !dns.options.is_empty() {
-                    text.push_str(&format!("options {}\n", dns.options.join(" ")));
-                }
-                text
-            }
-            // No DNS config (hostNetwork, or kubelet's "Default" policy): the node's own.
-            _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        };
-        std::fs::write(dir.join("resolv.conf"), resolv)
     }
 
     /// CNI DEL of the pod's attachment, from the cached result (idempotent).
@@ -703,6 +717,44 @@ fn is_pod_id(id: &str) -> bool {
 
 /// The pod's /dev/shm: one tmpfs its containers share (bind-mounted into each), 64 MiB like Docker's and
 /// containerd's default; `owner` (the root of the pod's user namespace) owns its root directory.
+/// The pod's hostname as its `/etc/hostname` and `/etc/hosts` give it: the node's for a host-network pod.
+fn etc_hostname(spec: &PodSpec, hostname: &str) -> String {
+    if spec.network_mode == MODE_NODE {
+        return nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    }
+    hostname.to_owned()
+}
+
+/// The pod's `/etc/resolv.conf`: from its DNSConfig, or the node's own when it has none (hostNetwork, or
+/// kubelet's "Default" policy).
+fn resolv_conf(dns: Option<&DnsCapability>) -> String {
+    match dns {
+        Some(dns) if !dns.servers.is_empty() || !dns.searches.is_empty() || !dns.options.is_empty() => {
+            let mut text = String::new();
+            if !dns.searches.is_empty() {
+                text.push_str(&format!("search {}\n", dns.searches.join(" ")));
+            }
+            for server in &dns.servers {
+                text.push_str(&format!("nameserver {server}\n"));
+            }
+            if !dns.options.is_empty() {
+                text.push_str(&format!("options {}\n", dns.options.join(" ")));
+            }
+            text
+        }
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    }
+}
+
+/// Writes one of the pod's `/etc` files, owned by `owner` (the root of the pod's user namespace) if given.
+fn write_pod_file(path: &Path, content: &str, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    std::fs::write(path, content)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
 fn mount_shm(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
     use nix::mount::MsFlags;
     std::fs::create_dir_all(path)?;

@@ -168,14 +168,6 @@ pub enum CniError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("CNI ADD of network {network:?} for container {container_id}: cannot bring up lo in {netns}")]
-    Loopback {
-        network: String,
-        container_id: String,
-        netns: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("CNI ADD of network {network:?} for container {container_id}: the result of the chain is invalid")]
     InvalidResult {
         network: String,
@@ -198,9 +190,7 @@ impl Kinded for CniError {
             },
             CniError::NoPodCidr { .. } | CniError::CheckUnavailable { .. } => ErrorKind::FailedPrecondition,
             CniError::Cache { source, .. } => ErrorKind::of_io(source),
-            CniError::CacheCorrupt { .. } | CniError::Loopback { .. } | CniError::InvalidResult { .. } => {
-                ErrorKind::Internal
-            }
+            CniError::CacheCorrupt { .. } | CniError::InvalidResult { .. } => ErrorKind::Internal,
         }
     }
 }

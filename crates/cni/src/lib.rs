@@ -1,5 +1,6 @@
 //! CNI for berth: finding the node's network configuration, running the plugins of its chain for a pod
-//! (ADD, DEL, CHECK), caching what was attached, and bringing up the pod's loopback interface.
+//! (ADD, DEL, CHECK) and caching what was attached. The pod's `lo` is not its business: whoever makes the
+//! network namespace brings it up (berth's `berth_runtime::pin`), as the `loopback` plugin would.
 //!
 //! This crate knows the CNI specification (<https://www.cni.dev/docs/spec/>), not CRI: the daemon asks it
 //! whether a usable network exists (NetworkReady), attaches a pod's pinned network namespace with
@@ -9,13 +10,12 @@
 //!
 //! Modules: `config` (discovery), `watch` (cheap re-discovery), `exec` (one plugin process), `network`
 //! (chains, rollback, cache use), `cache` (the on-disk result cache), `result` (typed results), `pod_cidr`
-//! (the pod-CIDR placeholder convention), `loopback` (setns + ioctl on a dedicated thread), `error`.
+//! (the pod-CIDR placeholder convention), `error`.
 
 mod cache;
 mod config;
 mod error;
 mod exec;
-mod loopback;
 mod network;
 mod pod_cidr;
 mod result;
@@ -25,7 +25,6 @@ pub use cache::{CACHE_FORMAT, CachedAttachment, cached_container_ids};
 pub use config::{ConfigError, NetworkConfig, find_network_config};
 pub use error::{CniError, PluginError};
 pub use exec::{Command, find_plugin};
-pub use loopback::bring_up_loopback;
 pub use network::{
     AttachRequest, Attached, AttachmentRef, Bandwidth, Capabilities, Cni, CniObserver, CniOptions,
     DEFAULT_PLUGIN_TIMEOUT, Detached, DnsCapability, PluginCall, PluginCallOutcome, PodIdentity, PortMapping, Timings,

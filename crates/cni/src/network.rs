@@ -31,8 +31,8 @@ use crate::cache::{self, CACHE_FORMAT, CachedAttachment, ReadError};
 use crate::config::NetworkConfig;
 use crate::error::{CniError, PluginError};
 use crate::exec::{self, Command, Invocation};
+use crate::pod_cidr;
 use crate::result::CniResult;
-use crate::{loopback, pod_cidr};
 
 /// The plugin timeout when none is configured: generous for a loaded node, short enough that a hung plugin
 /// does not hold a RunPodSandbox until kubelet's own 4-minute deadline.
@@ -240,7 +240,7 @@ impl Cni {
             .collect()
     }
 
-    /// ADD: brings `lo` up in the namespace, runs the chain, caches and returns the result. On failure the
+    /// ADD: runs the chain, caches and returns the result. On failure the
     /// chain is rolled back with DEL before the error is returned.
     pub fn add(&self, network: &NetworkConfig, request: &AttachRequest) -> Result<Attached, CniError> {
         let started = Instant::now();
@@ -266,12 +266,6 @@ impl Cni {
             source: Box::new(source),
         })?;
         std::fs::metadata(&request.netns).map_err(|source| CniError::Netns {
-            network: network_name.clone(),
-            container_id: container_id.to_owned(),
-            netns: request.netns.clone(),
-            source,
-        })?;
-        loopback::bring_up_loopback(&request.netns).map_err(|source| CniError::Loopback {
             network: network_name.clone(),
             container_id: container_id.to_owned(),
             netns: request.netns.clone(),

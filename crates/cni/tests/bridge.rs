@@ -32,7 +32,7 @@ fn add_makes_the_pod_reachable_with_its_port_mapped_and_del_removes_everything()
     assert_eq!(order, ["bridge", "portmap", "loopback"]);
     assert!(attached.timings.in_plugins <= attached.timings.total);
 
-    // The pod side: eth0 with the address, lo up (berth's own doing, checked from inside).
+    // The pod side: eth0 with the address, lo up (the loopback plugin; berth_runtime::pin does it for pods).
     let eth0 = pod.ip(&["-o", "-4", "addr", "show", "eth0"]);
     assert!(eth0.contains(&format!("{ip}/24")), "{eth0}");
     assert!(pod.ip(&["-o", "link", "show", "lo"]).contains("UP"));

@@ -67,3 +67,35 @@ pub fn sysctl_file(key: &str) -> Option<std::path::PathBuf> {
     }
     Some(std::path::Path::new("/proc/sys").join(key.replace('.', "/")))
 }
+
+/// Sets `lo` up in the calling thread's network namespace. A new network namespace has it down, and
+/// Kubernetes pods expect 127.0.0.1 to work whatever their CNI configuration says, so whoever makes a pod's
+/// network namespace brings it up there, while it is inside (no setns needed). SIOCGIFFLAGS/SIOCSIFFLAGS on
+/// any socket of the namespace (netdevice(7)).
+pub fn bring_up_loopback() -> std::io::Result<()> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    use std::os::fd::AsRawFd;
+
+    let socket = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    // SAFETY: `ifreq` is plain old data (arrays and a union of integers/pointers); all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: `request` names the interface with a NUL-terminated name (the rest is zero); SIOCGIFFLAGS
+    // writes only `ifr_ifru.ifru_flags` inside it, and the socket is open for the call.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS just filled the `ifru_flags` member of the union.
+    let flags = unsafe { request.ifr_ifru.ifru_flags };
+    if flags & libc::IFF_UP as libc::c_short != 0 {
+        return Ok(());
+    }
+    request.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: as above; SIOCSIFFLAGS only reads the request.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

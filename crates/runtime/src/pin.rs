@@ -3,7 +3,8 @@
 //! choosing.
 //!
 //! They are created either by `berth __pin` ([`main`], [`pin`]), a freshly exec'd single-threaded helper
-//! that unshares, sets the hostname and namespaced sysctls, bind-mounts the namespace files and exits, or
+//! that unshares, brings `lo` up in a new network namespace, sets the hostname and namespaced sysctls,
+//! bind-mounts the namespace files and exits, or
 //! by [`pin_in_thread`], which does the same on a short-lived thread of the caller (network, IPC and UTS
 //! namespaces belong to a thread, not to the whole process, so a multi-threaded daemon can make them
 //! without forking; it saves the helper's exec, ~2 ms per pod sandbox). Containers then join
@@ -22,7 +23,7 @@
 //!   writes /proc/<pid>/{uid,gid}_map  ◀── "map" ──
 //!                            ─── "mapped" ──────▶  setresuid/setresgid(0): root of the new namespace
 //!                                                  unshare(NET|IPC|UTS): owned by the new user namespace
-//!                                                  hostname, sysctls
+//!                                                  lo up, hostname, sysctls
 //!   bind-mounts /proc/<pid>/ns/{user,net,...} ◀── "pin" ──
 //!   closes stdin             ───────────────────▶  exits
 //! ```
@@ -342,6 +343,10 @@ fn make_namespaces(request: &PinRequest) -> Result<()> {
         flags |= kind.flag();
     }
     unshare(flags).map_err(RuntimeError::sys(format!("unshare({flags:?})")))?;
+    if request.kinds.contains(&PinnedKind::Net) {
+        crate::namespaces::bring_up_loopback()
+            .map_err(|err| RuntimeError::Setup(format!("bring up lo in the new network namespace: {err}")))?;
+    }
     if let Some(hostname) = request.hostname.as_deref().filter(|h| !h.is_empty()) {
         if !request.kinds.contains(&PinnedKind::Uts) {
             return Err(RuntimeError::Setup("a hostname needs a UTS namespace".into()));
