@@ -13,6 +13,8 @@
 # `pause` test image: `sleep 2000000000`), as berth's is its shim; the containers' own processes are counted
 # for neither.
 #
+# BERTH_BENCH_BREAKDOWN=1 prints berth's RPC and step timings after its run (hack/bench/breakdown.py).
+#
 # Usage: hack/bench/pods.sh [PODS] [CONCURRENCY]   (defaults 50 and 10)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,6 +39,7 @@ run_bench() {
 
 start_bench_daemon berth-bench-pods berthbench0
 run_bench "berth $("$target/release/berth" --version | awk '{print $2}')"
+if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then python3 hack/bench/breakdown.py "$work/daemon.log"; fi
 if [[ -n ${BERTH_BENCH_CONTAINERD:-} ]]; then
   echo
   start_bench_containerd berthctd0

@@ -60,30 +60,7 @@ printf 'berth %s, plugins from /usr/lib/cni (containernetworking-plugins %s)\n' 
   "$("$target/release/berth" --version | awk '{print $2}')" \
   "$(dpkg-query -W -f '${Version}' containernetworking-plugins 2>/dev/null || echo '?')"
 "$target/release/examples/runp-bench" "unix://$work/state/berth.sock" "$pods" "$work/daemon.log"
-if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then
-  # `pod sandbox steps`: each step's wall-clock time in ms (src/step_clock.rs); `cni` includes the plugins.
-  python3 - "$work/daemon.log" <<'PY'
-import json, statistics, sys
-steps = {}
-for line in open(sys.argv[1]):
-    try:
-        event = json.loads(line)
-    except ValueError:
-        continue
-    if event.get("message") != "pod sandbox steps":
-        continue
-    laps = dict(pair.split("=") for pair in event["steps"].split())
-    for name, ms in laps.items():
-        steps.setdefault(name, []).append(float(ms))
-    if "cni" in laps:
-        steps.setdefault("cni outside the plugins", []).append(float(laps["cni"]) - event["plugins_ms"])
-def p90(values):
-    return sorted(values)[int(0.9 * (len(values) - 1))]
-print("  berth's steps, p50 / p90 ms:")
-for name, values in steps.items():
-    print(f"    {name:<26} {statistics.median(values):6.2f} / {p90(values):6.2f}")
-PY
-fi
+if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then python3 hack/bench/breakdown.py "$work/daemon.log"; fi
 
 # With BERTH_BENCH_CONTAINERD=1: containerd (Debian's package, CRI plugin, runc; hack/bench/containerd.sh) with
 # the same plugins and conflist (its own bridge and leases), in the same network namespace after berth is done.

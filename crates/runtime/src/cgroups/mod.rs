@@ -7,6 +7,7 @@
 //! where it looks; resources go to the v1 controllers.
 
 pub mod devices_bpf;
+pub mod favordynmods;
 mod v1;
 mod v2;
 
