@@ -43,13 +43,6 @@ insecure = true
 [log]
 format = "json"
 TOML
-  # BERTH_BENCH_FAVORDYNMODS=1: berth turns on the cgroup2 option favordynmods at start ([cgroup] favordynmods,
-  # see crates/runtime/src/cgroups/favordynmods.rs). It is node-wide, so containerd, measured afterwards in
-  # the same run, has it too. The host's options are put back on exit.
-  if [[ -n ${BERTH_BENCH_FAVORDYNMODS:-} ]]; then
-    python3 hack/bench/cgroup2-options.py save "$work/cgroup2-options"
-    printf '[cgroup]\nfavordynmods = true\n' >> "$work/config.toml"
-  fi
   # BERTH_BENCH_BREAKDOWN=1: every RPC's and step's timing, printed by hack/bench/breakdown.py.
   if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then export BERTH_LOG=berth=debug; fi
   "$target/release/berth" serve --config "$work/config.toml" 2>"$work/daemon.log" &
@@ -99,7 +92,6 @@ bench_daemon_cleanup() {
   stop_bench_daemon
   if declare -F stop_containerd >/dev/null; then stop_containerd; fi
   remove_bench_cgroups
-  if [[ -f $work/cgroup2-options ]]; then python3 hack/bench/cgroup2-options.py restore "$work/cgroup2-options"; fi
   hack/registry.sh stop "$work/registry" >/dev/null 2>&1 || true
   rm -rf "$work" /tmp/berth-bench-logs
 }

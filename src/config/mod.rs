@@ -68,8 +68,6 @@ pub struct LogConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct CgroupConfig {
     pub driver: CgroupDriver,
-    /// See `berth_runtime::cgroups::favordynmods`.
-    pub favordynmods: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

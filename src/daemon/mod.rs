@@ -94,7 +94,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     let _periodic_gc = (config.images.gc_interval_seconds > 0)
         .then(|| images.spawn_periodic_gc(Duration::from_secs(config.images.gc_interval_seconds)));
-    set_up_cgroup_migrations(config.cgroup.favordynmods);
     let pods = Arc::new(crate::pods::PodManager::new(&config, &layout, store.clone()));
     // Before serving: kubelet must never see a sandbox a crash left half made.
     let recovering = pods.clone();
@@ -248,30 +247,4 @@ fn create_dir(key: &'static str, path: &Path, mode: u32) -> Result<(), ServeErro
     }
     nix::unistd::access(path, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK)
         .map_err(|errno| failed(std::io::Error::from(errno)))
-}
-
-/// `[cgroup] favordynmods`: turns the kernel option on when configured, else says whether it is off (see
-/// `berth_runtime::cgroups::favordynmods`). Neither outcome stops the daemon: containers work either way.
-fn set_up_cgroup_migrations(enable: bool) {
-    use berth_runtime::cgroups::favordynmods::{self, Favordynmods};
-    if enable {
-        match favordynmods::enable() {
-            Ok(true) => tracing::info!("cgroup migrations made cheap: remounted the cgroup2 mount with favordynmods"),
-            Ok(false) => tracing::info!("cgroup favordynmods is already on"),
-            Err(err) => {
-                tracing::warn!(error = %berth_error_kind::chain(&err), "cannot turn on cgroup favordynmods; containers start slower")
-            }
-        }
-        return;
-    }
-    match favordynmods::status() {
-        Ok(Favordynmods::Off) => tracing::info!(
-            "cgroup favordynmods is off: each container start and exec may wait ~10 ms for an RCU grace period \
-             when moving into its cgroup; set [cgroup] favordynmods = true (or boot with cgroup_favordynmods=true) to avoid it"
-        ),
-        Ok(Favordynmods::On | Favordynmods::Unsupported) => {}
-        Err(err) => {
-            tracing::debug!(error = %berth_error_kind::chain(&err), "cannot read the cgroup favordynmods state")
-        }
-    }
 }

@@ -7,7 +7,6 @@
 //! where it looks; resources go to the v1 controllers.
 
 pub mod devices_bpf;
-pub mod favordynmods;
 mod v1;
 mod v2;
 
