@@ -123,6 +123,15 @@ async fn main() {
             rss / 1024.0 / pods as f64,
             pss / 1024.0 / pods as f64
         );
+        // What the runtime costs the node: RSS counts the pages a daemon shares with its shims (berth's are
+        // one binary) once per process, PSS divides them among the processes sharing them, so the sum of PSS
+        // is the memory these processes take together.
+        let daemon_pss = kib(daemon, "Pss");
+        println!(
+            "runtime total PSS with {pods} pods {:7.1} MiB (daemon {:.1} MiB + the per-pod processes)",
+            (daemon_pss + pss) / 1024.0,
+            daemon_pss / 1024.0
+        );
     }
     let mut exec = Vec::new();
     for (_, container) in made.iter().take(50) {
