@@ -202,6 +202,35 @@ async fn without_a_network_configuration_a_pod_fails_cleanly() {
     assert_eq!(std::fs::read_dir(dirs.state().join("pods")).map(|d| d.count()).unwrap_or(0), 0, "pod directory left");
 }
 
+/// The namespaces are pinned on one thread while the shim starts on another. When pinning fails (here a
+/// namespaced sysctl with a value the kernel refuses, found only when it is written), the shim that did start
+/// is waited for and removed with the rest: nothing of the pod is left.
+#[tokio::test]
+async fn a_sandbox_whose_namespaces_cannot_be_made_leaves_nothing() {
+    let dirs = DaemonDirs::new();
+    conflist(&dirs);
+    dirs.write_config("");
+    let daemon = Daemon::start_in_own_netns(&dirs);
+    let mut client = daemon.client().await;
+    let mut config = pod_config("badsysctl", &[]);
+    config.linux.as_mut().unwrap().sysctls =
+        [("net.ipv4.ip_unprivileged_port_start".to_owned(), "not-a-port".to_owned())].into();
+    let request = RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() };
+    let err = client.runtime.run_pod_sandbox(request).await.unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+    let message = err.message();
+    assert!(message.contains("pin the pod's namespaces"), "which step failed: {message}");
+    assert!(message.contains("ip_unprivileged_port_start"), "which sysctl: {message}");
+    let id = message
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .find(|word| word.len() == 64)
+        .unwrap_or_else(|| panic!("the pod id in {message}"))
+        .to_owned();
+    let pods = client.runtime.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await.unwrap().into_inner();
+    assert!(pods.items.is_empty(), "a failed sandbox is listed");
+    assert_eq!(crate::containers::leftovers(&dirs, &[id]), Vec::<String>::new());
+}
+
 #[tokio::test]
 async fn a_sandbox_a_crash_left_half_made_is_undone_before_the_daemon_serves() {
     let dirs = DaemonDirs::new();
