@@ -3,9 +3,11 @@
 #
 # Over one CRI connection (examples/pod-bench.rs): RunPodSandbox + CreateContainer + StartContainer of
 # busybox `sleep`, p50/p90 over N pods sequentially and N pods at a concurrency; ExecSync `true`; stop+remove;
-# the daemon's RSS idle and with N pods; per-pod RSS and PSS of the shims. Pods are wired by Debian's bridge +
-# host-local + portmap + loopback plugins (hack/cni/10-berth-bridge.conflist). Root; everything — registry,
-# daemon, bridge, pods — runs in a network namespace of its own, so the host's network is untouched.
+# the daemon's RSS idle and with N pods; per-pod RSS and PSS of the shims; the runtime's total PSS (daemon
+# plus per-pod processes: the memory they take together, where RSS counts the binary they share once per
+# process). Pods are wired by Debian's bridge + host-local + portmap + loopback plugins
+# (hack/cni/10-berth-bridge.conflist). Root; everything — registry, daemon, bridge, pods — runs in a network
+# namespace of its own, so the host's network is untouched.
 #
 # With BERTH_BENCH_CONTAINERD=1, the same client then measures containerd (Debian's package, CRI plugin, runc;
 # hack/bench/containerd.sh) in the same namespace, after berth is stopped. Its memory per pod is its shim
