@@ -799,7 +799,7 @@ fn unmount(path: &Path) -> std::io::Result<()> {
 fn stop_shim(pod_id: &str) -> Result<(), berth_runtime::RuntimeError> {
     use berth_runtime::cgroups::{Cgroup, Layout};
     // Deleting a cgroup kills what is left in it (frozen, so nothing forks away) and waits for it to empty.
-    Cgroup::new(Layout::detect()?, crate::shim::cgroup_path(pod_id)).delete()
+    Cgroup::new(Layout::host()?, crate::shim::cgroup_path(pod_id)).delete()
 }
 
 #[cfg(test)]

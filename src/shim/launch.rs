@@ -145,7 +145,7 @@ pub fn detach_and_run(options: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let cgroup = match Layout::detect() {
+    let cgroup = match Layout::host() {
         Ok(layout) => Cgroup::new(layout, super::cgroup_path(&options.pod_id)),
         Err(err) => {
             report(&format!("cannot find the cgroup hierarchies: {err}"));

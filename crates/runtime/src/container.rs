@@ -118,7 +118,8 @@ impl Runtime {
         )
         .map_err(RuntimeError::io("chmod", dir.exec_fifo()))?;
 
-        let cgroup = Cgroup::new(Layout::detect()?, cgroup_path.clone());
+        let layout = Layout::host()?;
+        let cgroup = Cgroup::new(layout.clone(), cgroup_path.clone());
         cgroup.create()?;
         cleanup.cgroup = Some(cgroup.clone());
         if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
@@ -130,6 +131,7 @@ impl Runtime {
             rootfs,
             exec_fifo: Some(dir.exec_fifo()),
             cgroup_path,
+            cgroup_layout: layout,
             join_pid: None,
             console_fd: options.console_socket.is_some(),
         };
@@ -345,7 +347,7 @@ impl Runtime {
             return Err(RuntimeError::WrongState { id: id.into(), status: status.to_string(), action: "kill" });
         }
         if all {
-            return Cgroup::new(Layout::detect()?, state.cgroup_path).signal_all(signal);
+            return Cgroup::new(Layout::host()?, state.cgroup_path).signal_all(signal);
         }
         match nix::sys::signal::kill(Pid::from_raw(state.pid), signal) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
@@ -378,7 +380,7 @@ impl Runtime {
             if is_same_live_process(state.pid, state.pid_start_time) {
                 let _ = nix::sys::signal::kill(Pid::from_raw(state.pid), Signal::SIGKILL);
             }
-            let cgroup = Cgroup::new(Layout::detect()?, state.cgroup_path.clone());
+            let cgroup = Cgroup::new(Layout::host()?, state.cgroup_path.clone());
             cgroup.delete()?;
             wait_gone(state.pid, state.pid_start_time);
             if let Ok(spec) = self.spec_of(&dir)
@@ -405,13 +407,15 @@ impl Runtime {
         }
         let mut spec = self.spec_of(&dir)?;
         spec.set_process(Some(process));
-        let cgroup = Cgroup::new(Layout::detect()?, state.cgroup_path.clone());
+        let layout = Layout::host()?;
+        let cgroup = Cgroup::new(layout.clone(), state.cgroup_path.clone());
         let config = InitConfig {
             id: id.into(),
             spec: spec.clone(),
             rootfs: state.rootfs.clone(),
             exec_fifo: None,
             cgroup_path: state.cgroup_path.clone(),
+            cgroup_layout: layout,
             join_pid: Some(state.pid),
             console_fd: options.console_socket.is_some(),
         };
@@ -435,18 +439,18 @@ impl Runtime {
     /// Changes the resources of a created or running container.
     pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
         let (state, _) = self.state(id)?;
-        Cgroup::new(Layout::detect()?, state.cgroup_path).apply(resources)
+        Cgroup::new(Layout::host()?, state.cgroup_path).apply(resources)
     }
 
     pub fn stats(&self, id: &str) -> Result<Stats> {
         let (state, _) = self.state(id)?;
-        Cgroup::new(Layout::detect()?, state.cgroup_path).stats()
+        Cgroup::new(Layout::host()?, state.cgroup_path).stats()
     }
 
     /// The processes in the container's cgroup.
     pub fn ps(&self, id: &str) -> Result<Vec<i32>> {
         let (state, _) = self.state(id)?;
-        Cgroup::new(Layout::detect()?, state.cgroup_path).pids()
+        Cgroup::new(Layout::host()?, state.cgroup_path).pids()
     }
 
     fn existing(&self, id: &str) -> Result<StateDir> {

@@ -30,6 +30,9 @@ pub struct InitConfig {
     pub exec_fifo: Option<std::path::PathBuf>,
     /// The container's cgroup, relative to each hierarchy's root (for cgroup mounts).
     pub cgroup_path: std::path::PathBuf,
+    /// Where the host's hierarchies are mounted (for cgroup mounts), as the runtime found them: the init
+    /// need not read /proc/self/mountinfo again.
+    pub cgroup_layout: crate::cgroups::Layout,
     /// Joining a running container (exec): its init's pid, whose namespaces are entered.
     pub join_pid: Option<i32>,
     /// Whether a console socket follows the three stdio fds.

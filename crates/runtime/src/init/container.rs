@@ -44,7 +44,7 @@ fn setup(channel: &Channel, config: &InitConfig, fds: Vec<OwnedFd>) -> Result<Ne
             None => None,
         };
         let has_mount_namespace = namespaces::has(spec, LinuxNamespaceType::Mount);
-        rootfs::prepare(spec, &config.rootfs, has_mount_namespace, &config.cgroup_path)?;
+        rootfs::prepare(spec, &config.rootfs, has_mount_namespace, &config.cgroup_path, &config.cgroup_layout)?;
         let spec_hooks = spec.hooks().clone().unwrap_or_default();
         if spec_hooks.create_runtime().as_ref().is_some_and(|h| !h.is_empty())
             || spec_hooks.prestart().as_ref().is_some_and(|h| !h.is_empty())

@@ -21,7 +21,13 @@ fn mount_error(what: String) -> impl FnOnce(nix::Error) -> RuntimeError {
 }
 
 /// Before pivot_root: propagation of `/`, the rootfs as a mount point, the spec's mounts, /dev content.
-pub(super) fn prepare(spec: &Spec, rootfs: &Path, has_mount_namespace: bool, cgroup_path: &Path) -> Result<()> {
+pub(super) fn prepare(
+    spec: &Spec,
+    rootfs: &Path,
+    has_mount_namespace: bool,
+    cgroup_path: &Path,
+    layout: &cgroups::Layout,
+) -> Result<()> {
     if !has_mount_namespace {
         return Ok(());
     }
@@ -33,7 +39,7 @@ pub(super) fn prepare(spec: &Spec, rootfs: &Path, has_mount_namespace: bool, cgr
         .map_err(mount_error(format!("bind {} onto itself", rootfs.display())))?;
     let mounts = spec.mounts().clone().unwrap_or_default();
     for spec_mount in &mounts {
-        mount_one(spec, rootfs, spec_mount, cgroup_path)?;
+        mount_one(spec, rootfs, spec_mount, cgroup_path, layout)?;
     }
     let dev_is_tmpfs =
         mounts.iter().any(|m| m.destination() == Path::new("/dev") && m.typ().as_deref() != Some("bind"));
@@ -120,7 +126,13 @@ fn parse_options(options: &[String]) -> MountOptions {
     parsed
 }
 
-fn mount_one(spec: &Spec, rootfs: &Path, spec_mount: &Mount, cgroup_path: &Path) -> Result<()> {
+fn mount_one(
+    spec: &Spec,
+    rootfs: &Path,
+    spec_mount: &Mount,
+    cgroup_path: &Path,
+    layout: &cgroups::Layout,
+) -> Result<()> {
     let options = parse_options(spec_mount.options().as_deref().unwrap_or_default());
     let typ = spec_mount.typ().clone().unwrap_or_else(|| if options.bind { "bind".into() } else { "none".into() });
     let bind = options.bind || typ == "bind";
@@ -131,7 +143,7 @@ fn mount_one(spec: &Spec, rootfs: &Path, spec_mount: &Mount, cgroup_path: &Path)
     let describe = |step: &str| format!("{step} {} ({typ}) on {}", source.display(), destination.display());
 
     if typ == "cgroup" {
-        mount_cgroup(spec, &destination, &options, cgroup_path)?;
+        mount_cgroup(spec, &destination, &options, cgroup_path, layout)?;
     } else if bind {
         let recursive = options.flags & MsFlags::MS_REC;
         mount(Some(&source), &destination, None::<&str>, MsFlags::MS_BIND | recursive, None::<&str>)
@@ -226,13 +238,18 @@ fn remount_bind(destination: &Path, flags: MsFlags) -> nix::Result<()> {
 
 /// cgroup mounts show the container's own cgroup: with a cgroup namespace the kernel does that for a fresh
 /// cgroup filesystem; without one, the container's cgroup directories are bind-mounted.
-fn mount_cgroup(spec: &Spec, destination: &Path, options: &MountOptions, cgroup_path: &Path) -> Result<()> {
-    let layout = cgroups::Layout::detect()?;
+fn mount_cgroup(
+    spec: &Spec,
+    destination: &Path,
+    options: &MountOptions,
+    cgroup_path: &Path,
+    layout: &cgroups::Layout,
+) -> Result<()> {
     let own_namespace = crate::namespaces::has(spec, oci_spec::runtime::LinuxNamespaceType::Cgroup);
     let read_only = options.flags.contains(MsFlags::MS_RDONLY);
     let fs_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME;
     let mut mounted = Vec::new();
-    match &layout {
+    match layout {
         cgroups::Layout::V2 { root } => {
             if own_namespace {
                 mount(Some("cgroup2"), destination, Some("cgroup2"), fs_flags, None::<&str>)
