@@ -177,7 +177,8 @@ pub fn upgrade(
             Request::PortForward(r) if chosen == SPDY_TUNNEL_PROTOCOL => {
                 let activity = Activity::new();
                 activity.touch();
-                let conn = crate::spdy::conn::Connection::server(tunnel(ws, config.close_grace), activity.clone());
+                let conn =
+                    crate::spdy::conn::Connection::server(tunnel(ws, Some(config.close_grace)), activity.clone());
                 crate::spdy::portforward::serve(conn, r.pod_sandbox_id, backend, &config, activity).await
             }
             Request::PortForward(r) => serve_port_forward(ws, codec, r.pod_sandbox_id, ports, backend, &config).await,
@@ -200,9 +201,13 @@ pub fn upgrade(
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-/// A byte stream over binary WebSocket messages, for SPDY to run on. Ends (with a normal close) when the
-/// SPDY side drops its end; the reading half is stopped `grace` later if the peer has not closed by then.
-fn tunnel(ws: Ws, grace: std::time::Duration) -> tokio::io::DuplexStream {
+/// A byte stream over binary WebSocket messages, for SPDY to run on (both ends: the server's tunnel
+/// sessions and `client::websocket::spdy_tunnel`). Ends (with a normal close) when the SPDY side drops its
+/// end; with a `grace`, the reading half is stopped that long after if the peer has not closed by then.
+pub(crate) fn tunnel<S>(ws: WebSocketStream<S>, grace: Option<std::time::Duration>) -> tokio::io::DuplexStream
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (ours, theirs) = tokio::io::duplex(256 * 1024);
     let (mut sink, mut stream) = ws.split();
     let (mut from_spdy, mut to_spdy) = tokio::io::split(ours);
@@ -231,8 +236,10 @@ fn tunnel(ws: Ws, grace: std::time::Duration) -> tokio::io::DuplexStream {
         let close = CloseFrame { code: CloseCode::Normal, reason: "".into() };
         let _ = sink.send(Message::Close(Some(close))).await;
         let _ = sink.close().await;
-        tokio::time::sleep(grace).await;
-        reader.abort();
+        if let Some(grace) = grace {
+            tokio::time::sleep(grace).await;
+            reader.abort();
+        }
     });
     theirs
 }

@@ -1,8 +1,10 @@
 //! The SPDY/3.1 client: a session on an upgraded connection (streams we open, the peer's SYN_REPLY and
 //! RST_STREAM, flow control both ways), and remotecommand and port-forward on top.
 //!
-//! It shares only the frame codec with the server (`spdy::conn` is the server's session), so this crate's
-//! tests drive the server with an independent implementation of the session rules.
+//! It shares only the frame codec and the wire loops (`spdy::wire`: decoding frames off the read half,
+//! batching queued frames onto the write half) with the server (`spdy::conn` is the server's session); the
+//! session rules are its own, so this crate's tests drive the server with an independent implementation
+//! of them.
 //!
 //! Flow control: what we receive is acknowledged (WINDOW_UPDATE, stream and session) when the consumer
 //! takes it, so a peer that honours windows never has more than 64 KiB in flight per stream. What we send
@@ -16,12 +18,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::{ClientError, CommandIo, http_upgrade, refused};
-use crate::spdy::frame::{self, FLAG_FIN, Frame, HeaderCodec, Headers, SETTINGS_INITIAL_WINDOW_SIZE};
+use crate::spdy::frame::{self, FLAG_FIN, Frame, Headers, SETTINGS_INITIAL_WINDOW_SIZE};
+use crate::spdy::wire::{self, FrameReader, Outgoing};
 
 /// The remotecommand protocol we ask for: v4 reports exit codes as a `Status` (every kubelet since 1.5).
 pub const REMOTE_COMMAND_PROTOCOLS: &[&str] = &["v4.channel.k8s.io"];
@@ -37,12 +40,6 @@ const MAX_DATA_FRAME: usize = 32 * 1024;
 const QUEUE_BYTES: usize = 256 * 1024;
 /// How long the peer has to answer a SYN_STREAM.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-
-enum Outgoing {
-    Frame(Frame),
-    /// Flush what is queued, then shut the write half.
-    Close,
-}
 
 /// What arrives on a stream's queue.
 enum Item {
@@ -289,65 +286,22 @@ impl Shared {
     }
 }
 
-async fn write_frames<W: AsyncWrite + Unpin>(mut write: W, mut out: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
-    let mut codec = HeaderCodec::new();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Some(first) = out.recv().await {
-        let mut next = Some(first);
-        let mut close = false;
-        // Batch what is already queued into one write.
-        while let Some(item) = next.take() {
-            match item {
-                Outgoing::Frame(frame) => {
-                    if let Err(err) = frame.encode(&mut codec, &mut buf) {
-                        tracing::debug!(error = %err, "spdy client: cannot encode frame");
-                        shared.shut();
-                        return;
-                    }
-                }
-                Outgoing::Close => {
-                    close = true;
-                    break;
-                }
-            }
-            if buf.len() < 256 * 1024 {
-                next = out.try_recv().ok();
-            }
-        }
-        if write.write_all(&buf).await.is_err() || write.flush().await.is_err() {
-            break;
-        }
-        buf.clear();
-        if close {
-            let _ = write.shutdown().await;
-            // Keep receiving so senders do not fail while the reader drains what the peer still sends.
-            while out.recv().await.is_some() {}
-            return;
-        }
+async fn write_frames<W: AsyncWrite + Unpin>(write: W, out: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
+    if !wire::write_frames(write, out, |_| {}).await {
+        shared.shut();
     }
-    shared.shut();
 }
 
-async fn read_frames<R: AsyncRead + Unpin>(mut read: R, shared: Arc<Shared>) {
-    let mut codec = HeaderCodec::new();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    'read: loop {
-        loop {
-            match Frame::decode(&mut codec, &mut buf) {
-                Ok(Some(frame)) => on_frame(frame, &shared).await,
-                Ok(None) => break,
-                Err(err) => {
-                    tracing::debug!(error = %err, "spdy client: protocol error from the server");
-                    break 'read;
-                }
+async fn read_frames<R: AsyncRead + Unpin>(read: R, shared: Arc<Shared>) {
+    let mut frames = FrameReader::new(read);
+    loop {
+        match frames.next().await {
+            Ok(Some(frame)) => on_frame(frame, &shared).await,
+            Ok(None) => break,
+            Err(err) => {
+                tracing::debug!(error = %err, "spdy client: protocol error from the server");
+                break;
             }
-        }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
-        }
-        match read.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
         }
     }
     shared.shut();

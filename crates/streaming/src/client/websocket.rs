@@ -257,29 +257,7 @@ pub async fn spdy_tunnel(url: &str) -> Result<SpdyConnection, ClientError> {
     if protocol != SPDY_TUNNEL_PROTOCOL {
         return Err(ClientError::Protocol(protocol));
     }
-    let (ours, theirs) = tokio::io::duplex(256 * 1024);
-    let (mut sink, mut stream) = socket.split();
-    let (mut from_spdy, mut to_spdy) = tokio::io::split(ours);
-    tokio::spawn(async move {
-        while let Some(Ok(message)) = stream.next().await {
-            match message {
-                Message::Binary(data) if to_spdy.write_all(&data).await.is_err() => break,
-                Message::Close(_) => break,
-                _ => {}
-            }
-        }
-        let _ = to_spdy.shutdown().await;
-    });
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 32 * 1024];
-        while let Ok(n) = from_spdy.read(&mut buf).await {
-            if n == 0 || sink.send(Message::binary(buf[..n].to_vec())).await.is_err() {
-                break;
-            }
-        }
-        let close = CloseFrame { code: CloseCode::Normal, reason: "".into() };
-        let _ = sink.send(Message::Close(Some(close))).await;
-        let _ = sink.close().await;
-    });
+    // The peer closes the socket when the session ends: no grace to bound the reading half by.
+    let theirs = crate::websocket::tunnel(socket, None);
     Ok(SpdyConnection::start(theirs, "portforward.k8s.io".to_owned()))
 }

@@ -14,11 +14,12 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use super::frame::{self, FLAG_FIN, Frame, HeaderCodec, Headers};
+use super::frame::{self, FLAG_FIN, Frame, Headers};
+use super::wire::{self, FrameReader, Outgoing};
 use crate::activity::Activity;
 
 /// The window each side starts with (SPDY/3 default).
@@ -46,12 +47,6 @@ struct Shared {
     last_stream_id: AtomicU32,
     closed: watch::Sender<bool>,
     activity: Activity,
-}
-
-enum Outgoing {
-    Frame(Frame),
-    /// Flush what is queued, then shut the write half down.
-    Close,
 }
 
 /// A stream the peer opened, with the headers of its SYN_STREAM; we have already replied.
@@ -192,33 +187,24 @@ impl Shared {
     }
 }
 
-async fn read_frames<R: AsyncRead + Unpin>(mut read: R, shared: Arc<Shared>, incoming: mpsc::Sender<Stream>) {
-    let mut codec = HeaderCodec::new();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+async fn read_frames<R: AsyncRead + Unpin>(read: R, shared: Arc<Shared>, incoming: mpsc::Sender<Stream>) {
+    let mut frames = FrameReader::new(read);
     let mut going_away = false;
-    'read: loop {
-        loop {
-            let frame = match Frame::decode(&mut codec, &mut buf) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(err) => {
-                    tracing::debug!(error = %err, "spdy: protocol error, going away");
-                    let _ = shared.send(Frame::GoAway { last_good_stream_id: 0, status: 1 }).await;
-                    let _ = shared.out.send(Outgoing::Close).await;
-                    break 'read;
+    loop {
+        match frames.next().await {
+            Ok(Some(frame)) => {
+                shared.activity.touch();
+                if !handle_frame(frame, &shared, &incoming, &mut going_away).await {
+                    break;
                 }
-            };
-            shared.activity.touch();
-            if !handle_frame(frame, &shared, &incoming, &mut going_away).await {
-                break 'read;
             }
-        }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
-        }
-        match read.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+            Ok(None) => break,
+            Err(err) => {
+                tracing::debug!(error = %err, "spdy: protocol error, going away");
+                let _ = shared.send(Frame::GoAway { last_good_stream_id: 0, status: 1 }).await;
+                let _ = shared.out.send(Outgoing::Close).await;
+                break;
+            }
         }
     }
     shared.shut();
@@ -333,45 +319,15 @@ async fn handle_frame(
     true
 }
 
-async fn write_frames<W: AsyncWrite + Unpin>(mut write: W, mut out: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
-    let mut codec = HeaderCodec::new();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    'write: while let Some(first) = out.recv().await {
-        let mut next = Some(first);
-        let mut close = false;
-        // Batch what is already queued into one write.
-        while let Some(item) = next.take() {
-            match item {
-                Outgoing::Frame(frame) => {
-                    if matches!(frame, Frame::Data { .. }) {
-                        shared.activity.touch();
-                    }
-                    if let Err(err) = frame.encode(&mut codec, &mut buf) {
-                        tracing::debug!(error = %err, "spdy: cannot encode frame");
-                        break 'write;
-                    }
-                }
-                Outgoing::Close => {
-                    close = true;
-                    break;
-                }
-            }
-            if buf.len() < 256 * 1024 {
-                next = out.try_recv().ok();
-            }
+async fn write_frames<W: AsyncWrite + Unpin>(write: W, out: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
+    let touch_on_data = |frame: &Frame| {
+        if matches!(frame, Frame::Data { .. }) {
+            shared.activity.touch();
         }
-        if write.write_all(&buf).await.is_err() || write.flush().await.is_err() {
-            break;
-        }
-        buf.clear();
-        if close {
-            let _ = write.shutdown().await;
-            // Keep the receiver open so senders do not fail while the reader drains the peer.
-            while out.recv().await.is_some() {}
-            return;
-        }
+    };
+    if !wire::write_frames(write, out, touch_on_data).await {
+        shared.shut();
     }
-    shared.shut();
 }
 
 impl StreamReader {

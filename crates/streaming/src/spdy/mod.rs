@@ -5,6 +5,7 @@ pub mod conn;
 pub mod frame;
 pub(crate) mod portforward;
 pub(crate) mod remotecommand;
+pub(crate) mod wire;
 
 pub use portforward::PROTOCOLS as PORT_FORWARD_PROTOCOLS;
 pub use remotecommand::PROTOCOLS as REMOTE_COMMAND_PROTOCOLS;
