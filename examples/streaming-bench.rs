@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[path = "bench/mod.rs"]
 mod bench;
 
-use bench::{percentile, pod_config, run_sleeping_pod};
+use bench::{percentile, pod_config, run_sleeping_pod, start_container};
 
 const BIG: usize = 100 * 1000 * 1000;
 const HTTP_PORT: u16 = 8080;
@@ -92,24 +92,7 @@ async fn main() {
     let script = format!(
         "mkdir -p /tmp/www && head -c {BIG} /dev/zero > /tmp/www/big && exec httpd -f -p {HTTP_PORT} -h /tmp/www"
     );
-    let web = client
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata { name: "web".into(), attempt: 0 }),
-                image: Some(ImageSpec { image: image.clone(), ..Default::default() }),
-                command: vec!["sh".into(), "-c".into(), script],
-                log_path: "web.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(config),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    client.runtime.start_container(StartContainerRequest { container_id: web }).await.expect("StartContainer");
+    start_container(&mut client, &pod, config, image, "web", vec!["sh".into(), "-c".into(), script]).await;
 
     // Exec round trip. Before the daemon implements Exec this reports why and the rest still runs.
     match exec_echo(&mut client, &sleeper).await {

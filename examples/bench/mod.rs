@@ -51,15 +51,29 @@ pub async fn run_sleeping_pod(client: &mut Client, image: &str, config: PodSandb
         .expect("RunPodSandbox")
         .into_inner()
         .pod_sandbox_id;
+    let container = start_container(client, &pod, config, image, "sleep", vec!["sleep".into(), "3600".into()]).await;
+    (pod, container)
+}
+
+/// CreateContainer and StartContainer of `command` from `image` in `pod` (made from `config`), logging to
+/// `<name>.log`; returns the container id.
+pub async fn start_container(
+    client: &mut Client,
+    pod: &str,
+    config: PodSandboxConfig,
+    image: &str,
+    name: &str,
+    command: Vec<String>,
+) -> String {
     let container = client
         .runtime
         .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
+            pod_sandbox_id: pod.to_owned(),
             config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata { name: "sleep".into(), attempt: 0 }),
+                metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
                 image: Some(ImageSpec { image: image.into(), ..Default::default() }),
-                command: vec!["sleep".into(), "3600".into()],
-                log_path: "sleep.log".into(),
+                command,
+                log_path: format!("{name}.log"),
                 ..Default::default()
             }),
             sandbox_config: Some(config),
@@ -73,5 +87,5 @@ pub async fn run_sleeping_pod(client: &mut Client, image: &str, config: PodSandb
         .start_container(StartContainerRequest { container_id: container.clone() })
         .await
         .expect("StartContainer");
-    (pod, container)
+    container
 }

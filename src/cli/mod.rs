@@ -272,11 +272,7 @@ where
     F: FnOnce(client::Client) -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let endpoint = Endpoint::parse(endpoint).map_err(|err| chain(&err))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| format!("cannot start the async runtime: {err}"))?;
+    let (endpoint, runtime) = endpoint_and_runtime(endpoint)?;
     runtime.block_on(async move {
         let client = client::Client::connect(endpoint, timeout).await.map_err(|err| chain(&err))?;
         run(client).await
@@ -292,17 +288,23 @@ where
     F: FnOnce(client::Client) -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let endpoint = Endpoint::parse(endpoint).map_err(|err| chain(&err))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| format!("cannot start the async runtime: {err}"))?;
+    let (endpoint, runtime) = endpoint_and_runtime(endpoint)?;
     let outcome = runtime.block_on(async move {
         let client = client::Client::connect(endpoint, timeout).await.map_err(|err| chain(&err))?;
         run(client).await
     });
     runtime.shutdown_background();
     outcome
+}
+
+/// The parsed endpoint and the single-threaded runtime a client verb runs on.
+fn endpoint_and_runtime(endpoint: &str) -> Result<(Endpoint, tokio::runtime::Runtime), String> {
+    let endpoint = Endpoint::parse(endpoint).map_err(|err| chain(&err))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the async runtime: {err}"))?;
+    Ok((endpoint, runtime))
 }
 
 #[cfg(test)]
