@@ -7,7 +7,6 @@
 //! containers. Image metadata lives in the daemon's state database (`berth_store`, table `images`).
 
 pub mod digest;
-mod idmap;
 pub mod manifest;
 pub mod reference;
 pub mod unpack;

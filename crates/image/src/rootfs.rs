@@ -218,10 +218,12 @@ fn mount_blocking(
         let step = std::fs::create_dir_all(&at)
             .map_err(io("cannot create", &at))
             .and_then(|()| {
-                crate::idmap::idmapped_clone(lower, userns.as_fd())
+                berth_runtime::idmapped::idmapped_clone(lower, userns.as_fd(), false)
                     .map_err(idmap_error("cannot clone the mount of", lower))
             })
-            .and_then(|tree| crate::idmap::attach(tree.as_fd(), &at).map_err(idmap_error("cannot attach", &at)));
+            .and_then(|tree| {
+                berth_runtime::idmapped::attach(tree.as_fd(), &at).map_err(idmap_error("cannot attach", &at))
+            });
         if let Err(err) = step {
             result = Err(err);
             break;

@@ -9,6 +9,7 @@ pub mod cgroups;
 mod container;
 pub mod error;
 pub mod hooks;
+pub mod idmapped;
 pub mod init;
 pub mod namespaces;
 pub mod pin;

@@ -9,7 +9,7 @@
 //! one, binds it like any other source. Nothing is attached in the host's mount namespace, and everything
 //! goes when the container's setup detaches its old root.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use nix::mount::{MsFlags, mount};
@@ -17,21 +17,9 @@ use nix::sched::{CloneFlags, unshare};
 use oci_spec::runtime::LinuxNamespaceType;
 
 use crate::error::{Result, RuntimeError};
+use crate::idmapped::{attach, idmapped_clone};
 use crate::namespaces;
 use crate::sync::InitConfig;
-
-/// `struct mount_attr` of linux/mount.h.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// Whether a mount asks to be idmapped: Some(recursive).
 fn idmap_option(options: &[String]) -> Option<bool> {
@@ -93,14 +81,15 @@ pub(super) fn stage(config: &mut InitConfig) -> Result<()> {
         } else {
             std::fs::write(&at, b"").map_err(RuntimeError::io("create", &at))?;
         }
-        let tree = idmapped_clone(&source, &userns_file, recursive).map_err(|errno| {
+        let tree = idmapped_clone(&source, userns_file.as_fd(), recursive).map_err(|err| {
             RuntimeError::sys(format!(
                 "make an idmapped mount of {} for {destination} through the user namespace {}",
                 source.display(),
                 userns.display()
-            ))(errno)
+            ))(errno(err))
         })?;
-        attach(&tree, &at).map_err(RuntimeError::sys(format!("attach the idmapped mount at {}", at.display())))?;
+        attach(tree.as_fd(), &at)
+            .map_err(|err| RuntimeError::sys(format!("attach the idmapped mount at {}", at.display()))(errno(err)))?;
         spec_mount.set_source(Some(at));
         spec_mount.set_options(Some(options.into_iter().filter(|o| o != "idmap" && o != "ridmap").collect()));
     }
@@ -108,58 +97,9 @@ pub(super) fn stage(config: &mut InitConfig) -> Result<()> {
     Ok(())
 }
 
-fn idmapped_clone(source: &Path, userns: &std::fs::File, recursive: bool) -> nix::Result<OwnedFd> {
-    let path = std::ffi::CString::new(source.as_os_str().as_encoded_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
-    let recursive_flag = if recursive { libc::AT_RECURSIVE as libc::c_uint } else { 0 };
-    // SAFETY: `path` is a NUL-terminated string alive for the call; open_tree only reads it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | recursive_flag,
-        )
-    };
-    if fd < 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    // SAFETY: open_tree just returned this new descriptor; nothing else owns it.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let attr =
-        MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
-    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
-    // SAFETY: `tree` is open for the call, the empty path is a NUL-terminated static string and `attr` a
-    // live mount_attr of the size passed; the kernel only reads them.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if result != 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    Ok(tree)
-}
-
-fn attach(tree: &OwnedFd, target: &Path) -> nix::Result<()> {
-    let path = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
-    // SAFETY: `tree` is open for the call and both paths are NUL-terminated strings alive for it.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if result == 0 { Ok(()) } else { Err(nix::errno::Errno::last()) }
+/// The errno of a failed syscall, for `RuntimeError::sys`.
+fn errno(err: std::io::Error) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO))
 }
 
 #[cfg(test)]
