@@ -13,7 +13,9 @@ use nix::sys::signal::Signal;
 use tonic::Code;
 
 use crate::containers::leftovers;
-use crate::support::cri::{container_config, create, pod_config, pull, run_pod, start, status, stop_and_remove_pod};
+use crate::support::cri::{
+    container_config, create, create_refused, pod_config, pull, run_pod, start, status, stop_and_remove_pod,
+};
 use crate::support::registry::TestRegistry;
 use crate::support::{Daemon, DaemonDirs};
 
@@ -252,15 +254,7 @@ async fn a_pod_with_its_own_user_namespace_runs_as_root_inside_and_unprivileged_
         let mut namespaces = userns_options();
         namespaces.userns_options = Some(options);
         let config = with_namespaces(container_config("mismatch", busybox, &["true"]), namespaces);
-        let err = client
-            .runtime
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod_config.clone()),
-            })
-            .await
-            .unwrap_err();
+        let err = create_refused(&mut client, &pod, &pod_config, config).await;
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains(&pod), "{err:?}");
     }
@@ -355,15 +349,7 @@ async fn invalid_user_namespace_requests_are_refused_and_leave_nothing() {
         container_config("wants-userns", busybox, &["true"]),
         NamespaceOption { userns_options: Some(pod_userns()), ..host_pod_options },
     );
-    let err = client
-        .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(config),
-            sandbox_config: Some(host_pod_config.clone()),
-        })
-        .await
-        .unwrap_err();
+    let err = create_refused(&mut client, &pod, &host_pod_config, config).await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("the host's user namespace"), "{err:?}");
     stop_and_remove_pod(&mut client, &pod).await;

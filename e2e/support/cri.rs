@@ -67,18 +67,32 @@ pub async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> String {
         .pod_sandbox_id
 }
 
+fn create_request(pod: &str, pod_config: &PodSandboxConfig, config: ContainerConfig) -> CreateContainerRequest {
+    CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(pod_config.clone()),
+    }
+}
+
 pub async fn create(client: &mut Client, pod: &str, pod_config: &PodSandboxConfig, config: ContainerConfig) -> String {
     client
         .runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
+        .create_container(create_request(pod, pod_config, config))
         .await
         .expect("CreateContainer")
         .into_inner()
         .container_id
+}
+
+/// A CreateContainer that must fail: its status.
+pub async fn create_refused(
+    client: &mut Client,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> tonic::Status {
+    client.runtime.create_container(create_request(pod, pod_config, config)).await.expect_err("CreateContainer refused")
 }
 
 pub async fn start(client: &mut Client, id: &str) {
