@@ -218,11 +218,11 @@ fn mount_blocking(
         let step = std::fs::create_dir_all(&at)
             .map_err(io("cannot create", &at))
             .and_then(|()| {
-                berth_runtime::idmapped::idmapped_clone(lower, userns.as_fd(), false)
+                berth_runtime::mount_api::idmapped_clone(lower, userns.as_fd(), false)
                     .map_err(idmap_error("cannot clone the mount of", lower))
             })
             .and_then(|tree| {
-                berth_runtime::idmapped::attach(tree.as_fd(), &at).map_err(idmap_error("cannot attach", &at))
+                berth_runtime::mount_api::attach(tree.as_fd(), &at).map_err(idmap_error("cannot attach", &at))
             });
         if let Err(err) = step {
             result = Err(err);

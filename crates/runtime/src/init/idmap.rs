@@ -17,7 +17,7 @@ use nix::sched::{CloneFlags, unshare};
 use oci_spec::runtime::LinuxNamespaceType;
 
 use crate::error::{Result, RuntimeError};
-use crate::idmapped::{attach, idmapped_clone};
+use crate::mount_api::{attach, idmapped_clone};
 use crate::namespaces;
 use crate::sync::InitConfig;
 

@@ -183,31 +183,8 @@ fn mount_one(
 
 /// Makes a mount and every mount below it read-only (`rro`): a remount only changes the top mount.
 fn set_read_only_recursively(destination: &Path) -> nix::Result<()> {
-    /// `struct mount_attr` of linux/mount.h.
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
-    let path =
-        std::ffi::CString::new(destination.as_os_str().as_encoded_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
-    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
-    // SAFETY: the path is a NUL-terminated string and `attr` a live mount_attr of the size passed; the kernel
-    // only reads both during the call.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if result == 0 { Ok(()) } else { Err(nix::errno::Errno::last()) }
+    crate::mount_api::set_read_only_recursively(destination)
+        .map_err(|err| nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 /// Remounts a bind mount with new flags, keeping the flags the kernel locks on it (nosuid, nodev, noexec

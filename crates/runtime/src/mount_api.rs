@@ -1,8 +1,11 @@
-//! Idmapped mounts (open_tree(2) + mount_setattr(2) with `MOUNT_ATTR_IDMAP` + move_mount(2)): a copy of a
-//! mount seen through a user namespace's id maps, so files the host's root owns on disk belong to the
-//! namespace's root. Used for a pod's image layers (`berth_image::rootfs`) and for `idmap`/`ridmap` spec
-//! mounts (`init::idmap`). Raw syscalls: nix wraps none of the three.
+//! The kernel's mount API where the classic mount(2) cannot do the job: open_tree(2), mount_setattr(2) and
+//! move_mount(2), raw syscalls since nix wraps none of them.
+//! - Idmapped mounts (`MOUNT_ATTR_IDMAP`): a copy of a mount seen through a user namespace's id maps, so
+//!   files the host's root owns on disk belong to the namespace's root. Used for a pod's image layers
+//!   (`berth_image::rootfs`) and for `idmap`/`ridmap` spec mounts (`init::idmap`).
+//! - Recursive read-only (`rro`, `init::rootfs`): a remount only changes the top mount.
 
+use std::ffi::CStr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
@@ -15,6 +18,7 @@ struct MountAttr {
     userns_fd: u64,
 }
 
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
@@ -46,21 +50,7 @@ pub fn idmapped_clone(source: &Path, userns: BorrowedFd<'_>, recursive: bool) ->
     let attr =
         MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
     let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
-    // SAFETY: `tree` is open for the call, the empty path is a NUL-terminated static string and `attr` a
-    // live mount_attr of the size passed; the kernel only reads them.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if result != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    mount_setattr(tree.as_raw_fd(), c"", flags, &attr)?;
     Ok(tree)
 }
 
@@ -76,6 +66,29 @@ pub fn attach(tree: BorrowedFd<'_>, target: &Path) -> std::io::Result<()> {
             libc::AT_FDCWD,
             path.as_ptr(),
             MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if result == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Makes the mount at `path` and every mount below it read-only.
+pub fn set_read_only_recursively(path: &Path) -> std::io::Result<()> {
+    let path = c_path(path)?;
+    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    mount_setattr(libc::AT_FDCWD, &path, libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW, &attr)
+}
+
+fn mount_setattr(dirfd: libc::c_int, path: &CStr, flags: libc::c_int, attr: &MountAttr) -> std::io::Result<()> {
+    // SAFETY: `path` is a NUL-terminated string and `attr` a live mount_attr of the size passed; the kernel
+    // only reads both during the call (`dirfd` is the caller's open descriptor or AT_FDCWD).
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            flags,
+            attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
         )
     };
     if result == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
