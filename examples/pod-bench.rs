@@ -96,8 +96,12 @@ async fn main() {
         made.push((pod, container));
     }
     // Memory with every sequential pod running: the daemon's RSS, and per pod what runs for it (berth's
-    // shim; containerd's shim and pause process), from /proc/PID/smaps_rollup.
+    // shim; containerd's shim and pause process), from /proc/PID/smaps_rollup. Read once the runtime has
+    // settled (BENCH_SETTLE_SECONDS, as pods.sh sets it), as on a node where the pods have been up a while: berth
+    // returns its heap's free pages every 10 s after work, Go's scavenger returns containerd's in the background.
     if let Some(daemon) = std::env::var("BENCH_DAEMON_PID").ok().and_then(|p| p.parse::<i32>().ok()) {
+        let settle = std::env::var("BENCH_SETTLE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_secs(settle)).await;
         // Only the shims of this run's pods (other berth daemons may run on the machine). BENCH_PER_POD_MATCH
         // names another runtime's per-pod process ({pod}: the pod id's first 12 characters), and
         // BENCH_PER_POD_CHILD what else runs for the pod under it (containerd: the pause process).

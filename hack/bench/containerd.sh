@@ -5,9 +5,12 @@
 # berth, so both are measured by the same client in the same run. Nothing of the host's containerd is used or
 # touched: no /etc/containerd, /var/lib/containerd, /run/containerd or /opt/containerd.
 #
-# Usage: start_containerd DIR REGISTRY BRIDGE   DIR: an empty directory for everything of this containerd
-#                                               REGISTRY: 127.0.0.1:PORT serving berth-test/pause (plain HTTP)
-#                                               BRIDGE: the name of its CNI bridge (each run uses its own)
+# Usage: start_containerd DIR REGISTRY BRIDGE [VOLATILE]
+#          DIR: an empty directory for everything of this containerd
+#          REGISTRY: 127.0.0.1:PORT serving berth-test/pause (plain HTTP)
+#          BRIDGE: the name of its CNI bridge (each run uses its own)
+#          VOLATILE: where its state and runc's go (default DIR); the benchmarks give a tmpfs, as /run is on a
+#          node (hack/bench/pod-daemon.sh says why)
 #        -> sets ctd_pid (containerd's pid) and ctd_endpoint (unix://DIR/containerd.sock)
 #        stop_containerd   kills what is left (pods, shims, containerd); safe to call twice or from a trap
 #
@@ -37,14 +40,14 @@
 # - The opt plugin's directory under DIR (default /opt/containerd).
 
 start_containerd() {
-  local dir=$1 registry=$2 bridge=$3
+  local dir=$1 registry=$2 bridge=$3 volatile=${4:-$1}
   mkdir -p "$dir/cni"
   sed -e "s/\"berth0\"/\"$bridge\"/" -e "s|\"ipam\": {|\"ipam\": { \"dataDir\": \"$dir/leases\",|" \
     hack/cni/10-berth-bridge.conflist > "$dir/cni/10-berth-bridge.conflist"
   cat > "$dir/config.toml" <<TOML
 version = 2
 root = "$dir/root"
-state = "$dir/state"
+state = "$volatile/state"
 [grpc]
   address = "$dir/containerd.sock"
 [ttrpc]
@@ -63,7 +66,7 @@ state = "$dir/state"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
-        Root = "$dir/runc"
+        Root = "$volatile/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$dir/cni"

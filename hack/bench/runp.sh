@@ -23,9 +23,7 @@ fi
 source hack/bench/pod-daemon.sh # remove_bench_cgroups
 source hack/bench/containerd.sh
 ip link set lo up
-work=$(mktemp -d "${TMPDIR:-/tmp}/brunp.XXXXXX")
-# The pods' cgroup parent, one per run, as kubelet gives one (see hack/bench/pod-daemon.sh).
-export BENCH_CGROUP_PARENT="/$(basename "$work")"
+work=
 daemon_pid=
 cleanup() {
   [[ -n $daemon_pid ]] && { kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; }
@@ -34,9 +32,14 @@ cleanup() {
   [[ -d $work/registry ]] && { hack/registry.sh stop "$work/registry" >/dev/null 2>&1 || true; }
   # BERTH_BENCH_KEEP_LOG=FILE keeps the daemon's log (with BERTH_BENCH_BREAKDOWN=1, every step's timing).
   [[ -n ${BERTH_BENCH_KEEP_LOG:-} && -f $work/daemon.log ]] && cp "$work/daemon.log" "$BERTH_BENCH_KEEP_LOG"
-  rm -rf "$work" /tmp/berth-bench-runp-logs
+  remove_bench_work
+  rm -rf /tmp/berth-bench-runp-logs
 }
 trap cleanup EXIT
+# Durable state on a journaled ext4, volatile state on a tmpfs, as on a node (see pod-daemon.sh).
+make_bench_work brunp
+# The pods' cgroup parent, one per run, as kubelet gives one (see hack/bench/pod-daemon.sh).
+export BENCH_CGROUP_PARENT="/$(basename "$work")"
 
 mkdir -p "$work/cni"
 sed -e 's/"berth0"/"berthrunp0"/' -e "s|\"ipam\": {|\"ipam\": { \"dataDir\": \"$work/leases\",|" \
@@ -44,8 +47,8 @@ sed -e 's/"berth0"/"berthrunp0"/' -e "s|\"ipam\": {|\"ipam\": { \"dataDir\": \"$
 cat > "$work/config.toml" <<TOML
 [daemon]
 root = "$work/root"
-state = "$work/state"
-socket = "$work/state/berth.sock"
+state = "$work/run/berth"
+socket = "$work/run/berth/berth.sock"
 [log]
 format = "json"
 [cni]
@@ -55,11 +58,11 @@ TOML
 if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then export BERTH_LOG=berth=debug; fi
 "$target/release/berth" serve --config "$work/config.toml" 2>"$work/daemon.log" &
 daemon_pid=$!
-for _ in $(seq 200); do [[ -S $work/state/berth.sock ]] && break; sleep 0.05; done
+for _ in $(seq 200); do [[ -S $work/run/berth/berth.sock ]] && break; sleep 0.05; done
 printf 'berth %s, plugins from /usr/lib/cni (containernetworking-plugins %s)\n' \
   "$("$target/release/berth" --version | awk '{print $2}')" \
   "$(dpkg-query -W -f '${Version}' containernetworking-plugins 2>/dev/null || echo '?')"
-"$target/release/examples/runp-bench" "unix://$work/state/berth.sock" "$pods" "$work/daemon.log"
+"$target/release/examples/runp-bench" "unix://$work/run/berth/berth.sock" "$pods" "$work/daemon.log"
 if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then python3 hack/bench/breakdown.py "$work/daemon.log"; fi
 
 # With BERTH_BENCH_CONTAINERD=1: containerd (Debian's package, CRI plugin, runc; hack/bench/containerd.sh) with
@@ -71,7 +74,7 @@ if [[ -n ${BERTH_BENCH_CONTAINERD:-} ]]; then
   ip link del berthrunp0 2>/dev/null || true # same subnet as containerd's bridge: keep one route to it
   registry=$(hack/registry.sh start "$work/registry")
   python3 hack/test-images.py --registry "$registry" --only pause --out "$work/images.json" >/dev/null
-  start_containerd "$work/containerd" "$registry" berthctd0
+  start_containerd "$work/containerd" "$registry" berthctd0 "$work/run/containerd"
   printf 'containerd %s + runc %s\n' "$(containerd --version | awk '{print $3}')" "$(runc --version | awk 'NR == 1 { print $3 }')"
   "$target/release/examples/runp-bench" "$ctd_endpoint" "$pods"
 fi
