@@ -7,6 +7,7 @@
 //! after everything it would depend on exists.
 
 mod authority;
+pub mod heap;
 mod lock;
 mod socket;
 
@@ -73,6 +74,9 @@ impl Kinded for ServeError {
         }
     }
 }
+
+/// How often the daemon gives its heap's free pages back to the kernel, if it worked meanwhile ([`heap`]).
+const HEAP_TRIM_PERIOD: Duration = Duration::from_secs(10);
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
@@ -165,6 +169,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     } else {
         None
     };
+    let _heap_trimmer = heap::spawn_trimmer(HEAP_TRIM_PERIOD);
     let cri = Cri::new(context);
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|source| ServeError::Signal { signal: "SIGTERM", source })?;

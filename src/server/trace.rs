@@ -85,6 +85,7 @@ where
                     Err(_) => Code::Internal,
                 };
                 crate::metrics::global().rpc_finished(&method, code, elapsed, deadline);
+                crate::daemon::heap::note_rpc_finished();
                 if is_read_only(&method) {
                     tracing::debug!(?code, elapsed_ms, "rpc finished");
                 } else {
