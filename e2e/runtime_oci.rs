@@ -377,6 +377,25 @@ fn a_terminal_is_sent_to_the_console_socket() {
 }
 
 #[test]
+fn a_console_socket_nobody_listens_on_fails_create_at_once_and_leaves_nothing() {
+    let bundle = Bundle::busybox();
+    bundle.edit(|spec| spec["process"]["terminal"] = json!(true));
+    let missing = bundle.path().join("nobody-listens.sock");
+    let began = Instant::now();
+    // The init helper is already waiting for its bootstrap when the socket turns out unreachable: it must be
+    // killed, not waited for (create used to hang here).
+    let output = bundle.berth(&["create", "--console-socket", missing.to_str().unwrap(), "noconsole"]);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(began.elapsed() < Duration::from_secs(10), "create took {:?}", began.elapsed());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("console socket") && stderr.contains("nobody-listens.sock"), "{stderr}");
+    assert!(!bundle.state.path().join("berth/noconsole").exists(), "state left behind");
+    for controller in ["cpu", "memory", "pids"] {
+        assert!(!cgroup_dir(controller, "noconsole").exists(), "{controller} cgroup left behind");
+    }
+}
+
+#[test]
 fn a_time_namespace_applies_its_offsets() {
     let bundle = Bundle::busybox();
     bundle.set_args(&["sh", "-c", "cat /proc/self/timens_offsets"]);

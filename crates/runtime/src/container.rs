@@ -91,6 +91,10 @@ impl Runtime {
                 return Err(RuntimeError::Io { step: "create the state directory", path: dir.path.clone(), source });
             }
         }
+        let mut cleanup = Cleanup { dir: Some(dir.clone()), cgroup: None, pid: None };
+        // Started first: its exec and start-up (about a millisecond) overlap the state files and the cgroup
+        // below. It waits for its bootstrap, sent only once it is in the cgroup.
+        let helper = InitHelper::spawn(&self.init_binary)?;
         let cgroup_path = Cgroup::path_for(spec.linux().as_ref().and_then(|l| l.cgroups_path().as_deref()), id)?;
         let mut state = ContainerState {
             oci_version: OCI_VERSION.into(),
@@ -104,7 +108,6 @@ impl Runtime {
             created: now_rfc3339(),
             cgroup_path: cgroup_path.clone(),
         };
-        let mut cleanup = Cleanup { dir: Some(dir.clone()), cgroup: None, pid: None };
         let spec_bytes = serde_json::to_vec(&spec).expect("spec serializes");
         crate::state::write_atomic(&dir.spec_file(), &spec_bytes)?;
         dir.save(&state)?;
@@ -135,7 +138,8 @@ impl Runtime {
             join_pid: None,
             console_fd: options.console_socket.is_some(),
         };
-        let pid = self.run_init(
+        let pid = Self::run_init(
+            helper,
             config,
             &cgroup,
             options.stdio,
@@ -155,11 +159,11 @@ impl Runtime {
         Ok(state)
     }
 
-    /// Starts the init helper, feeds it, and follows it until the container reports Ready; returns the
-    /// container process's pid.
+    /// Moves the started init helper into the cgroup, feeds it, and follows it until the container reports
+    /// Ready; returns the container process's pid.
     #[allow(clippy::too_many_arguments)]
     fn run_init(
-        &self,
+        mut helper: InitHelper,
         config: InitConfig,
         cgroup: &Cgroup,
         stdio: Stdio,
@@ -170,18 +174,11 @@ impl Runtime {
     ) -> Result<i32> {
         let id = config.id.clone();
         let joining = config.join_pid.is_some();
-        let (ours, theirs) = Channel::pair()?;
-        let mut helper = Command::new(&self.init_binary)
-            .arg("__init")
-            .env_clear()
-            .stdin(std::process::Stdio::from(theirs.into_fd()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(RuntimeError::io("start the init helper", &self.init_binary))?;
+        let helper_pid = helper.process.id() as i32;
+        let ours = &helper.channel;
         let result = (|| {
             // Into the cgroup before it clones, so the container process never runs outside it.
-            cgroup.add_process(helper.id() as i32)?;
+            cgroup.add_process(helper_pid)?;
             let mut fds: Vec<RawFd> = match &stdio {
                 Stdio::Inherit => vec![0, 1, 2],
                 Stdio::Fds(given) => given.iter().map(|f| f.as_raw_fd()).collect(),
@@ -207,7 +204,7 @@ impl Runtime {
             loop {
                 match ours.receive()? {
                     Some((Message::MapIds, _)) => {
-                        write_id_maps(helper.id() as i32, spec)?;
+                        write_id_maps(helper_pid, spec)?;
                         ours.send(&Message::IdsMapped)?;
                     }
                     Some((Message::Pid { pid: child }, _)) => {
@@ -252,15 +249,14 @@ impl Runtime {
             }
             pid.ok_or_else(|| RuntimeError::Init { id: id.clone(), message: "the init helper reported no pid".into() })
         })();
-        let helper_status = helper.wait();
-        if result.is_err() {
-            let _ = helper.kill();
-        } else if let Ok(status) = helper_status
-            && !status.success()
-        {
+        // A failure left the helper where it was, perhaps still waiting for its bootstrap: dropping it kills
+        // and reaps it.
+        let pid = result?;
+        let status = helper.wait().map_err(RuntimeError::io("wait for the init helper", "__init"))?;
+        if !status.success() {
             return Err(RuntimeError::Init { id, message: format!("the init helper failed ({status})") });
         }
-        result
+        Ok(pid)
     }
 
     /// Opens the start gate: the container's process continues to its execve.
@@ -405,6 +401,8 @@ impl Runtime {
         if process.terminal() == Some(true) && options.console_socket.is_none() {
             return Err(invalid(&dir.spec_file(), "a terminal exec needs a console socket"));
         }
+        // Started before the spec is read, for the same overlap as in create.
+        let helper = InitHelper::spawn(&self.init_binary)?;
         let mut spec = self.spec_of(&dir)?;
         spec.set_process(Some(process));
         let layout = Layout::host()?;
@@ -420,7 +418,8 @@ impl Runtime {
             console_fd: options.console_socket.is_some(),
         };
         let mut cleanup = Cleanup { dir: None, cgroup: None, pid: None };
-        let pid = self.run_init(
+        let pid = Self::run_init(
+            helper,
             config,
             &cgroup,
             options.stdio,
@@ -525,6 +524,45 @@ fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
         std::fs::write(&path, text).map_err(RuntimeError::io("write", path))?;
     }
     Ok(())
+}
+
+/// A started `<init binary> __init`, waiting for its bootstrap on `channel` (its stdin). Until it has been
+/// waited for, dropping it kills and reaps it, so no helper outlives a create or exec that failed, wherever
+/// it failed (the helper would otherwise wait for its bootstrap forever).
+struct InitHelper {
+    process: std::process::Child,
+    channel: Channel,
+    reaped: bool,
+}
+
+impl InitHelper {
+    fn spawn(binary: &Path) -> Result<InitHelper> {
+        let (ours, theirs) = Channel::pair()?;
+        let process = Command::new(binary)
+            .arg("__init")
+            .env_clear()
+            .stdin(std::process::Stdio::from(theirs.into_fd()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(RuntimeError::io("start the init helper", binary))?;
+        Ok(InitHelper { process, channel: ours, reaped: false })
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let status = self.process.wait()?;
+        self.reaped = true;
+        Ok(status)
+    }
+}
+
+impl Drop for InitHelper {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.process.kill();
+            let _ = self.process.wait();
+        }
+    }
 }
 
 /// Undoes a half-made container unless disarmed: kills its process, removes its cgroup and state.
