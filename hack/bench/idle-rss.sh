@@ -30,6 +30,9 @@ root = "$work/berth/root"
 state = "$work/berth/state"
 socket = "$work/berth/state/berth.sock"
 TOML
+# Both daemons' binaries are read from disk, as on a node that just booted (see evict_from_page_cache).
+source hack/bench/pod-daemon.sh
+evict_from_page_cache "$berth"
 "$berth" serve --config "$work/berth/config.toml" 2>"$work/berth/log" &
 pids+=($!); berth_pid=$!
 wait_socket "$work/berth/state/berth.sock"
@@ -52,6 +55,7 @@ state = "$work/containerd/state"
 [ttrpc]
   address = "$work/containerd/containerd.sock.ttrpc"
 TOML
+  evict_from_page_cache "$(command -v containerd)"
   containerd --config "$work/containerd/config.toml" 2>"$work/containerd/log" &
   pids+=($!); containerd_pid=$!
   wait_socket "$work/containerd/containerd.sock"

@@ -55,6 +55,7 @@ format = "json"
 TOML
   # BERTH_BENCH_BREAKDOWN=1: every RPC's and step's timing, printed by hack/bench/breakdown.py.
   if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then export BERTH_LOG=berth=debug; fi
+  evict_from_page_cache "$target/release/berth"
   "$target/release/berth" serve --config "$work/config.toml" 2>"$work/daemon.log" &
   daemon_pid=$!
   for _ in $(seq 200); do [[ -S $work/run/berth/berth.sock ]] && break; sleep 0.05; done
@@ -71,11 +72,25 @@ start_bench_containerd() {
   stop_bench_daemon
   # berth's bridge has the same subnet as the one containerd's plugins will make; keep one route to it.
   ip link del "$berth_bridge" 2>/dev/null || true
+  evict_from_page_cache "$(command -v containerd)" "$(command -v containerd-shim-runc-v2)" "$(command -v runc)"
   start_containerd "$work/containerd" "$registry" "$1" "$work/run/containerd"
   daemon_pid=$ctd_pid
   endpoint=$ctd_endpoint
   # berth's CLI pulls through the CRI's PullImage, which containerd serves too.
   "$target/release/berth" -r "$endpoint" pull "$image" >/dev/null
+}
+
+# evict_from_page_cache FILE...: a runtime's binaries are read from disk when it starts, as on a node that just
+# booted. How a binary came into the page cache decides how much of it a process maps (the fault-around maps
+# whatever neighbouring pages are cached, and a binary cp or a linker just wrote is cached whole, in large
+# folios): the same berth binary's idle RSS was 13.2 MiB read from disk, 15.0 MiB as a fresh copy.
+evict_from_page_cache() {
+  # (Written back first: the kernel drops only clean pages, and a binary just built is still dirty.)
+  python3 -c 'import os, sys
+for path in sys.argv[1:]:
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$@"
 }
 
 # make_bench_work PREFIX: sets $work to a new directory with a journaled ext4 mounted on it (a sparse image

@@ -56,6 +56,7 @@ conf_dir = "$work/cni"
 TOML
 # BERTH_BENCH_BREAKDOWN=1: the daemon logs its steps at debug, and their p50s are printed after the run.
 if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then export BERTH_LOG=berth=debug; fi
+evict_from_page_cache "$target/release/berth" # read from disk, as on a node (see pod-daemon.sh)
 "$target/release/berth" serve --config "$work/config.toml" 2>"$work/daemon.log" &
 daemon_pid=$!
 for _ in $(seq 200); do [[ -S $work/run/berth/berth.sock ]] && break; sleep 0.05; done
@@ -74,6 +75,7 @@ if [[ -n ${BERTH_BENCH_CONTAINERD:-} ]]; then
   ip link del berthrunp0 2>/dev/null || true # same subnet as containerd's bridge: keep one route to it
   registry=$(hack/registry.sh start "$work/registry")
   python3 hack/test-images.py --registry "$registry" --only pause --out "$work/images.json" >/dev/null
+  evict_from_page_cache "$(command -v containerd)" "$(command -v containerd-shim-runc-v2)" "$(command -v runc)"
   start_containerd "$work/containerd" "$registry" berthctd0 "$work/run/containerd"
   printf 'containerd %s + runc %s\n' "$(containerd --version | awk '{print $3}')" "$(runc --version | awk 'NR == 1 { print $3 }')"
   "$target/release/examples/runp-bench" "$ctd_endpoint" "$pods"
