@@ -211,14 +211,14 @@ impl Runtime {
                         pid = Some(child);
                         cleanup.pid = Some(child);
                         if std::mem::take(&mut hooks_waiting) {
-                            run_create_hooks(spec, state, child, &ours)?;
+                            run_create_hooks(spec, state, child, ours)?;
                         }
                         if ready {
                             break;
                         }
                     }
                     Some((Message::RunHooks, _)) => match pid {
-                        Some(pid) => run_create_hooks(spec, state, pid, &ours)?,
+                        Some(pid) => run_create_hooks(spec, state, pid, ours)?,
                         // The hooks are given the container's pid: they run when it arrives.
                         None => hooks_waiting = true,
                     },
