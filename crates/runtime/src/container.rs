@@ -252,8 +252,10 @@ impl Runtime {
         // A failure left the helper where it was, perhaps still waiting for its bootstrap: dropping it kills
         // and reaps it.
         let pid = result?;
-        let status = helper.wait().map_err(RuntimeError::io("wait for the init helper", "__init"))?;
-        if !status.success() {
+        // (A helper someone else reaped, ECHILD, did its work: it reported the pid.)
+        if let Ok(status) = helper.wait()
+            && !status.success()
+        {
             return Err(RuntimeError::Init { id, message: format!("the init helper failed ({status})") });
         }
         Ok(pid)
