@@ -15,16 +15,22 @@
 # shims and container inits). The pages left in the cache are then exactly the pages those processes used
 # (hack/link-order/resident-functions.py), and the file lists the functions on them: the idle set first,
 # then what the pull added, then what the pods added, each in the address order the linker would have used. Functions are
-# named as mangled, so the file holds for as long as their crates' versions and the toolchain stay the same;
-# names it does not find are skipped silently (`--no-warn-symbol-ordering`) and those functions keep their
-# usual place. Rerun it after a toolchain or dependency update, or when `hack/bench/idle-rss.sh` climbs.
+# named as mangled, so the file holds for as long as their crates' versions, features and the toolchain stay
+# the same; names it does not find are skipped silently (`--no-warn-symbol-ordering`) and those functions keep
+# their usual place. A berth built in the same cargo command as an example has other names (Cargo unifies the
+# dev-dependencies' features into its dependencies), so berth is built alone here, as `make release` builds it,
+# and the benchmarks do the same. Rerun it after a toolchain or dependency update, or when
+# `hack/bench/idle-rss.sh` finds few of the names. Run twice (the second run profiles the ordered build, whose
+# pages hold less code that does not run) for the tightest order.
 #
 # Usage: hack/link-order.sh   (root; runs in its own network namespace; about a minute)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
 if [[ -z ${BERTH_LINK_ORDER_IN_NETNS:-} ]]; then
-  cargo build --quiet --release --bin berth --example pod-bench
+  # Two builds: with an example, Cargo unifies the dev-dependencies' features into berth's dependencies, and
+  # the binary's symbols would differ from those of the binary `cargo build --release` makes.
+  cargo build --quiet --release --bin berth && cargo build --quiet --release --example pod-bench
   exec env BERTH_LINK_ORDER_IN_NETNS=1 unshare --net "$0" "$@"
 fi
 source hack/bench/pod-daemon.sh

@@ -17,7 +17,9 @@ pods=${1:-50}
 target=${CARGO_TARGET_DIR:-target}
 
 if [[ -z ${BERTH_BENCH_IN_NETNS:-} ]]; then
-  cargo build --quiet --release --bin berth --example runp-bench
+  # Two builds: with an example, Cargo unifies the dev-dependencies' features into berth's dependencies, and
+  # the binary would differ from the one `cargo build --release` makes (other symbols: the link order misses).
+  cargo build --quiet --release --bin berth && cargo build --quiet --release --example runp-bench
   exec env BERTH_BENCH_IN_NETNS=1 unshare --net "$0" "$@"
 fi
 source hack/bench/pod-daemon.sh # remove_bench_cgroups

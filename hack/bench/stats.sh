@@ -20,7 +20,9 @@ calls=${2:-100}
 target=${CARGO_TARGET_DIR:-target}
 
 if [[ -z ${BERTH_BENCH_IN_NETNS:-} ]]; then
-  cargo build --quiet --release --bin berth --example stats-bench
+  # Two builds: with an example, Cargo unifies the dev-dependencies' features into berth's dependencies, and
+  # the binary would differ from the one `cargo build --release` makes (other symbols: the link order misses).
+  cargo build --quiet --release --bin berth && cargo build --quiet --release --example stats-bench
   exec env BERTH_BENCH_IN_NETNS=1 unshare --net "$0" "$@"
 fi
 source hack/bench/pod-daemon.sh
