@@ -63,19 +63,7 @@ evict_from_page_cache "$cold/berth"
 registry=$(hack/registry.sh start "$work/registry")
 python3 hack/test-images.py --registry "$registry" --only busybox --out "$work/images.json" >/dev/null
 image="$registry/berth-test/busybox:latest"
-mkdir -p "$work/cni"
-sed -e 's/"berth0"/"berthorder0"/' -e "s|\"ipam\": {|\"ipam\": { \"dataDir\": \"$work/leases\",|" \
-  hack/cni/10-berth-bridge.conflist > "$work/cni/10-berth-bridge.conflist"
-cat > "$work/config.toml" <<TOML
-[daemon]
-root = "$work/root"
-state = "$work/run/berth"
-socket = "$work/run/berth/berth.sock"
-[cni]
-conf_dir = "$work/cni"
-[registries."$registry"]
-insecure = true
-TOML
+write_bench_config berthorder0
 "$cold/berth" serve --config "$work/config.toml" 2>"$work/daemon.log" &
 daemon_pid=$!
 for _ in $(seq 200); do [[ -S $work/run/berth/berth.sock ]] && break; sleep 0.05; done

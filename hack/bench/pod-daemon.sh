@@ -36,11 +36,25 @@ start_bench_daemon() {
   python3 hack/test-images.py --registry "$registry" --only busybox pause --out "$work/images.json" >/dev/null
   image="$registry/berth-test/busybox:latest"
 
-  mkdir -p "$work/cni"
-  # host-local's leases under $work, not in the host's /var/lib/cni/networks/berth.
-  sed -e "s/\"berth0\"/\"$bridge\"/" -e "s|\"ipam\": {|\"ipam\": { \"dataDir\": \"$work/leases\",|" \
-    hack/cni/10-berth-bridge.conflist > "$work/cni/10-berth-bridge.conflist"
+  write_bench_config "$bridge"
   berth_bridge=$bridge
+  # BERTH_BENCH_BREAKDOWN=1: every RPC's and step's timing, printed by hack/bench/breakdown.py.
+  if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then export BERTH_LOG=berth=debug; fi
+  evict_from_page_cache "$target/release/berth"
+  "$target/release/berth" serve --config "$work/config.toml" 2>"$work/daemon.log" &
+  daemon_pid=$!
+  for _ in $(seq 200); do [[ -S $work/run/berth/berth.sock ]] && break; sleep 0.05; done
+  endpoint="unix://$work/run/berth/berth.sock"
+  "$target/release/berth" -r "$endpoint" pull "$image" >/dev/null
+}
+
+# write_bench_config BRIDGE: berth's $work/config.toml (root on the ext4, state on the tmpfs, the registry at
+# $registry insecure, JSON logs) and its CNI configuration, the repo's bridge conflist with the bridge renamed
+# and host-local's leases under $work, not in the host's /var/lib/cni/networks/berth.
+write_bench_config() {
+  mkdir -p "$work/cni"
+  sed -e "s/\"berth0\"/\"$1\"/" -e "s|\"ipam\": {|\"ipam\": { \"dataDir\": \"$work/leases\",|" \
+    hack/cni/10-berth-bridge.conflist > "$work/cni/10-berth-bridge.conflist"
   cat > "$work/config.toml" <<TOML
 [daemon]
 root = "$work/root"
@@ -53,14 +67,6 @@ insecure = true
 [log]
 format = "json"
 TOML
-  # BERTH_BENCH_BREAKDOWN=1: every RPC's and step's timing, printed by hack/bench/breakdown.py.
-  if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then export BERTH_LOG=berth=debug; fi
-  evict_from_page_cache "$target/release/berth"
-  "$target/release/berth" serve --config "$work/config.toml" 2>"$work/daemon.log" &
-  daemon_pid=$!
-  for _ in $(seq 200); do [[ -S $work/run/berth/berth.sock ]] && break; sleep 0.05; done
-  endpoint="unix://$work/run/berth/berth.sock"
-  "$target/release/berth" -r "$endpoint" pull "$image" >/dev/null
 }
 
 stop_bench_daemon() {
