@@ -37,15 +37,9 @@ source hack/bench/pod-daemon.sh
 ip link set lo up
 binary="$target/release/berth"
 daemon_pid=
-cold=
-cleanup() {
-  stop_bench_daemon
-  remove_bench_cgroups
-  [[ -n ${work:-} ]] && { hack/registry.sh stop "$work/registry" >/dev/null 2>&1 || true; }
-  [[ -n $cold ]] && { umount "$cold" 2>/dev/null || true; }
-  remove_bench_work
-}
-trap cleanup EXIT
+# The benchmarks' cleanup: daemon, pods' cgroups, registry, and the work directory with every mount below it
+# (the cold copy's filesystem too).
+trap bench_daemon_cleanup EXIT
 make_bench_work berth-link-order
 export BENCH_CGROUP_PARENT="/$(basename "$work")"
 
