@@ -4,7 +4,7 @@ CARGO ?= cargo
 # `make run CONFIG=path` uses that file; by default berth reads /etc/berth/config.toml if it exists.
 CONFIG ?=
 
-.PHONY: all deps build release run test lint fmt-check clippy unit e2e bench clean
+.PHONY: all deps build release run test lint fmt-check clippy unit e2e conformance bench clean
 
 all: build
 
@@ -38,6 +38,12 @@ unit:
 
 e2e:
 	bash hack/test.sh --test e2e
+
+# The real clients judge the release build: critest over SPDY (full suite) and WebSocket (streaming specs),
+# then the kubelet suite (e2e/kubelet). KIT is the conformance kit's directory (read only).
+KIT ?= $(abspath ../shared/conformance)
+conformance: deps release
+	BERTH_KIT=$(KIT) bash hack/conformance.sh
 
 bench: release
 	bash hack/bench/idle-rss.sh

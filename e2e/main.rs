@@ -21,6 +21,7 @@ mod lifecycle;
 mod list_streams;
 mod pods;
 mod pods_network;
+mod privileged;
 mod registry;
 mod runtime_containerd;
 mod runtime_oci;

@@ -10,7 +10,9 @@
 #       a vendored protoc. libseccomp-dev and pkg-config build the runtime crate's seccomp support (the
 #       libseccomp crate links the system library, as runc and youki do). apache2-utils (htpasswd) and openssl
 #       make the TLS + basic-auth test registry. containerd (with ctr and containerd-shim-runc-v2) drives
-#       `berth runtime` as its runc in an e2e test, and is the peer of the idle-RSS benchmark.
+#       `berth runtime` as its runc in an e2e test, and is the peer of the idle-RSS benchmark. jq, curl, gcc,
+#       make, binutils, dpkg-dev, bzip2 and xz-utils build the conformance kit's images and run its scripts;
+#       util-linux-extra gives ipcmk, which critest's HostIpc specs run on the host.
 # Idempotent: a second run installs nothing and only prints "all N packages present".
 # Side effect guard: Debian's docker-registry package tries to start its service (port 5000) on install. A
 #       policy-rc.d answering 101 ("action forbidden") is in place during the install so no daemon is left
@@ -34,6 +36,16 @@ PACKAGES=(
   apache2-utils
   openssl
   containerd
+  # the conformance kit (../shared/conformance): its image build, its scripts and critest's HostIpc specs
+  jq
+  curl
+  gcc
+  make
+  binutils
+  dpkg-dev
+  bzip2
+  xz-utils
+  util-linux-extra
 )
 
 missing=()

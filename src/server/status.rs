@@ -76,9 +76,11 @@ pub async fn handle(context: &Context, request: StatusRequest) -> Result<StatusR
         info,
         runtime_handlers: runtime_handlers(context),
         features: Some(RuntimeFeatures {
-            // Both need the container runtime work (user, supplemental groups from the image); until it
-            // lands berth must not claim them, or kubelet would schedule pods that rely on them.
-            supplemental_groups_policy: false,
+            // Strict leaves out the groups of the image's /etc/group (containers/spec/user.rs), and
+            // ContainerStatus.user reports the ids the process got, which is what kubelet checks.
+            supplemental_groups_policy: true,
+            // A user-namespaced pod on the host's network would need the netns owned by the pod's user
+            // namespace; berth does not offer it, so kubelet must not schedule such pods here.
             user_namespaces_host_network: false,
         }),
     })
@@ -92,7 +94,11 @@ fn condition(kind: &str, ready: bool, reason: &str, message: &str) -> RuntimeCon
 fn runtime_handlers(context: &Context) -> Vec<RuntimeHandler> {
     // user_namespaces: kubelet runs `hostUsers: false` pods only on handlers that say so (every handler
     // runs them the same way: a pinned pod user namespace, idmapped layers and volumes).
-    let features = RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: true };
+    // recursive_read_only_mounts: `rro` is made with mount_setattr(2), so it is offered where the kernel has it.
+    let features = RuntimeHandlerFeatures {
+        recursive_read_only_mounts: berth_runtime::mount_api::mount_setattr_available(),
+        user_namespaces: true,
+    };
     std::iter::once(String::new())
         .chain(context.config.runtime_handlers.keys().cloned())
         .map(|name| RuntimeHandler { name, features: Some(features) })

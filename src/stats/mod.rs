@@ -66,6 +66,9 @@ struct CpuSample {
 /// counter's granularity would dominate.
 const MIN_RATE_INTERVAL_NS: i64 = 100_000_000;
 
+/// A first sample has a rate (since the start) only once this much time has passed since the start.
+const MIN_FIRST_RATE_INTERVAL_NS: i64 = 1_000_000_000;
+
 /// CPU use between two samples of a cumulative counter, in billionths of a core. A counter that went
 /// backwards (a pod whose container went away) has no rate.
 fn nano_cores(previous: Option<CpuSample>, at: i64, usage_ns: u64) -> Option<u64> {
@@ -182,13 +185,21 @@ impl StatsCollector {
         Some(Cgroup::new(layout, state.cgroup_path))
     }
 
-    /// Rate from the previous sample under `key`, and this sample remembered in its place.
-    fn rate(&self, key: &str, at: i64, usage_ns: u64, running: bool) -> Option<u64> {
+    /// Rate from the previous sample under `key`, and this sample remembered in its place. The first sample
+    /// of something that started at `started_at` (nanoseconds since the epoch) is measured from its start,
+    /// when its counter was zero: kubelet's stats provider and the summary API read `usage_nano_cores` on
+    /// every call, including the first one long after a container started.
+    fn rate(&self, key: &str, at: i64, usage_ns: u64, running: bool, started_at: i64) -> Option<u64> {
         let mut samples = self.cpu_samples.lock().expect("stats lock");
-        let previous = samples.get(key).copied();
+        let since_start = (started_at > 0 && at - started_at >= MIN_FIRST_RATE_INTERVAL_NS).then_some(CpuSample {
+            at: started_at,
+            usage_ns: 0,
+            nano_cores: None,
+        });
+        let previous = samples.get(key).copied().or(since_start);
         let rate = if running { nano_cores(previous, at, usage_ns) } else { Some(0) };
         // A sample taken too soon after the previous one keeps the previous one as the base.
-        if previous.is_none_or(|p| at - p.at >= MIN_RATE_INTERVAL_NS) {
+        if samples.get(key).is_none_or(|p| at - p.at >= MIN_RATE_INTERVAL_NS) {
             samples.insert(key.to_owned(), CpuSample { at, usage_ns, nano_cores: rate });
         }
         rate
@@ -206,7 +217,9 @@ impl StatsCollector {
             _ => self.last_known.lock().expect("stats lock").get(&record.id).map(|(_, stats)| stats.clone()),
         };
         let running = record.state == ContainerRecordState::Running;
-        let nano_cores = cgroup.as_ref().and_then(|stats| self.rate(&record.id, at, stats.cpu_usage_ns, running));
+        let nano_cores = cgroup
+            .as_ref()
+            .and_then(|stats| self.rate(&record.id, at, stats.cpu_usage_ns, running, record.started_at_unix_nanos));
         let writable_layer = self.layers.usage(&record.id);
         ContainerSample { record: record.clone(), at, cgroup, nano_cores, writable_layer }
     }
@@ -224,8 +237,9 @@ impl StatsCollector {
             (!read.is_empty()).then(|| sum(read))
         });
         let running = containers.iter().any(|c| c.record.state == ContainerRecordState::Running);
-        let nano_cores =
-            cgroup.as_ref().and_then(|stats| self.rate(&format!("pod/{}", record.id), at, stats.cpu_usage_ns, running));
+        let nano_cores = cgroup.as_ref().and_then(|stats| {
+            self.rate(&format!("pod/{}", record.id), at, stats.cpu_usage_ns, running, record.created_at_unix_nanos)
+        });
         let network = record.netns.as_deref().and_then(|netns| match self.network.read(netns) {
             Ok(interfaces) => Some(interfaces),
             Err(err) => {
@@ -265,6 +279,26 @@ mod tests {
         assert_eq!(nano_cores(Some(previous), 1_010_000_000, 9_000_000_000), Some(42));
         // A counter that went backwards has no rate.
         assert_eq!(nano_cores(Some(previous), 5_000_000_000, 1), None);
+    }
+
+    #[test]
+    fn the_first_sample_long_after_the_start_has_a_rate_since_the_start() {
+        let collector = StatsCollector::new(
+            PathBuf::from("/nonexistent"),
+            CgroupDriver::Cgroupfs,
+            PathBuf::from("/nonexistent"),
+            Arc::new(|id: &str| PathBuf::from(id)),
+        );
+        const S: i64 = 1_000_000_000;
+        // Started at 10 s, first asked at 20 s, after 5 s of CPU: half a core on average.
+        assert_eq!(collector.rate("a", 20 * S, 5 * S as u64, true, 10 * S), Some(500_000_000));
+        // The next call measures from that sample: 1 s of CPU in 4 s.
+        assert_eq!(collector.rate("a", 24 * S, 6 * S as u64, true, 10 * S), Some(250_000_000));
+        // Within a second of its start a container has no rate yet; nor has one whose start is unknown.
+        assert_eq!(collector.rate("b", 10 * S + S / 2, 1, true, 10 * S), None);
+        assert_eq!(collector.rate("c", 20 * S, 1, true, 0), None);
+        // A stopped container uses nothing.
+        assert_eq!(collector.rate("d", 20 * S, 5, false, 10 * S), Some(0));
     }
 
     #[test]

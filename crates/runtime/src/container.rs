@@ -193,8 +193,26 @@ impl Runtime {
             if let Some(stream) = &console_stream {
                 fds.push(stream.as_raw_fd());
             }
+            // The start gate travels as a descriptor, as runc hands its init the exec fifo: the container
+            // process may be a user namespace's root that cannot search the directories of the state path
+            // (a 0700 parent), and must not need to.
+            let gate = match &config.exec_fifo {
+                Some(path) => Some(
+                    nix::fcntl::open(
+                        path,
+                        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                        nix::sys::stat::Mode::empty(),
+                    )
+                    .map_err(RuntimeError::sys(format!("open the start gate {}", path.display())))?,
+                ),
+                None => None,
+            };
+            if let Some(gate) = &gate {
+                fds.push(gate.as_raw_fd());
+            }
             ours.send_with_fds(&Message::Bootstrap(Box::new(config)), &fds)?;
             drop(console_stream);
+            drop(gate);
             let mut pid = None;
             // The helper reports the pid after its fork returns, while the container process (its child,
             // on the same channel) reports Ready when its setup is done: on a busy machine Ready can come

@@ -93,3 +93,29 @@ fn mount_setattr(dirfd: libc::c_int, path: &CStr, flags: libc::c_int, attr: &Mou
     };
     if result == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
+
+/// Whether this kernel has mount_setattr(2) (Linux 5.12+), which recursive read-only mounts (`rro`) and
+/// idmapped mounts need. Asked once with an invalid descriptor: a kernel without the call answers ENOSYS
+/// (or EPERM from a seccomp filter that denies unknown calls), one with it rejects the descriptor (EBADF).
+pub fn mount_setattr_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let attr = MountAttr { attr_set: 0, attr_clr: 0, propagation: 0, userns_fd: 0 };
+        match mount_setattr(-1, c"", libc::AT_EMPTY_PATH, &attr) {
+            Ok(()) => true,
+            Err(err) => !matches!(err.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mount_setattr_is_found_on_kernels_that_have_it() {
+        // mount_setattr is Linux 5.12; the kernel release tells what the probe must answer.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
+        let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+        let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+        assert_eq!(super::mount_setattr_available(), version >= (5, 12), "kernel {release}");
+    }
+}

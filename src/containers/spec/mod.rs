@@ -167,6 +167,9 @@ pub(crate) struct HostFacts {
     /// The memory controller accounts swap (`memory.memsw.*` on v1, `memory.swap.max` on v2).
     pub swap_accounting: bool,
     pub apparmor_enabled: bool,
+    /// The hugetlb controller is there (kubelet asks for a limit per huge page size the node has, whether or
+    /// not the controller is mounted).
+    pub hugetlb: bool,
     /// The node's hostname (host-network pods see it).
     pub hostname: String,
 }
@@ -197,7 +200,14 @@ impl HostFacts {
             .map(|v| v.trim() == "Y")
             .unwrap_or(false);
         let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-        HostFacts { cgroup_v2, swap_accounting, apparmor_enabled, hostname }
+        let hugetlb = berth_runtime::cgroups::Layout::host().is_ok_and(|layout| layout.has_controller("hugetlb"));
+        if !hugetlb {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::debug!("no hugetlb cgroup controller on this host: huge page limits are not applied")
+            });
+        }
+        HostFacts { cgroup_v2, swap_accounting, apparmor_enabled, hugetlb, hostname }
     }
 }
 
@@ -587,7 +597,9 @@ fn linux_resources(
     if memory_set {
         builder = builder.memory(memory.build()?);
     }
-    if !r.hugepage_limits.is_empty() {
+    // Without the controller the limits are dropped, as containerd (disable/tolerate_missing_hugetlb_controller)
+    // and CRI-O do: kubelet sends them for every page size the kernel knows, on hosts that mount no hugetlb.
+    if !r.hugepage_limits.is_empty() && host.hugetlb {
         let limits = r
             .hugepage_limits
             .iter()

@@ -69,9 +69,43 @@ pub(crate) fn parse_capability(name: &str) -> Result<Capability, Problem> {
         .map_err(|_| Problem::Invalid(format!("unknown capability {name:?}")))
 }
 
-/// Every capability this build knows (the `caps` crate's list, which follows the kernel's).
+/// What "all capabilities" means for a container: every capability berth itself holds in its effective set,
+/// read once. A container cannot be given a capability its runtime lacks (capset would fail with EPERM in
+/// the container's init), so privileged containers and `add: [ALL]` get this set, as containerd gives them
+/// its own effective set (`cap.Current()`). On a host where root lacks a capability (a container or VM
+/// without CAP_SYS_RESOURCE, say) privileged pods still start.
 pub(crate) fn all_capabilities() -> Capabilities {
-    caps::all().iter().filter_map(|c| parse_capability(&c.to_string()).ok()).collect()
+    static HELD: std::sync::OnceLock<Capabilities> = std::sync::OnceLock::new();
+    HELD.get_or_init(|| {
+        let held = match caps::read(None, caps::CapSet::Effective) {
+            Ok(held) => held,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read berth's own capabilities; assuming every known one");
+                caps::all()
+            }
+        };
+        let missing: Vec<String> = caps::all().difference(&held).map(|c| c.to_string()).collect();
+        if !missing.is_empty() {
+            tracing::debug!(
+                missing = %missing.join(","),
+                "berth lacks these capabilities, so no container can get them (privileged ones included)"
+            );
+        }
+        held.iter().filter_map(|c| parse_capability(&c.to_string()).ok()).collect()
+    })
+    .clone()
+}
+
+/// A capability a container asks for by name, which berth must hold to hand it on.
+fn held_capability(name: &str, held: &Capabilities) -> Result<Capability, Problem> {
+    let capability = parse_capability(name)?;
+    if !held.contains(&capability) {
+        return Err(Problem::Invalid(format!(
+            "capability {name:?} was asked for, but berth itself does not hold it (not in its effective set), \
+             so no container on this node can have it"
+        )));
+    }
+    Ok(capability)
 }
 
 fn is_all(name: &str) -> bool {
@@ -82,29 +116,40 @@ fn is_all(name: &str) -> bool {
 /// in drop (none), then the named additions, then the named drops. So add ALL + drop CHOWN is everything but
 /// CHOWN, and drop ALL + add NET_ADMIN is NET_ADMIN alone.
 pub(crate) fn capabilities(context: Option<&cri::LinuxContainerSecurityContext>) -> Result<CapabilitySets, Problem> {
+    capabilities_from(context, &all_capabilities())
+}
+
+/// [`capabilities`] for a runtime that holds `held`.
+pub(crate) fn capabilities_from(
+    context: Option<&cri::LinuxContainerSecurityContext>,
+    held: &Capabilities,
+) -> Result<CapabilitySets, Problem> {
     if context.is_some_and(|c| c.privileged) {
-        return Ok(CapabilitySets { bounding: all_capabilities(), ambient: Capabilities::new() });
+        return Ok(CapabilitySets { bounding: held.clone(), ambient: Capabilities::new() });
     }
     let mut set: Capabilities =
         DEFAULT_CAPABILITIES.iter().map(|name| parse_capability(name)).collect::<Result<_, _>>()?;
     let mut ambient = Capabilities::new();
     if let Some(requested) = context.and_then(|c| c.capabilities.as_ref()) {
         if requested.add_capabilities.iter().any(|n| is_all(n)) {
-            set = all_capabilities();
+            set = held.clone();
         }
         if requested.drop_capabilities.iter().any(|n| is_all(n)) {
             set.clear();
         }
         for name in requested.add_capabilities.iter().filter(|n| !is_all(n)) {
-            set.insert(parse_capability(name)?);
+            set.insert(held_capability(name, held)?);
         }
         for name in requested.drop_capabilities.iter().filter(|n| !is_all(n)) {
             set.remove(&parse_capability(name)?);
         }
         for name in &requested.add_ambient_capabilities {
-            ambient.insert(parse_capability(name)?);
+            ambient.insert(held_capability(name, held)?);
         }
     }
+    // The default set is containerd's; one of its members berth lacks is left out rather than failing
+    // every pod (the capability was not asked for by name).
+    set.retain(|c| held.contains(c));
     Ok(CapabilitySets { bounding: set, ambient })
 }
 

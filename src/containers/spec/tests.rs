@@ -77,7 +77,13 @@ impl Fixture {
 }
 
 fn host() -> HostFacts {
-    HostFacts { cgroup_v2: true, swap_accounting: true, apparmor_enabled: false, hostname: "node-1".into() }
+    HostFacts {
+        cgroup_v2: true,
+        swap_accounting: true,
+        apparmor_enabled: false,
+        hugetlb: true,
+        hostname: "node-1".into(),
+    }
 }
 
 fn image(entrypoint: Option<&[&str]>, cmd: Option<&[&str]>) -> ImageConfig {
@@ -382,6 +388,33 @@ fn capabilities_start_from_containerds_default_then_add_then_drop() {
     let mut c = context();
     c.capabilities = Some(cri::Capability { add_capabilities: vec!["NOT_A_CAP".into()], ..Default::default() });
     assert!(matches!(security::capabilities(Some(&c)), Err(Problem::Invalid(_))));
+}
+
+#[test]
+fn all_means_what_berth_holds_and_a_capability_it_lacks_is_refused_by_name() {
+    let mut held = security::all_capabilities();
+    let sys_time = security::parse_capability("SYS_TIME").unwrap();
+    let chown = security::parse_capability("CHOWN").unwrap();
+    held.remove(&sys_time);
+    held.remove(&chown);
+    let with = |add: &[&str], privileged: bool| {
+        let mut c = context();
+        c.privileged = privileged;
+        c.capabilities = Some(cri::Capability {
+            add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        });
+        security::capabilities_from(Some(&c), &held)
+    };
+    assert_eq!(with(&[], true).unwrap().bounding, held, "privileged");
+    assert_eq!(with(&["ALL"], false).unwrap().bounding, held, "add ALL");
+    // CHOWN is in containerd's default set: left out, not an error, when berth lacks it.
+    let default = with(&[], false).unwrap().bounding;
+    assert!(!default.contains(&chown) && default.len() == 13, "{default:?}");
+    match with(&["SYS_TIME"], false) {
+        Err(Problem::Invalid(message)) => assert!(message.contains("\"SYS_TIME\""), "{message}"),
+        other => panic!("asking for a capability berth lacks: {other:?}"),
+    }
 }
 
 #[test]
@@ -723,6 +756,11 @@ fn resources_follow_containerd() {
     let no_swap = HostFacts { swap_accounting: false, ..host() };
     let built = try_build_on(&fixture, &config, &image, &no_swap, None).unwrap();
     assert_eq!(linux(&built.spec).resources().as_ref().unwrap().memory().as_ref().unwrap().swap(), None);
+
+    // kubelet sends huge page limits whether or not the node mounts the hugetlb controller.
+    let no_hugetlb = HostFacts { hugetlb: false, ..host() };
+    let built = try_build_on(&fixture, &config, &image, &no_hugetlb, None).unwrap();
+    assert!(linux(&built.spec).resources().as_ref().unwrap().hugepage_limits().is_none());
 
     config.linux.as_mut().unwrap().resources.as_mut().unwrap().memory_swap_limit_in_bytes = 128 << 20;
     let built = build_ok(&fixture, &config);

@@ -105,6 +105,16 @@ impl Layout {
         matches!(self, Layout::V2 { .. })
     }
 
+    /// Whether containers can be limited by `controller` here: on v1, a hierarchy carrying it is mounted; on
+    /// v2, the root's `cgroup.controllers` lists it.
+    pub fn has_controller(&self, controller: &str) -> bool {
+        match self {
+            Layout::V1 { .. } => self.v1_controller(controller).is_some(),
+            Layout::V2 { root } => std::fs::read_to_string(root.join("cgroup.controllers"))
+                .is_ok_and(|list| list.split_whitespace().any(|c| c == controller)),
+        }
+    }
+
     /// The mount point of the v1 hierarchy carrying `controller`.
     fn v1_controller(&self, controller: &str) -> Option<&Path> {
         match self {

@@ -32,15 +32,12 @@ fn setup(channel: &Channel, config: &InitConfig, fds: Vec<OwnedFd>) -> Result<Ne
     if config.join_pid.is_none() {
         // Devices and directories get exactly the modes the spec asks for; process.user.umask applies later.
         nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        // The caller opened the gate (O_PATH) and sent it after stdio and the console socket.
         let gate = match &config.exec_fifo {
-            Some(path) => Some(
-                nix::fcntl::open(
-                    path,
-                    nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
-                    nix::sys::stat::Mode::empty(),
-                )
-                .map_err(RuntimeError::sys(format!("open the start gate {}", path.display())))?,
-            ),
+            Some(path) => Some(fds.next().ok_or_else(|| RuntimeError::Init {
+                id: config.id.clone(),
+                message: format!("the runtime sent no descriptor of the start gate {}", path.display()),
+            })?),
             None => None,
         };
         let has_mount_namespace = namespaces::has(spec, LinuxNamespaceType::Mount);

@@ -205,6 +205,7 @@ fn caps_error(step: &'static str) -> impl FnOnce(caps::errors::CapsError) -> Run
 
 /// Identity, capabilities, no_new_privs, seccomp, then execve.
 pub(super) fn exec(prepared: Prepared) -> Result<Never> {
+    reset_signals()?;
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, so it goes before capabilities are
     // dropped; with it, as late as possible so berth's own remaining syscalls are not filtered.
     if !prepared.no_new_privileges
@@ -262,4 +263,24 @@ pub(super) fn exec(prepared: Prepared) -> Result<Never> {
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     let errno = nix::unistd::execve(&prepared.program, &prepared.argv, &prepared.envp).unwrap_err();
     Err(RuntimeError::sys(format!("execve {:?}", prepared.program))(errno))
+}
+
+/// Every signal back to its default action and none blocked, as a program expects to start. Ignored signals
+/// survive execve (signal(7)), and berth, like every Rust program, ignores SIGPIPE from its first
+/// instruction: without this, `yes | head` in a container spins forever once head has exited.
+fn reset_signals() -> Result<()> {
+    for signal in 1..=libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL installs no handler, so no code of ours can run on a signal; this process is
+        // single-threaded. The few numbers the C library reserves for itself answer EINVAL and keep theirs.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+    .map_err(RuntimeError::sys("sigprocmask: unblock every signal"))
 }

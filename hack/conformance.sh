@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# hack/conformance.sh — judge berth with the real clients: upstream critest and a real kubelet.
+#
+#   hack/conformance.sh [PART...]        PART: critest (SPDY, full suite), critest-websocket, kubelet
+#                                        (default: all three, in that order)
+#
+# Uses the conformance kit (../shared/conformance by default; read only, nothing is copied from it): its
+# critest, crictl and kubelet binaries, its loopback registry and images, its critest.sh and kubelet.sh.
+# Everything runs inside a private network namespace made here (`unshare --net`, loopback up): the registry
+# on 127.0.0.1:5000, berth, critest and the kubelet. The bridge, veths and iptables rules the CNI plugins make
+# stay in it and vanish with it. berth gets a private root, state directory and socket below the output
+# directory, Debian's CNI plugins and the kit's bridge network, and mirrors registry.k8s.io, k8s.gcr.io and
+# gcr.io to the kit's registry.
+#
+# After the parts ran, the daemon is stopped and the host is checked for what berth could leave behind:
+# mounts below the output directory, berth's cgroups, berth processes. Any failed spec, failed kubelet-suite
+# check or leftover makes the exit status 1; a kit that cannot be used makes it 2.
+#
+# Environment:
+#   BERTH_KIT      [../shared/conformance beside the checkout]   the kit's directory
+#   BERTH_BIN      [target/release/berth]  the berth binary to judge (built first by `make conformance`)
+#   OUT            [target/conformance]    outputs: summary.txt and one directory per part
+#   CRITEST_WEBSOCKET_FOCUS  [the streaming specs]  the ginkgo focus of the WebSocket run; empty = full suite
+#   FOCUS, SKIP    passed to critest.sh (narrow the critest runs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+KIT=${BERTH_KIT:-$repo/../shared/conformance}
+BERTH_BIN=${BERTH_BIN:-$repo/target/release/berth}
+OUT=${OUT:-$repo/target/conformance}
+# The specs that stream (exec, attach, port-forward through the streaming server): all the transport changes.
+CRITEST_WEBSOCKET_FOCUS=${CRITEST_WEBSOCKET_FOCUS-'Streaming runtime'}
+
+die() { echo "conformance: $*" >&2; exit 2; }
+log() { echo "conformance $(date +%H:%M:%S): $*"; }
+
+parts=("$@")
+((${#parts[@]})) || parts=(critest critest-websocket kubelet)
+for p in "${parts[@]}"; do
+  case $p in critest|critest-websocket|kubelet) ;; *) die "unknown part '$p' (critest, critest-websocket, kubelet)" ;; esac
+done
+
+# ------------------------------------------------------------------ outside: check, fetch, enter a netns
+if [[ ${BERTH_CONFORMANCE_NETNS:-} != 1 ]]; then
+  [[ $(id -u) == 0 ]] || die "must run as root"
+  [[ -d $KIT && -x $KIT/critest.sh ]] || die "no conformance kit at $KIT (set BERTH_KIT)"
+  KIT=$(cd "$KIT" && pwd)
+  [[ -x $BERTH_BIN ]] || die "no berth binary at $BERTH_BIN (cargo build --release, or set BERTH_BIN)"
+  BERTH_BIN=$(readlink -f "$BERTH_BIN")
+  "$KIT/tools.sh" --verify >/dev/null || die "the kit's binaries do not match bin/VERSIONS"
+  # The only step that needs the network (apt downloads of the images' Debian inputs; cached).
+  "$KIT/images.sh" fetch | tail -1
+  mkdir -p "$OUT"
+  OUT=$(cd "$OUT" && pwd)
+  export KIT BERTH_BIN OUT CRITEST_WEBSOCKET_FOCUS BERTH_CONFORMANCE_NETNS=1
+  exec unshare --net --fork -- bash "$0" "${parts[@]}"
+fi
+
+# ------------------------------------------------------------------ inside the private network namespace
+ip link set lo up
+run=$OUT
+rm -rf "${run:?}"/{critest,critest-websocket,kubelet,berth,registry,summary.txt}
+mkdir -p "$run"
+summary=$run/summary.txt
+: >"$summary"
+failed=0
+note() { echo "$*" | tee -a "$summary"; }
+
+D=$run/berth
+SOCK=$D/berth.sock
+crictl=$("$KIT/tools.sh" crictl)
+berth_pid=
+
+stop_berth() {
+  [[ -n $berth_pid ]] || return 0
+  # berth's shims outlive the daemon by design: remove every pod first, then stop the daemon.
+  if [[ -S $SOCK ]]; then
+    "$crictl" -r "unix://$SOCK" -i "unix://$SOCK" --timeout 120s rmp -fa >/dev/null 2>&1 || true
+  fi
+  kill -TERM "$berth_pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$berth_pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$berth_pid" 2>/dev/null || true
+  wait "$berth_pid" 2>/dev/null || true
+  berth_pid=
+}
+
+cleanup() {
+  stop_berth
+  "$KIT/registry.sh" stop "$run/registry" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+trap "exit 130" INT TERM
+
+log "registry and images (kit: $KIT)"
+"$KIT/registry.sh" start "$run/registry" >/dev/null || die "the kit's registry did not start ($run/registry)"
+"$KIT/images.sh" >"$run/images.log" 2>&1 || { tail -20 "$run/images.log" >&2; die "images.sh failed ($run/images.log)"; }
+
+log "berth from $BERTH_BIN"
+# 0700, as `mktemp -d` makes it: a user-namespaced pod's root must not need to search berth's directories.
+mkdir -p -m 0700 "$D"
+mkdir -p "$D/net.d"
+sed "s|@IPAM_DIR@|$D/ipam|" "$KIT/examples/cni/10-kit.conflist" >"$D/net.d/10-kit.conflist"
+"$BERTH_BIN" config default |
+  sed -e "s#\"/run/berth/berth.sock\"#\"$SOCK\"#" -e "s#\"/var/lib/berth\"#\"$D/root\"#" \
+      -e "s#\"/run/berth\"#\"$D/state\"#" -e "s#^conf_dir = .*#conf_dir = \"$D/net.d\"#" \
+      -e "s#^bin_dirs = .*#bin_dirs = [\"/usr/lib/cni\"]#" >"$D/config.toml"
+cat "$KIT/examples/berth.toml" >>"$D/config.toml"
+"$BERTH_BIN" config check "$D/config.toml" >/dev/null
+BERTH_LOG=${BERTH_LOG:-debug} setsid "$BERTH_BIN" serve --config "$D/config.toml" >"$D/daemon.log" 2>&1 </dev/null &
+berth_pid=$!
+for _ in $(seq 200); do [[ -S $SOCK ]] && break; kill -0 "$berth_pid" 2>/dev/null || break; sleep 0.05; done
+[[ -S $SOCK ]] || { tail -20 "$D/daemon.log" >&2; die "berth did not serve $SOCK"; }
+"$crictl" -r "unix://$SOCK" --timeout 30s info >/dev/null 2>&1 || die "berth does not answer on $SOCK"
+
+for part in "${parts[@]}"; do
+  t0=$(date +%s)
+  case $part in
+    critest)
+      log "critest, SPDY, full suite"
+      if "$KIT/critest.sh" "$SOCK" "$run/critest" >/dev/null 2>&1; then rc=0; else rc=$?; fi
+      result=$(head -1 "$run/critest/summary.txt" 2>/dev/null || echo "no summary")
+      ;;
+    critest-websocket)
+      log "critest, WebSocket${CRITEST_WEBSOCKET_FOCUS:+, specs matching $CRITEST_WEBSOCKET_FOCUS}"
+      if FOCUS=${FOCUS:-$CRITEST_WEBSOCKET_FOCUS} "$KIT/critest.sh" "$SOCK" "$run/critest-websocket" --websocket >/dev/null 2>&1
+      then rc=0; else rc=$?; fi
+      result=$(head -1 "$run/critest-websocket/summary.txt" 2>/dev/null || echo "no summary")
+      ;;
+    kubelet)
+      log "kubelet suite (e2e/kubelet)"
+      if python3 e2e/kubelet/suite.py --kit "$KIT" --socket "$SOCK" --out "$run/kubelet" >"$run/kubelet.log" 2>&1
+      then rc=0; else rc=$?; fi
+      result=$(tail -1 "$run/kubelet.log")
+      ;;
+  esac
+  note "$part: $result ($(($(date +%s) - t0)) s)"
+  if ((rc != 0)); then
+    failed=1
+    case $part in
+      critest*) sed -n '2,$p' "$run/$part/summary.txt" 2>/dev/null | tee -a "$summary" ;;
+      kubelet) grep -E '^(FAIL|ERROR)' "$run/kubelet.log" | tee -a "$summary" || tail -20 "$run/kubelet.log" ;;
+    esac
+  fi
+done
+
+# ------------------------------------------------------------------ stop berth; nothing may be left
+log "stopping berth; checking for leftovers"
+stop_berth
+leftovers=$(
+  awk -v d="$D/" 'index($5, d) == 1 {print "mount " $5}' /proc/self/mountinfo
+  pgrep -a -f "$BERTH_BIN" | sed 's/^/process /' || true
+  for h in /sys/fs/cgroup/*/berth /sys/fs/cgroup/berth; do
+    [[ -d $h ]] && find "$h" -mindepth 1 -type d | sed 's/^/cgroup /'
+  done
+  find "$D/ipam" -type f ! -name lock ! -name 'last_reserved_ip*' 2>/dev/null | sed 's/^/ip lease /'
+)
+if [[ -n $leftovers ]]; then
+  failed=1
+  note "left behind after every pod was removed and berth stopped:"
+  echo "$leftovers" | head -30 | sed 's/^/  /' | tee -a "$summary"
+fi
+# The empty per-hierarchy /berth cgroups (the shims' parent) are the daemon's, kept across restarts.
+for h in /sys/fs/cgroup/*/berth /sys/fs/cgroup/berth; do [[ -d $h ]] && rmdir "$h" 2>/dev/null; done
+awk -v d="$D/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r | xargs -r umount -l
+
+if ((failed)); then note "conformance: FAILED (outputs in $run)"; exit 1; fi
+note "conformance: passed (outputs in $run)"
