@@ -283,6 +283,18 @@ impl PodManager {
         }
         if spec.user_mappings.is_some() {
             check_user_namespace_modes(&spec)?;
+            match userns::make_searchable(&self.layout.state) {
+                Ok(changed) if !changed.is_empty() => tracing::info!(
+                    directories = ?changed,
+                    "added search permission for others (o+x) so user-namespaced containers reach the state directory"
+                ),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(
+                    error = %err,
+                    state = %self.layout.state.display(),
+                    "cannot make the state directory searchable; user-namespaced containers may fail to start"
+                ),
+            }
         }
         let id = new_id().map_err(step("", "generate an id"))?;
         let has_netns = spec.network_mode != MODE_NODE;

@@ -43,6 +43,25 @@ pub fn mappings(options: Option<&cri::UserNamespace>) -> Result<Option<UserMappi
     }
 }
 
+/// Lets a user-namespaced pod's root reach `state` (berth's state directory): adds search permission for
+/// others (`o+x`, never read) to `state` and every directory above it that lacks it, as CRI-O does for a
+/// user-namespaced container's bundle. A container's init sets up its rootfs and binds the pod's /etc files
+/// as the namespace's root, an id that owns nothing of the host's: one 0700 directory above the state
+/// directory (a test's `mktemp -d`, an operator's private /run) would refuse every such container. Returns the
+/// directories it changed.
+pub fn make_searchable(state: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut changed = Vec::new();
+    for directory in state.ancestors() {
+        let mode = std::fs::metadata(directory)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(directory, std::fs::Permissions::from_mode((mode & 0o7777) | 0o001))?;
+            changed.push(directory.to_path_buf());
+        }
+    }
+    Ok(changed)
+}
+
 /// The options a pod with these maps reports in PodSandboxStatus (mode POD, the maps as given).
 pub fn to_cri(mappings: &UserMappings) -> cri::UserNamespace {
     let back = |maps: &[IdMapping]| {
@@ -99,6 +118,23 @@ fn checked(what: &str, given: &[cri::IdMapping]) -> Result<Vec<IdMapping>, Usern
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_directory_becomes_searchable_not_readable_for_a_user_namespaces_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let temp = tempfile::tempdir().unwrap();
+        let private = temp.path().join("private");
+        let state = private.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let changed = make_searchable(&state).unwrap();
+        assert!(changed.contains(&private), "{changed:?}");
+        assert!(!changed.contains(&state), "{changed:?}");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&private), 0o701, "search only, no read for others");
+        assert!(make_searchable(&state).unwrap().is_empty(), "a second call changes nothing");
+    }
 
     fn map(container_id: u32, host_id: u32, length: u32) -> cri::IdMapping {
         cri::IdMapping { container_id, host_id, length }

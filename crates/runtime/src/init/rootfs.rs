@@ -31,12 +31,33 @@ pub(super) fn prepare(
     if !has_mount_namespace {
         return Ok(());
     }
-    // Nothing mounted in the container may propagate back to the host (runc's default as well); the spec's
-    // rootfsPropagation is applied to the new root at the end.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-        .map_err(mount_error("make / rslave in the container's mount namespace".into()))?;
+    let root_shared = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .is_some_and(|p| p == "shared" || p == "rshared");
+    if root_shared {
+        // A bidirectional volume (rootfsPropagation rshared, as containerd asks for it): the host's mounts
+        // keep their peer groups, so a mount the container makes in a volume bound from a shared host mount
+        // reaches the host. pivot_root refuses a shared parent of the new root or a shared current root:
+        // those two become private, in this namespace only.
+        make_parent_mount_private(rootfs)?;
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+            .map_err(mount_error("make / private in the container's mount namespace".into()))?;
+    } else {
+        // Nothing mounted in the container may propagate back to the host (runc's default as well); the
+        // spec's rootfsPropagation is applied to the new root at the end.
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
+            .map_err(mount_error("make / rslave in the container's mount namespace".into()))?;
+    }
     mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .map_err(mount_error(format!("bind {} onto itself", rootfs.display())))?;
+    if root_shared {
+        // What the setup mounts in the rootfs itself (proc, dev, the volumes' mount points) must not reach
+        // the host's copy of the rootfs; volumes bound into it still join their sources' peer groups.
+        mount(None::<&str>, rootfs, None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
+            .map_err(mount_error(format!("make the rootfs {} rslave", rootfs.display())))?;
+    }
     let mounts = spec.mounts().clone().unwrap_or_default();
     for spec_mount in &mounts {
         mount_one(spec, rootfs, spec_mount, cgroup_path, layout)?;
@@ -45,6 +66,22 @@ pub(super) fn prepare(
         mounts.iter().any(|m| m.destination() == Path::new("/dev") && m.typ().as_deref() != Some("bind"));
     if dev_is_tmpfs {
         create_devices(spec, rootfs)?;
+    }
+    Ok(())
+}
+
+/// Makes the mount the rootfs sits on private: the nearest directory above the rootfs that is a mount point
+/// (a propagation change on anything else is EINVAL).
+fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
+    let mut candidate = rootfs.parent();
+    while let Some(path) = candidate {
+        match mount(None::<&str>, path, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EINVAL) => candidate = path.parent(),
+            Err(errno) => {
+                return Err(mount_error(format!("make {} private (the rootfs's parent mount)", path.display()))(errno));
+            }
+        }
     }
     Ok(())
 }
@@ -462,6 +499,12 @@ pub(super) fn enter(rootfs: &Path, has_mount_namespace: bool) -> Result<()> {
     }
     // pivot_root(".", ".") stacks the old root on top of the new one; unmounting "." then removes it
     // without needing a directory for it inside the container (pivot_root(2), NOTES).
+    let old_root = nix::fcntl::open(
+        "/",
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(RuntimeError::sys("open the old root /"))?;
     let new_root = nix::fcntl::open(
         rootfs,
         nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -470,6 +513,10 @@ pub(super) fn enter(rootfs: &Path, has_mount_namespace: bool) -> Result<()> {
     .map_err(RuntimeError::sys(format!("open rootfs {}", rootfs.display())))?;
     nix::unistd::fchdir(&new_root).map_err(RuntimeError::sys(format!("chdir to rootfs {}", rootfs.display())))?;
     nix::unistd::pivot_root(".", ".").map_err(RuntimeError::sys(format!("pivot_root to {}", rootfs.display())))?;
+    // "." names the mount the working directory is on, never the one stacked on it: from the new root's
+    // directory, the rslave below would reach the new root and every volume in it, and cut a
+    // bidirectional volume off from its host peers. From the old root's directory it reaches the old root.
+    nix::unistd::fchdir(&old_root).map_err(RuntimeError::sys("chdir to the old root after pivot_root"))?;
     mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
         .map_err(RuntimeError::sys("make the old root rslave"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(RuntimeError::sys("detach the old root"))?;
