@@ -39,7 +39,7 @@ unit:
 e2e:
 	bash hack/test.sh --test e2e
 
-# The real clients judge the release build: critest over SPDY (full suite) and WebSocket (streaming specs),
+# The real clients judge the release build: critest's full suite over SPDY and over WebSocket,
 # then the kubelet suite (e2e/kubelet). KIT is the conformance kit's directory (read only).
 KIT ?= $(abspath ../shared/conformance)
 conformance: deps release
