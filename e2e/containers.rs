@@ -260,6 +260,38 @@ async fn exec_sync_stop_grace_and_a_pod_of_two_containers() {
     assert!(listed.is_empty(), "{listed:?}");
 }
 
+/// berth ignores SIGPIPE (every Rust program does) and ignored signals survive execve: a container used to
+/// start with SIGPIPE ignored, so `yes | head -n 1` never ended. Every signal starts at its default, none
+/// blocked.
+#[tokio::test]
+async fn a_container_starts_with_every_signal_at_its_default() {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let (dirs, daemon) = start_daemon(&registry);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+    let logs = dirs.path().join("logs");
+    let pod_config = pod_config("signals", &logs);
+    let pod = run_pod(&mut client, &pod_config).await;
+    let mut config = container_config("pipe", busybox, &["sh", "-c", "yes | head -n 1"]);
+    config.log_path = "pipe.log".into();
+    let id = create(&mut client, &pod, &pod_config, config).await;
+    start(&mut client, &id).await;
+    let exited = wait_exited(&mut client, &id, Duration::from_secs(20)).await;
+    assert_eq!(exited.exit_code, 0, "{exited:?}");
+    // The container's own process (no shell in between, which sets its own).
+    let mut config = container_config("status", busybox, &["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"]);
+    config.log_path = "status.log".into();
+    let id = create(&mut client, &pod, &pod_config, config).await;
+    start(&mut client, &id).await;
+    let exited = wait_exited(&mut client, &id, Duration::from_secs(20)).await;
+    assert_eq!(exited.exit_code, 0, "{exited:?}");
+    let lines: Vec<String> = log_records(&logs.join("status.log")).into_iter().map(|(_, _, text)| text).collect();
+    assert!(lines.iter().any(|l| l.starts_with("SigIgn:") && l.ends_with("0000000000000000")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("SigBlk:") && l.ends_with("0000000000000000")), "{lines:?}");
+    remove_pod(&mut client, &pod).await;
+}
+
 #[tokio::test]
 async fn a_memory_hog_under_its_limit_is_oom_killed() {
     let registry = TestRegistry::get();

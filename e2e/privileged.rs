@@ -189,3 +189,70 @@ fn walk(root: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+/// A mount a privileged container makes inside a bidirectional volume appears on the host (and one the host
+/// makes appears in the container). berth used to make the new root rslave after pivot_root, which cut every
+/// volume off from its host peers.
+#[tokio::test]
+async fn a_mount_made_in_a_bidirectional_volume_reaches_the_host() {
+    let registry = TestRegistry::get();
+    let busybox = &registry.image("busybox").reference;
+    let dirs = DaemonDirs::new();
+    dirs.write_config(&format!("[registries.\"{}\"]\ninsecure = true\n", registry.address));
+    let daemon = Daemon::start_in(&dirs);
+    let mut client = daemon.client().await;
+    pull(&mut client, busybox).await;
+
+    // The volume's source is a shared mount of its own, as kubelet's Bidirectional volumes must be.
+    let volume = dirs.path().join("volume");
+    let from_host = dirs.path().join("from-host");
+    std::fs::create_dir_all(volume.join("host-made")).unwrap();
+    std::fs::create_dir_all(&from_host).unwrap();
+    std::fs::write(from_host.join("flag"), "host").unwrap();
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("mount").args(args).status().unwrap();
+        assert!(status.success(), "mount {args:?}");
+    };
+    let volume_str = volume.to_str().unwrap();
+    run(&["--bind", volume_str, volume_str]);
+    run(&["--make-rshared", volume_str]);
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-R").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(volume.clone());
+
+    let logs = dirs.path().join("logs");
+    let mut pod_config = crate::support::cri::pod_config("bidirectional", &logs, crate::support::cri::node_network());
+    pod_config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .privileged = true;
+    let pod = run_pod(&mut client, &pod_config).await;
+    let mut config = privileged(container_config("mounter", busybox, &["sleep", "1000"]));
+    config.mounts = vec![Mount {
+        container_path: "/volume".into(),
+        host_path: volume_str.into(),
+        propagation: MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    let id = create(&mut client, &pod, &pod_config, config).await;
+    start(&mut client, &id).await;
+
+    // Host to container.
+    run(&["--bind", from_host.to_str().unwrap(), volume.join("host-made").to_str().unwrap()]);
+    let (code, out) = exec_out(&mut client, &id, &["cat", "/volume/host-made/flag"]).await;
+    assert_eq!((code, out.trim()), (0, "host"), "a host mount did not reach the container");
+    // Container to host.
+    let (code, out) =
+        exec_out(&mut client, &id, &["sh", "-c", "mkdir -p /volume/container-made && mount -t tmpfs made /volume/container-made && echo c > /volume/container-made/flag"]).await;
+    assert_eq!(code, 0, "{out}");
+    let seen = std::fs::read_to_string(volume.join("container-made/flag")).unwrap_or_default();
+    assert_eq!(seen.trim(), "c", "the container's mount did not reach the host");
+
+    stop_and_remove_pod(&mut client, &pod).await;
+}

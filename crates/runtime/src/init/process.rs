@@ -267,15 +267,40 @@ pub(super) fn exec(prepared: Prepared) -> Result<Never> {
 
 /// Every signal back to its default action and none blocked, as a program expects to start. Ignored signals
 /// survive execve (signal(7)), and berth, like every Rust program, ignores SIGPIPE from its first
-/// instruction: without this, `yes | head` in a container spins forever once head has exited.
+/// instruction: without this, `yes | head` in a container spins forever once head has exited. The kernel's
+/// call is used, not the C library's, which refuses the two real-time signals it keeps for its threads (32
+/// and 33) and would leave them as berth has them.
 fn reset_signals() -> Result<()> {
-    for signal in 1..=libc::SIGRTMAX() {
+    /// The kernel's `struct sigaction` on x86_64 and aarch64 (handler, flags, restorer, mask).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: libc::sighandler_t,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    const KERNEL_SIGNALS: libc::c_int = 64;
+    let default = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    for signal in 1..=KERNEL_SIGNALS {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: SIG_DFL installs no handler, so no code of ours can run on a signal; this process is
-        // single-threaded. The few numbers the C library reserves for itself answer EINVAL and keep theirs.
-        unsafe { libc::signal(signal, libc::SIG_DFL) };
+        // SAFETY: `default` is a live kernel sigaction of the size passed (the mask is 8 bytes) and the old
+        // action is not asked for; SIG_DFL installs no handler, so no code of ours runs on a signal.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        if result != 0 {
+            return Err(RuntimeError::sys(format!("rt_sigaction: reset signal {signal} to its default"))(
+                nix::errno::Errno::last(),
+            ));
+        }
     }
     nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
