@@ -18,7 +18,7 @@ use crate::support::registry::TestRegistry;
 use crate::support::{Daemon, DaemonDirs};
 
 /// A daemon with no CNI config needed: pods use the node's network (NODE mode) unless a test says so.
-fn start_daemon(registry: &TestRegistry) -> (DaemonDirs, Daemon) {
+pub(crate) fn start_daemon(registry: &TestRegistry) -> (DaemonDirs, Daemon) {
     let dirs = DaemonDirs::new();
     dirs.write_config(&format!("[registries.\"{}\"]\ninsecure = true\n", registry.address));
     let daemon = Daemon::start_in(&dirs);

@@ -22,6 +22,14 @@ fn cap_mask(status: &str, field: &str) -> u64 {
     u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
 }
 
+/// A pod on the node's network whose containers may be privileged.
+fn privileged_pod(name: &str, logs: &std::path::Path) -> PodSandboxConfig {
+    let mut config = crate::support::cri::pod_config(name, logs, crate::support::cri::node_network());
+    let linux = config.linux.get_or_insert_with(Default::default);
+    linux.security_context.get_or_insert_with(Default::default).privileged = true;
+    config
+}
+
 fn privileged(mut config: ContainerConfig) -> ContainerConfig {
     let linux = config.linux.get_or_insert_with(Default::default);
     linux.security_context.get_or_insert_with(Default::default).privileged = true;
@@ -62,13 +70,7 @@ async fn privileged_containers_get_what_berth_holds_and_a_capability_it_lacks_is
     let mut client = daemon.client().await;
     pull(&mut client, busybox).await;
     let logs = dirs.path().join("logs");
-    let mut pod_config = crate::support::cri::pod_config("privileged", &logs, crate::support::cri::node_network());
-    pod_config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .privileged = true;
+    let pod_config = privileged_pod("privileged", &logs);
     let pod = run_pod(&mut client, &pod_config).await;
 
     // A privileged container runs (it used to exit at once: capset of a capability berth lacks) with every
@@ -126,9 +128,7 @@ async fn privileged_containers_get_what_berth_holds_and_a_capability_it_lacks_is
 async fn a_container_with_kubelets_huge_page_limits_starts_with_or_without_the_hugetlb_controller() {
     let registry = TestRegistry::get();
     let busybox = &registry.image("busybox").reference;
-    let dirs = DaemonDirs::new();
-    dirs.write_config(&format!("[registries.\"{}\"]\ninsecure = true\n", registry.address));
-    let daemon = Daemon::start_in(&dirs);
+    let (dirs, daemon) = crate::containers::start_daemon(&registry);
     let mut client = daemon.client().await;
     pull(&mut client, busybox).await;
     let logs = dirs.path().join("logs");
@@ -197,9 +197,7 @@ fn walk(root: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
 async fn a_mount_made_in_a_bidirectional_volume_reaches_the_host() {
     let registry = TestRegistry::get();
     let busybox = &registry.image("busybox").reference;
-    let dirs = DaemonDirs::new();
-    dirs.write_config(&format!("[registries.\"{}\"]\ninsecure = true\n", registry.address));
-    let daemon = Daemon::start_in(&dirs);
+    let (dirs, daemon) = crate::containers::start_daemon(&registry);
     let mut client = daemon.client().await;
     pull(&mut client, busybox).await;
 
@@ -225,13 +223,7 @@ async fn a_mount_made_in_a_bidirectional_volume_reaches_the_host() {
     let _unmount = Unmount(volume.clone());
 
     let logs = dirs.path().join("logs");
-    let mut pod_config = crate::support::cri::pod_config("bidirectional", &logs, crate::support::cri::node_network());
-    pod_config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-        .privileged = true;
+    let pod_config = privileged_pod("bidirectional", &logs);
     let pod = run_pod(&mut client, &pod_config).await;
     let mut config = privileged(container_config("mounter", busybox, &["sleep", "1000"]));
     config.mounts = vec![Mount {
