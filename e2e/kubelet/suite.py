@@ -225,6 +225,15 @@ class Suite:
         self.check("logs: every line of 0.log is in the CRI format, from both streams",
                    current and not bad and streams == {"stdout", "stderr"},
                    "bad lines: %r; streams: %s" % (bad[:3], sorted(streams)))
+        # What `kubectl logs` reads: the kubelet's containerLogs endpoint, which parses the CRI log files.
+        try:
+            served = self.get("/containerLogs/%s/%s/writer?tailLines=20&timestamps=true"
+                              % (pod["metadata"]["namespace"], pod["metadata"]["name"])).splitlines()
+        except Exception as err:
+            served = ["error: %s" % err]
+        self.check("logs: the kubelet serves the container's log (kubectl logs)",
+                   served and all("berth-log-line" in x or "stderr tick" in x for x in served),
+                   "containerLogs answered %r" % served[:3])
         if current:
             newest = os.path.getmtime(os.path.join(directory, "0.log"))
             self.check("logs: 0.log is still written after the rotation", time.time() - newest < 10,
@@ -242,6 +251,14 @@ class Suite:
                 why = str(err)
             time.sleep(1)
         self.check(name, want in body, "GET %s: %s" % (url, why or body[:200]))
+
+    def check_previous_logs(self, pods):
+        """`kubectl logs --previous` of the crashing container: the output of its last terminated run."""
+        pod = pods["crash-always"]
+        text = self.get("/containerLogs/%s/%s/crash?previous=true" % (pod["metadata"]["namespace"],
+                                                                      pod["metadata"]["name"]))
+        self.check("restartPolicy Always: the kubelet serves the previous run's log (kubectl logs --previous)",
+                   text.strip() == "crashing", "containerLogs?previous=true answered %r" % text[:200])
 
     def check_volumes(self, pods):
         path = os.path.join(self.hostpath, "output")
@@ -366,7 +383,7 @@ class Suite:
             self.check(name, ok, why)
         pods = self.pods()
         for name, fn in [("resources", self.check_cgroups), ("logs", self.check_logs),
-                         ("volumes", self.check_volumes)]:
+                         ("volumes", self.check_volumes), ("crash-always", self.check_previous_logs)]:
             if name in pods:
                 try:
                     fn(pods)

@@ -207,6 +207,12 @@ impl HostFacts {
                 tracing::debug!("no hugetlb cgroup controller on this host: huge page limits are not applied")
             });
         }
+        if !swap_accounting {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::debug!("no swap accounting on this host: swap limits are not applied, as with runc")
+            });
+        }
         HostFacts { cgroup_v2, swap_accounting, apparmor_enabled, hugetlb, hostname }
     }
 }
