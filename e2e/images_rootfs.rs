@@ -57,6 +57,16 @@ async fn a_container_rootfs_is_an_overlay_of_the_image_layers() {
     std::fs::create_dir(&target).unwrap();
     store.mount_rootfs("c1", &image.id.to_string(), &target, false).await.expect("mount the rootfs");
     let _unmount = Unmount(target.clone());
+    // The writable layer never syncs (the kernel has had `volatile` since 5.10): unmounting it at removal
+    // does not flush the upper filesystem.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(target.to_str().unwrap()))
+        .expect("the rootfs is in mountinfo");
+    // Shown as `volatile` before Linux 6.2 and as `fsync=volatile` since.
+    let volatile = |o: &str| o == "volatile" || o == "fsync=volatile";
+    assert!(line.split(' ').any(|field| field.split(',').any(volatile)), "{line}");
 
     assert_eq!(std::fs::read(target.join("etc/keep")).unwrap(), b"kept\n");
     assert!(!target.join("etc/motd").exists(), "the whiteout hides the lower file");

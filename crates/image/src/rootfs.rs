@@ -285,13 +285,34 @@ fn mount_overlay(
         move |source| RootfsError::Io { id, step, path, source }
     };
     let lowerdir = lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
-    let options = format!("lowerdir={lowerdir},upperdir={},workdir={}", upper.display(), work.display());
+    let mut options = format!("lowerdir={lowerdir},upperdir={},workdir={}", upper.display(), work.display());
+    // `volatile` (Linux 5.10): the overlay never syncs its upper filesystem, neither on the container's
+    // syncs nor when it is unmounted. A container's writable layer does not outlive the container, and a
+    // host crash ends the container, so there is nothing for those syncs to keep; without the option the
+    // unmount at RemoveContainer flushed the whole upper filesystem (60 ms here, against 6 ms with it).
+    let volatile = VOLATILE_ACCEPTED.load(std::sync::atomic::Ordering::Relaxed);
+    if volatile {
+        options.push_str(",volatile");
+    }
     // The mount data is one page (4096 bytes including the NUL) and longer options are cut by the kernel.
     if options.len() > 4095 {
         return Err(RootfsError::TooManyLayers { id: id.to_owned(), layers: lowers.len(), length: options.len() });
     }
-    let data = CString::new(options).expect("paths have no NUL");
     let flags = if read_only { MountFlags::RDONLY } else { MountFlags::empty() };
-    rustix::mount::mount("overlay", target, "overlay", flags, Some(data.as_c_str()))
-        .map_err(|e| io("cannot mount the overlay rootfs at", target)(e.into()))
+    let data = CString::new(options.clone()).expect("paths have no NUL");
+    match rustix::mount::mount("overlay", target, "overlay", flags, Some(data.as_c_str())) {
+        // A kernel before 5.10 does not know the option: mount without it from now on.
+        Err(rustix::io::Errno::INVAL) if volatile => {
+            let plain = CString::new(options.trim_end_matches(",volatile")).expect("paths have no NUL");
+            rustix::mount::mount("overlay", target, "overlay", flags, Some(plain.as_c_str()))
+                .map_err(|e| io("cannot mount the overlay rootfs at", target)(e.into()))?;
+            VOLATILE_ACCEPTED.store(false, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!("this kernel's overlayfs has no volatile option: container rootfs unmounts will sync");
+            Ok(())
+        }
+        result => result.map_err(|e| io("cannot mount the overlay rootfs at", target)(e.into())),
+    }
 }
+
+/// Whether overlay mounts still take `volatile`; cleared the first time the kernel refuses it.
+static VOLATILE_ACCEPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
