@@ -92,7 +92,9 @@ async fn a_container_runs_logs_in_cri_format_and_reports_its_exit() {
     assert_eq!(id.len(), 64);
     let created = status(&mut client, &id).await;
     assert_eq!(created.state, ContainerState::ContainerCreated as i32);
-    assert!(created.image_ref.starts_with("sha256:"), "{}", created.image_ref);
+    // image_ref is the repository digest (what kubelet shows as the pod's imageID), image_id the image's id.
+    assert!(created.image_ref.contains("/berth-test/busybox@sha256:"), "{}", created.image_ref);
+    assert!(created.image_id.starts_with("sha256:"), "{}", created.image_id);
 
     // The same request again (kubelet retrying after its timeout) gets the same container; a different one
     // with the same name is refused.

@@ -6,12 +6,14 @@
 
 mod support;
 
+mod cdi;
 mod cli;
 mod cli_pods;
 mod compat;
 mod config;
 mod containers;
 mod exec_attach;
+mod image_volumes;
 mod images;
 mod images_faults;
 mod images_rootfs;

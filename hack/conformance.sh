@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# hack/conformance.sh — judge berth with the real clients: upstream critest and a real kubelet.
+# hack/conformance.sh — judge berth with the real clients: upstream critest, a real kubelet, and Kubernetes'
+# node e2e suite with its API server.
 #
-#   hack/conformance.sh [PART...]        PART: critest (SPDY), critest-websocket, kubelet
-#                                        (default: all three, in that order)
+#   hack/conformance.sh [PART...]        PART: critest (SPDY), critest-websocket, kubelet, node-e2e
+#                                        (default: the first three, in that order; node-e2e takes about
+#                                        25 minutes and is asked for by name)
 #
 # Uses the conformance kit (../shared/conformance by default; read only, nothing is copied from it): its
-# critest, crictl and kubelet binaries, its loopback registry and images, its critest.sh and kubelet.sh.
+# critest, crictl, kubelet and e2e_node.test binaries, its loopback registry and images, its critest.sh and
+# node-e2e.sh. The node e2e run adds the image the image-volume specs mount (hack/test-images.py kitten).
 # Everything runs inside a private network namespace made here (`unshare --net`, loopback up): the registry
 # on 127.0.0.1:5000, berth, critest and the kubelet. The bridge, veths and iptables rules the CNI plugins make
 # stay in it and vanish with it. berth gets a private root, state directory and socket below the output
@@ -22,6 +25,8 @@
 #   OUT            [target/conformance]    outputs: summary.txt and one directory per part
 #   CRITEST_WEBSOCKET_FOCUS  [empty: the full suite]  a ginkgo focus for the WebSocket run
 #   FOCUS, SKIP    passed to critest.sh (narrow the critest runs)
+#   NODE_E2E_FOCUS [\[NodeConformance\]|\[Feature:ImageVolume\]]  the node e2e specs (a ginkgo regex);
+#                  NODE_E2E_PROCS [8] its parallelism. See docs/conformance.md for the time it takes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -32,6 +37,8 @@ OUT=${OUT:-$repo/target/conformance}
 # The full suite by default (under a minute); 'Streaming runtime' narrows it to the specs that stream (exec,
 # attach, port-forward), all the transport changes.
 CRITEST_WEBSOCKET_FOCUS=${CRITEST_WEBSOCKET_FOCUS-}
+NODE_E2E_FOCUS=${NODE_E2E_FOCUS:-'\[NodeConformance\]|\[Feature:ImageVolume\]'}
+NODE_E2E_PROCS=${NODE_E2E_PROCS:-8}
 
 die() { echo "conformance: $*" >&2; exit 2; }
 log() { echo "conformance $(date +%H:%M:%S): $*"; }
@@ -39,7 +46,10 @@ log() { echo "conformance $(date +%H:%M:%S): $*"; }
 parts=("$@")
 ((${#parts[@]})) || parts=(critest critest-websocket kubelet)
 for p in "${parts[@]}"; do
-  case $p in critest|critest-websocket|kubelet) ;; *) die "unknown part '$p' (critest, critest-websocket, kubelet)" ;; esac
+  case $p in
+    critest|critest-websocket|kubelet|node-e2e) ;;
+    *) die "unknown part '$p' (critest, critest-websocket, kubelet, node-e2e)" ;;
+  esac
 done
 
 # ------------------------------------------------------------------ outside: check, fetch, enter a netns
@@ -54,14 +64,18 @@ if [[ ${BERTH_CONFORMANCE_NETNS:-} != 1 ]]; then
   "$KIT/images.sh" fetch | tail -1
   mkdir -p "$OUT"
   OUT=$(cd "$OUT" && pwd)
-  export KIT BERTH_BIN OUT CRITEST_WEBSOCKET_FOCUS BERTH_CONFORMANCE_NETNS=1
+  if [[ " ${parts[*]} " == *" node-e2e "* ]]; then
+    "$KIT/node-images.sh" build >"$OUT/node-images-build.log" 2>&1 ||
+      { tail -20 "$OUT/node-images-build.log" >&2; die "node-images.sh build failed ($OUT/node-images-build.log)"; }
+  fi
+  export KIT BERTH_BIN OUT CRITEST_WEBSOCKET_FOCUS NODE_E2E_FOCUS NODE_E2E_PROCS BERTH_CONFORMANCE_NETNS=1
   exec unshare --net --fork -- bash "$0" "${parts[@]}"
 fi
 
 # ------------------------------------------------------------------ inside the private network namespace
 ip link set lo up
 run=$OUT
-rm -rf "${run:?}"/{critest,critest-websocket,kubelet,berth,registry,summary.txt}
+rm -rf "${run:?}"/{critest,critest-websocket,kubelet,node-e2e,berth,registry,summary.txt}
 mkdir -p "$run"
 summary=$run/summary.txt
 : >"$summary"
@@ -101,12 +115,18 @@ log "berth from $BERTH_BIN"
 # 0700, as `mktemp -d` makes it: a user-namespaced pod's root must not need to search berth's directories.
 mkdir -p -m 0700 "$D"
 mkdir -p "$D/net.d"
-sed "s|@IPAM_DIR@|$D/ipam|" "$KIT/examples/cni/10-kit.conflist" >"$D/net.d/10-kit.conflist"
+# The kit's bridge network, with the pods' default route through the bridge: node e2e pods reach the node's
+# address (node-e2e.sh puts it on a bridge of its own) that way.
+sed -e "s|@IPAM_DIR@|$D/ipam|" -e 's|"isGateway": true,|"isGateway": true, "isDefaultGateway": true,|' \
+  "$KIT/examples/cni/10-kit.conflist" >"$D/net.d/10-kit.conflist"
+grep -q isDefaultGateway "$D/net.d/10-kit.conflist" || die "could not add isDefaultGateway to the kit's conflist"
 "$BERTH_BIN" config default |
   sed -e "s#\"/run/berth/berth.sock\"#\"$SOCK\"#" -e "s#\"/var/lib/berth\"#\"$D/root\"#" \
       -e "s#\"/run/berth\"#\"$D/state\"#" -e "s#^conf_dir = .*#conf_dir = \"$D/net.d\"#" \
       -e "s#^bin_dirs = .*#bin_dirs = [\"/usr/lib/cni\"]#" >"$D/config.toml"
 cat "$KIT/examples/berth.toml" >>"$D/config.toml"
+# The RuntimeClass handler the node e2e specs run pods with (e2enode.PreconfiguredRuntimeClassHandler).
+printf '\n[runtime_handlers."test-handler"]\n' >>"$D/config.toml"
 "$BERTH_BIN" config check "$D/config.toml" >/dev/null
 BERTH_LOG=${BERTH_LOG:-debug} setsid "$BERTH_BIN" serve --config "$D/config.toml" >"$D/daemon.log" 2>&1 </dev/null &
 berth_pid=$!
@@ -134,12 +154,26 @@ for part in "${parts[@]}"; do
       then rc=0; else rc=$?; fi
       result=$(tail -1 "$run/kubelet.log")
       ;;
+    node-e2e)
+      log "node e2e: $NODE_E2E_FOCUS, $NODE_E2E_PROCS processes"
+      # The registry stays on :5000 (critest's images are there): node-e2e.sh then skips the 5 [Serial]
+      # private-registry specs, which upstream's parallel job skips anyway.
+      if REGISTRY=127.0.0.1:5000 "$KIT/node-images.sh" push >"$run/node-images-push.log" 2>&1 &&
+        python3 hack/test-images.py --registry 127.0.0.1:5000 --only kitten >>"$run/node-images-push.log" 2>&1
+      then
+        if PROCS=$NODE_E2E_PROCS FOCUS=$NODE_E2E_FOCUS "$KIT/node-e2e.sh" "$SOCK" "$run/node-e2e" >"$run/node-e2e.log" 2>&1
+        then rc=0; else rc=$?; fi
+        result=$(head -1 "$run/node-e2e/summary.txt" 2>/dev/null || echo "no summary")
+      else
+        rc=1 result="pushing the node e2e images failed ($run/node-images-push.log)"
+      fi
+      ;;
   esac
   note "$part: $result ($(($(date +%s) - t0)) s)"
   if ((rc != 0)); then
     failed=1
     case $part in
-      critest*) sed -n '2,$p' "$run/$part/summary.txt" 2>/dev/null | tee -a "$summary" ;;
+      critest*|node-e2e) sed -n '2,$p' "$run/$part/summary.txt" 2>/dev/null | tee -a "$summary" ;;
       kubelet) grep -E '^(FAIL|ERROR)' "$run/kubelet.log" | tee -a "$summary" || tail -20 "$run/kubelet.log" ;;
     esac
   fi

@@ -14,6 +14,10 @@ the OCI distribution HTTP API (POST + PUT blob upload, PUT manifest as applicati
                                         for pull benchmarks
     pause    berth-test/pause:latest    busybox layer; runs `sleep 2000000000` (a sandbox image for containerd's
                                         CRI plugin in hack/bench/runp.sh)
+    kitten   e2e-test-images/kitten:1.7 (only with --only kitten) busybox layer + /data.json, /kitten.jpg and
+                                        /etc/os-release: what Kubernetes' image-volume specs read from
+                                        registry.k8s.io/e2e-test-images/kitten (whose base is Alpine), for the
+                                        node e2e run of hack/conformance.sh, pushed under its original path
 
 It prints (and with --out writes) JSON describing each image, e.g.
     {"busybox": {"ref": "127.0.0.1:PORT/berth-test/busybox:latest", "manifest_digest": "sha256:...",
@@ -61,7 +65,12 @@ MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
-IMAGES = ("busybox", "web", "big", "pause")
+IMAGES = ("busybox", "web", "big", "pause", "kitten")
+# What a run without --only pushes.
+DEFAULT_IMAGES = ("busybox", "web", "big", "pause")
+# The upstream image the node e2e image-volume specs mount (test/utils/image/manifest.go: Kitten).
+KITTEN_REPOSITORY = "e2e-test-images/kitten"
+KITTEN_TAG = "1.7"
 
 
 def log(msg):
@@ -245,6 +254,19 @@ def web_layer():
     return layer
 
 
+def kitten_layer():
+    """The files Kubernetes' image-volume specs read: data.json naming kitten.jpg, and an os-release that says
+    Alpine Linux, as the upstream image's Alpine base has it (the specs check both)."""
+    layer = Layer()
+    layer.file("data.json", b'{"image": "kitten.jpg"}\n')
+    # Not a picture: the specs only list and read data.json; the name is what matters.
+    layer.file("kitten.jpg", b"berth stand-in for the upstream kitten.jpg\n")
+    layer.file("etc/os-release", b"# berth hack/test-images.py: stands in for the Alpine base of"
+                                 b" registry.k8s.io/e2e-test-images/kitten\n"
+                                 b'NAME="Alpine Linux"\nID=alpine\nPRETTY_NAME="Alpine Linux (berth stand-in)"\n')
+    return layer
+
+
 def big_layer(index):
     layer = Layer()
     layer.dir("data")
@@ -297,8 +319,14 @@ def build_images(busybox, cache_root, names):
             "layers": [("busybox", base)],
             "config": {"Env": [PATH_ENV], "Cmd": ["sleep", "2000000000"]},
         },
+        "kitten": {
+            "layers": [("busybox", base), ("kitten", None)],
+            "config": {"Env": [PATH_ENV], "Cmd": ["sh"]},
+            "repository": KITTEN_REPOSITORY,
+            "tag": KITTEN_TAG,
+        },
     }
-    builders = {"web": web_layer}
+    builders = {"web": web_layer, "kitten": kitten_layer}
     for i in range(1, BIG_LAYERS + 1):
         builders[f"big-{i}"] = lambda i=i: big_layer(i)
 
@@ -327,7 +355,8 @@ def build_images(busybox, cache_root, names):
             "config": {"mediaType": MT_CONFIG, "digest": sha256_digest(config_bytes), "size": len(config_bytes)},
             "layers": [{"mediaType": MT_LAYER, "digest": m["digest"], "size": m["size"]} for m in layers],
         }
-        images[name] = (f"berth-test/{name}", config_bytes, canonical_json(manifest), layers)
+        repository = spec.get("repository", f"berth-test/{name}")
+        images[name] = (repository, spec.get("tag"), config_bytes, canonical_json(manifest), layers)
     return cache, images
 
 
@@ -422,7 +451,7 @@ def main():
     addr = args.registry
     if "/" in addr or addr.startswith("http"):
         ap.error("--registry takes HOST:PORT, without scheme or path")
-    names = [n for n in IMAGES if not args.only or n in args.only]
+    names = [n for n in IMAGES if n in (args.only or DEFAULT_IMAGES)]
 
     start = time.monotonic()
     cache, images = build_images(args.busybox, args.cache_dir, names)
@@ -440,7 +469,8 @@ def main():
     pushed_to = {}  # blob digest -> a repository that has it, for cross-repository mounts
     uploaded = 0
     for name in names:
-        repo, config_bytes, manifest_bytes, layers = images[name]
+        repo, own_tag, config_bytes, manifest_bytes, layers = images[name]
+        tag = own_tag or args.tag
         config_digest = sha256_digest(config_bytes)
         for meta in layers:
             digest = meta["digest"]
@@ -451,11 +481,11 @@ def main():
                 uploaded += meta["size"]
             pushed_to.setdefault(digest, repo)
         reg.push_blob(repo, config_digest, len(config_bytes), lambda b=config_bytes: io.BytesIO(b))
-        manifest_digest = reg.push_manifest(repo, args.tag, manifest_bytes)
+        manifest_digest = reg.push_manifest(repo, tag, manifest_bytes)
         result[name] = {
-            "ref": f"{addr}/{repo}:{args.tag}",
+            "ref": f"{addr}/{repo}:{tag}",
             "repository": repo,
-            "tag": args.tag,
+            "tag": tag,
             "manifest_digest": manifest_digest,
             "config_digest": config_digest,
             "size": len(manifest_bytes) + len(config_bytes) + sum(m["size"] for m in layers),

@@ -3,6 +3,7 @@
 //! This package is the daemon, the CLI and every use of CRI types; the libraries it drives live under
 //! `crates/`. See ARCHITECTURE.md for the map.
 
+pub mod cdi;
 pub mod cli;
 pub mod config;
 pub mod containers;

@@ -110,6 +110,10 @@ pub struct ContainerRecord {
     /// The image as asked (`ImageSpec.image`) and the image id it resolved to (`sha256:...`).
     pub image: String,
     pub image_id: String,
+    /// The image's repository digest (`name@sha256:...`) when it has one: what ContainerStatus reports as
+    /// `image_ref`, and kubelet as the pod's `imageID` (containerd and CRI-O report the same).
+    #[serde(default)]
+    pub image_ref: String,
     /// The CRI `ImageSpec`, `Mount`s and `LinuxContainerResources` of the request, protobuf-encoded, for
     /// ContainerStatus to give back unchanged.
     pub image_spec: Vec<u8>,

@@ -29,6 +29,7 @@ pub struct Config {
     pub log: LogConfig,
     pub cgroup: CgroupConfig,
     pub cni: CniConfig,
+    pub cdi: CdiConfig,
     pub streaming: StreamingConfig,
     pub stats: StatsConfig,
     pub metrics: MetricsConfig,
@@ -83,6 +84,18 @@ impl Default for CniConfig {
             conf_dir: AbsolutePath::fixed("/etc/cni/net.d"),
             bin_dirs: vec![AbsolutePath::fixed("/opt/cni/bin"), AbsolutePath::fixed("/usr/lib/cni")],
         }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CdiConfig {
+    pub spec_dirs: Vec<AbsolutePath>,
+}
+
+impl Default for CdiConfig {
+    fn default() -> Self {
+        CdiConfig { spec_dirs: vec![AbsolutePath::fixed("/etc/cdi"), AbsolutePath::fixed("/var/run/cdi")] }
     }
 }
 

@@ -43,6 +43,15 @@ pub enum ContainerError {
     PodNotReady(String),
     #[error("image {0} is not present: pull it first")]
     ImageNotFound(String),
+    #[error("image volume {destination}: image {image} is not present: pull it first")]
+    ImageVolumeNotFound { destination: String, image: String },
+    #[error("image volume {destination} (image {image})")]
+    ImageVolumeSubPath {
+        destination: String,
+        image: String,
+        #[source]
+        source: berth_image::image_volume::SubPathError,
+    },
     #[error("a container named {name:?} (attempt {attempt}) already exists in pod {pod}: {id}")]
     NameTaken { name: String, attempt: u32, pod: String, id: String },
     #[error("container {id} is {state}: cannot {action}")]
@@ -56,6 +65,12 @@ pub enum ContainerError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("container {id}")]
+    Cdi {
+        id: String,
+        #[source]
+        source: crate::cdi::CdiError,
+    },
     #[error(transparent)]
     Spec(#[from] spec::SpecError),
     #[error(transparent)]
@@ -68,9 +83,14 @@ impl Kinded for ContainerError {
     fn kind(&self) -> ErrorKind {
         match self {
             ContainerError::Invalid(_) => ErrorKind::InvalidArgument,
-            ContainerError::NotFound(_) | ContainerError::PodNotFound(_) | ContainerError::ImageNotFound(_) => {
-                ErrorKind::NotFound
-            }
+            ContainerError::NotFound(_)
+            | ContainerError::PodNotFound(_)
+            | ContainerError::ImageNotFound(_)
+            | ContainerError::ImageVolumeNotFound { .. } => ErrorKind::NotFound,
+            ContainerError::ImageVolumeSubPath { source, .. } => match source {
+                berth_image::image_volume::SubPathError::Missing { .. } => ErrorKind::NotFound,
+                berth_image::image_volume::SubPathError::Unusable { .. } => ErrorKind::InvalidArgument,
+            },
             ContainerError::PodNotReady(_) | ContainerError::WrongState { .. } => ErrorKind::FailedPrecondition,
             ContainerError::NameTaken { .. } => ErrorKind::AlreadyExists,
             ContainerError::ExecTimeout { .. } => ErrorKind::DeadlineExceeded,
@@ -85,6 +105,7 @@ impl Kinded for ContainerError {
                     ErrorKind::Internal
                 }
             }
+            ContainerError::Cdi { source, .. } => source.kind(),
             ContainerError::Spec(err) => err.kind(),
             ContainerError::Shim(err) => err.kind(),
             ContainerError::Store(err) => err.kind(),
@@ -136,6 +157,8 @@ pub struct ContainerManager {
     images: Arc<berth_image::ImageStore>,
     shims: Shims,
     cgroup_driver: crate::config::CgroupDriver,
+    /// The CDI spec files devices are resolved against.
+    cdi: Arc<crate::cdi::Registry>,
     /// Serializes creations, so a name is checked and reserved in one step (and a retried request waits
     /// for the abandoned one it repeats).
     create_lock: Arc<tokio::sync::Mutex<()>>,
@@ -165,6 +188,37 @@ fn request_hash(request: &CreateRequest) -> u64 {
     hasher.finish()
 }
 
+/// The repository digest ContainerStatus reports as `image_ref`: the one of the repository the user named
+/// when the image has it, else its first; empty when the image has none (built locally, loaded from a file).
+fn repository_digest(image: &berth_image::ImageRecord, spec: Option<&cri::ImageSpec>) -> String {
+    let named = spec
+        .map(|s| if s.user_specified_image.is_empty() { &s.image } else { &s.user_specified_image })
+        .and_then(|name| name.parse::<berth_image::reference::Reference>().ok())
+        .map(|reference| format!("{}@", reference.name()));
+    named
+        .and_then(|prefix| image.repo_digests.iter().find(|d| d.starts_with(&prefix)))
+        .or_else(|| image.repo_digests.first())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `image_ref` of a container: its repository digest, or the image id when there is none.
+fn image_ref_of(record: &ContainerRecord) -> String {
+    if record.image_ref.is_empty() { record.image_id.clone() } else { record.image_ref.clone() }
+}
+
+/// The ImageSpec ContainerStatus and ListContainers report: the request's, with the image the user named
+/// (`user_specified_image`, which kubelet always sends) in place of the image id kubelet resolved it to.
+/// kubelet shows this field as the container's image and compares it with the pod's spec to see an image
+/// update through; containerd and CRI-O report the user's name too.
+fn shown_image(record: &ContainerRecord) -> cri::ImageSpec {
+    let mut spec = cri::ImageSpec::decode(record.image_spec.as_slice()).unwrap_or_default();
+    if !spec.user_specified_image.is_empty() {
+        spec.image = spec.user_specified_image.clone();
+    }
+    spec
+}
+
 /// CRI's reason for an exit.
 fn exit_reason(exit_code: i32, oom_killed: bool) -> &'static str {
     if oom_killed {
@@ -189,6 +243,9 @@ impl ContainerManager {
             images,
             shims: Shims::default(),
             cgroup_driver: config.cgroup.driver,
+            cdi: Arc::new(crate::cdi::Registry::new(
+                config.cdi.spec_dirs.iter().map(|d| d.as_path().to_owned()).collect(),
+            )),
             create_lock: Arc::new(tokio::sync::Mutex::new(())),
             events: broadcast::channel(1024).0,
         }
@@ -348,6 +405,7 @@ impl ContainerManager {
             request_hash: hash,
             image: image.clone(),
             image_id: image_record.id.to_string(),
+            image_ref: repository_digest(&image_record, config.image.as_ref()),
             image_spec: config.image.clone().unwrap_or_default().encode_to_vec(),
             mounts: config.mounts.iter().map(|m| m.encode_to_vec()).collect(),
             resources: config.linux.as_ref().and_then(|l| l.resources.clone()).unwrap_or_default().encode_to_vec(),
@@ -403,6 +461,17 @@ impl ContainerManager {
     ) -> Result<(), ContainerError> {
         let id = record.id.clone();
         let mut clock = StepClock::start();
+        // CDI devices first: an unknown one fails the request before anything is made.
+        let cdi_names = crate::cdi::requested(&request.config);
+        let cdi_edits = if cdi_names.is_empty() {
+            Vec::new()
+        } else {
+            let registry = self.cdi.clone();
+            tokio::task::spawn_blocking(move || registry.resolve(&cdi_names))
+                .await
+                .map_err(step(&id, "run the CDI task"))?
+                .map_err(|source| ContainerError::Cdi { id: id.clone(), source })?
+        };
         let bundle = self.bundle(record);
         let rootfs = bundle.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(step(&id, "create the bundle directory"))?;
@@ -418,6 +487,7 @@ impl ContainerManager {
             .await
             .map_err(step(&id, "mount the container's root filesystem"))?;
         clock.lap("rootfs");
+        let image_volumes = self.mount_image_volumes(&id, &request.config).await?;
         let image_config = self.images.config(image).await.map_err(step(&id, "read the image config"))?;
         let shim = self.shim_or_restart(pod).await?;
         let pod_dir = self.layout.pod_dir(&pod.id);
@@ -437,6 +507,8 @@ impl ContainerManager {
             rootfs: &rootfs,
             cgroup_driver: self.cgroup_driver,
             seccomp_root: &self.layout.root.join("seccomp"),
+            image_volumes: &image_volumes,
+            cdi: &cdi_edits,
         };
         let built = spec::build(&spec_request)?;
         record.uid = built.uid;
@@ -465,6 +537,39 @@ impl ContainerManager {
         clock.lap("shim_create");
         tracing::debug!(container_id = %id, steps = %clock, "container made");
         Ok(())
+    }
+
+    /// Mounts the container's image volumes (`Mount.image`) and resolves their sub paths: the host path to
+    /// bind for each, by its index in `config.mounts`. What was mounted before a failure is unmounted with
+    /// the rootfs when CreateContainer undoes itself.
+    async fn mount_image_volumes(
+        &self,
+        id: &str,
+        config: &cri::ContainerConfig,
+    ) -> Result<BTreeMap<usize, PathBuf>, ContainerError> {
+        let mut volumes = BTreeMap::new();
+        for (index, mount) in config.mounts.iter().enumerate() {
+            if !spec::mounts::is_image_volume(mount) {
+                continue;
+            }
+            let image = mount.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+            let destination = mount.container_path.clone();
+            let mounted = match self.images.mount_image_volume(id, index, &image).await {
+                Ok(path) => path,
+                Err(berth_image::RootfsError::ImageNotFound { .. }) => {
+                    return Err(ContainerError::ImageVolumeNotFound { destination, image });
+                }
+                Err(err) => return Err(step(id, "mount an image volume")(err)),
+            };
+            let source = if mount.image_sub_path.is_empty() {
+                mounted
+            } else {
+                berth_image::image_volume::resolve_sub_path(&mounted, &mount.image_sub_path)
+                    .map_err(|source| ContainerError::ImageVolumeSubPath { destination, image, source })?
+            };
+            volumes.insert(index, source);
+        }
+        Ok(volumes)
     }
 
     /// The PID namespace a new container joins, per the container's NamespaceOption.
@@ -652,7 +757,7 @@ impl ContainerManager {
 
     /// The CRI status of a record.
     pub fn status_of(&self, record: &ContainerRecord) -> cri::ContainerStatus {
-        let image_spec = cri::ImageSpec::decode(record.image_spec.as_slice()).unwrap_or_default();
+        let image_spec = shown_image(record);
         let resources = cri::LinuxContainerResources::decode(record.resources.as_slice()).ok();
         cri::ContainerStatus {
             id: record.id.clone(),
@@ -663,7 +768,7 @@ impl ContainerManager {
             finished_at: record.finished_at_unix_nanos,
             exit_code: record.exit_code,
             image: Some(image_spec),
-            image_ref: record.image_id.clone(),
+            image_ref: image_ref_of(record),
             reason: record.reason.clone(),
             message: record.message.clone(),
             labels: record.labels.clone().into_iter().collect(),
@@ -689,8 +794,8 @@ impl ContainerManager {
             id: record.id.clone(),
             pod_sandbox_id: record.pod_id.clone(),
             metadata: Some(cri::ContainerMetadata { name: record.name.clone(), attempt: record.attempt }),
-            image: Some(cri::ImageSpec::decode(record.image_spec.as_slice()).unwrap_or_default()),
-            image_ref: record.image_id.clone(),
+            image: Some(shown_image(record)),
+            image_ref: image_ref_of(record),
             state: record.state.cri() as i32,
             created_at: record.created_at_unix_nanos,
             labels: record.labels.clone().into_iter().collect(),
@@ -1078,5 +1183,59 @@ impl ContainerManager {
         }
         self.watch(pod_id.to_owned());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(repo_digests: &[&str]) -> berth_image::ImageRecord {
+        berth_image::ImageRecord {
+            id: berth_image::digest::Digest::of(b"config"),
+            repo_tags: Vec::new(),
+            repo_digests: repo_digests.iter().map(|d| (*d).to_owned()).collect(),
+            size: 0,
+            manifest: berth_image::digest::Digest::of(b"manifest"),
+            blobs: Vec::new(),
+            chain_ids: Vec::new(),
+            user: String::new(),
+            pulled_at_unix_nanos: 0,
+        }
+    }
+
+    fn spec(image: &str, user_specified: &str) -> cri::ImageSpec {
+        cri::ImageSpec { image: image.into(), user_specified_image: user_specified.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn the_image_ref_is_the_digest_of_the_repository_the_user_named() {
+        let both = image(&["example.com/a@sha256:aa", "docker.io/library/busybox@sha256:bb"]);
+        let kubelet = spec("sha256:1234", "busybox:1.37");
+        assert_eq!(repository_digest(&both, Some(&kubelet)), "docker.io/library/busybox@sha256:bb");
+        assert_eq!(repository_digest(&both, Some(&spec("example.com/a:v1", ""))), "example.com/a@sha256:aa");
+        // A name the image no longer carries: its first digest; an image without any: nothing.
+        assert_eq!(repository_digest(&both, Some(&spec("sha256:1234", ""))), "example.com/a@sha256:aa");
+        assert_eq!(repository_digest(&image(&[]), Some(&kubelet)), "");
+    }
+
+    #[test]
+    fn status_shows_the_image_the_user_named_and_falls_back_to_the_image_id() {
+        let mut record: ContainerRecord = serde_json::from_value(serde_json::json!({
+            "id": "c1", "pod_id": "p1", "name": "web", "attempt": 0, "state": "Running", "request_hash": 0,
+            "image": "sha256:1234", "image_id": "sha256:1234", "image_spec": [], "mounts": [], "resources": [],
+            "labels": {}, "annotations": {}, "log_path": "", "uid": 0, "gid": 0,
+            "supplemental_groups": [], "stop_signal": 15, "tty": false, "stdin": false, "stdin_once": false,
+            "pid": 1, "created_at_unix_nanos": 1, "started_at_unix_nanos": 2, "finished_at_unix_nanos": 0,
+            "exit_code": 0, "reason": "", "message": ""
+        }))
+        .expect("a record written before image_ref existed still reads");
+        assert_eq!(image_ref_of(&record), "sha256:1234");
+        record.image_spec = spec("sha256:1234", "registry.k8s.io/busybox:1.37").encode_to_vec();
+        record.image_ref = "registry.k8s.io/busybox@sha256:bb".into();
+        assert_eq!(shown_image(&record).image, "registry.k8s.io/busybox:1.37");
+        assert_eq!(image_ref_of(&record), "registry.k8s.io/busybox@sha256:bb");
+        record.image_spec = spec("busybox", "").encode_to_vec();
+        assert_eq!(shown_image(&record).image, "busybox");
     }
 }

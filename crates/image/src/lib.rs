@@ -7,6 +7,7 @@
 //! containers. Image metadata lives in the daemon's state database (`berth_store`, table `images`).
 
 pub mod digest;
+pub mod image_volume;
 pub mod manifest;
 pub mod reference;
 pub mod unpack;

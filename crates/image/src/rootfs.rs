@@ -67,7 +67,7 @@ impl Kinded for RootfsError {
     }
 }
 
-fn check_id(id: &str) -> Result<(), RootfsError> {
+pub(crate) fn check_id(id: &str) -> Result<(), RootfsError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && !id.starts_with('.')
@@ -150,11 +150,18 @@ impl ImageStore {
                     });
                 }
             }
-            // A crash while an idmapped overlay was being mounted may have left its lowers attached: they
-            // must go before the directory does, or removing it would delete the image's snapshots.
+            // A crash while an idmapped overlay was being mounted may have left its lowers attached, and
+            // image volumes are mounted below the directory: they must go before the directory does, or
+            // removing it would delete the image's snapshots.
             detach_lowers(&lower_mounts_dir(&dir)).map_err(|(path, source)| RootfsError::Io {
                 id: id.clone(),
                 step: "cannot detach the idmapped lower directory",
+                path,
+                source,
+            })?;
+            detach_lowers(&crate::image_volume::volumes_dir(&dir)).map_err(|(path, source)| RootfsError::Io {
+                id: id.clone(),
+                step: "cannot unmount the image volume",
                 path,
                 source,
             })?;
@@ -193,11 +200,7 @@ fn mount_blocking(
         }
     }
     // Intent before the mount: from here on, garbage collection keeps these snapshots.
-    let layers = dir.join("layers.json");
-    let temp = dir.join(".layers.json.tmp");
-    std::fs::write(&temp, serde_json::to_vec(chain_ids).expect("digests serialize"))
-        .map_err(io("cannot write", &temp))?;
-    std::fs::rename(&temp, &layers).map_err(io("cannot write", &layers))?;
+    write_layers_intent(id, dir, "layers.json", chain_ids)?;
 
     let Some(idmap) = idmap else {
         return mount_overlay(id, lowers, &upper, &work, target, read_only);
@@ -243,8 +246,26 @@ fn mount_blocking(
     result.and(detached)
 }
 
+/// Writes the chain IDs a container is about to mount to `<container dir>/<name>` (a name ending in
+/// `layers.json`, which garbage collection reads), atomically.
+pub(crate) fn write_layers_intent(
+    id: &str,
+    dir: &Path,
+    name: &str,
+    chain_ids: &[crate::digest::Digest],
+) -> Result<(), RootfsError> {
+    let layers = dir.join(name);
+    let temp = dir.join(format!(".{name}.tmp"));
+    let io = |path: &Path| {
+        let (id, path) = (id.to_owned(), path.to_owned());
+        move |source| RootfsError::Io { id, step: "cannot write", path, source }
+    };
+    std::fs::write(&temp, serde_json::to_vec(chain_ids).expect("digests serialize")).map_err(io(&temp))?;
+    std::fs::rename(&temp, &layers).map_err(io(&layers))
+}
+
 /// Detaches and removes whatever is attached under `dir` (the idmapped lowers), then `dir`. Missing is fine.
-fn detach_lowers(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
+pub(crate) fn detach_lowers(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -279,18 +300,36 @@ fn mount_overlay(
     target: &Path,
     read_only: bool,
 ) -> Result<(), RootfsError> {
+    let upper_options = format!("upperdir={},workdir={}", upper.display(), work.display());
+    let flags = if read_only { MountFlags::RDONLY } else { MountFlags::empty() };
+    mount_overlay_with(id, lowers, Some(&upper_options), target, flags)
+}
+
+/// Mounts the overlay of `lowers` (top first) at `target`, with `upper_options` (`upperdir=...,workdir=...`)
+/// or read-only without them.
+pub(crate) fn mount_overlay_with(
+    id: &str,
+    lowers: &[PathBuf],
+    upper_options: Option<&str>,
+    target: &Path,
+    flags: MountFlags,
+) -> Result<(), RootfsError> {
     let io = |step, path: &Path| {
         let path = path.to_owned();
         let id = id.to_owned();
         move |source| RootfsError::Io { id, step, path, source }
     };
     let lowerdir = lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
-    let mut options = format!("lowerdir={lowerdir},upperdir={},workdir={}", upper.display(), work.display());
+    let mut options = format!("lowerdir={lowerdir}");
     // `volatile` (Linux 5.10): the overlay never syncs its upper filesystem, neither on the container's
     // syncs nor when it is unmounted. A container's writable layer does not outlive the container, and a
     // host crash ends the container, so there is nothing for those syncs to keep; without the option the
     // unmount at RemoveContainer flushed the whole upper filesystem (60 ms here, against 6 ms with it).
-    let volatile = VOLATILE_ACCEPTED.load(std::sync::atomic::Ordering::Relaxed);
+    let volatile = upper_options.is_some() && VOLATILE_ACCEPTED.load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(upper) = upper_options {
+        options.push(',');
+        options.push_str(upper);
+    }
     if volatile {
         options.push_str(",volatile");
     }
@@ -298,19 +337,18 @@ fn mount_overlay(
     if options.len() > 4095 {
         return Err(RootfsError::TooManyLayers { id: id.to_owned(), layers: lowers.len(), length: options.len() });
     }
-    let flags = if read_only { MountFlags::RDONLY } else { MountFlags::empty() };
     let data = CString::new(options.clone()).expect("paths have no NUL");
     match rustix::mount::mount("overlay", target, "overlay", flags, Some(data.as_c_str())) {
         // A kernel before 5.10 does not know the option: mount without it from now on.
         Err(rustix::io::Errno::INVAL) if volatile => {
             let plain = CString::new(options.trim_end_matches(",volatile")).expect("paths have no NUL");
             rustix::mount::mount("overlay", target, "overlay", flags, Some(plain.as_c_str()))
-                .map_err(|e| io("cannot mount the overlay rootfs at", target)(e.into()))?;
+                .map_err(|e| io("cannot mount the overlay at", target)(e.into()))?;
             VOLATILE_ACCEPTED.store(false, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!("this kernel's overlayfs has no volatile option: container rootfs unmounts will sync");
             Ok(())
         }
-        result => result.map_err(|e| io("cannot mount the overlay rootfs at", target)(e.into())),
+        result => result.map_err(|e| io("cannot mount the overlay at", target)(e.into())),
     }
 }
 

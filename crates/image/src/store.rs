@@ -942,12 +942,17 @@ fn empty_dir(dir: &Path) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// Chain IDs used by container root filesystems (`containers/<id>/layers.json`).
+/// Chain IDs used by containers: their root filesystems (`containers/<id>/layers.json`) and image volumes
+/// (`containers/<id>/volume-<n>.layers.json`).
 fn rootfs_chain_ids(containers: &Path) -> BTreeSet<Digest> {
     let mut used = BTreeSet::new();
-    if let Ok(entries) = std::fs::read_dir(containers) {
-        for entry in entries.flatten() {
-            if let Ok(text) = std::fs::read(entry.path().join("layers.json"))
+    for container in std::fs::read_dir(containers).into_iter().flatten().flatten() {
+        for file in std::fs::read_dir(container.path()).into_iter().flatten().flatten() {
+            let name = file.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with("layers.json")
+                && !name.starts_with('.')
+                && let Ok(text) = std::fs::read(file.path())
                 && let Ok(chains) = serde_json::from_slice::<Vec<Digest>>(&text)
             {
                 used.extend(chains);

@@ -56,7 +56,7 @@ fn rule(
 }
 
 /// The node of a host device file, or None when the file is not a character or block device.
-fn device_node(container: &Path, metadata: &std::fs::Metadata) -> Result<Option<LinuxDevice>, Problem> {
+pub(crate) fn device_node(container: &Path, metadata: &std::fs::Metadata) -> Result<Option<LinuxDevice>, Problem> {
     let file_type = metadata.file_type();
     let typ = if file_type.is_char_device() {
         LinuxDeviceType::C

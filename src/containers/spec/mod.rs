@@ -18,13 +18,14 @@
 //!   made by the runtime before it joins the namespace), as containerd 2 with runc 1.2 does: a volume on a
 //!   filesystem that cannot be idmapped (before Linux 6.3, tmpfs) fails CreateContainer naming the mount.
 //!   A CRI mount's own `uidMappings`/`gidMappings` are accepted only when they are the pod's.
-//! - Image volumes (`Mount.image`) are refused as unsupported; CDI devices are ignored (kubelet resolves
-//!   them only with a CDI-enabled runtime).
+//! - Image volumes (`Mount.image`) are bound read-only from where CreateContainer mounted them
+//!   (`berth_image::image_volume`); CDI devices' edits are applied last (`cdi.rs`).
 //! - Propagation `rshared`/`rslave` is not checked against the host mount's own propagation (containerd
 //!   refuses a bidirectional mount of a private host path); the mount is made and simply does not propagate.
 
+mod cdi;
 mod devices;
-mod mounts;
+pub(crate) mod mounts;
 mod seccomp;
 mod security;
 mod signal;
@@ -74,6 +75,10 @@ pub struct SpecRequest<'a> {
     pub cgroup_driver: CgroupDriver,
     /// Directory relative Localhost seccomp profiles are resolved against (kubelet sends absolute paths).
     pub seccomp_root: &'a Path,
+    /// The host path each image volume of `config.mounts` (by index) is mounted at, with its sub path.
+    pub image_volumes: &'a std::collections::BTreeMap<usize, PathBuf>,
+    /// The edits of the CDI devices the container asked for, resolved ([`crate::cdi::Registry`]).
+    pub cdi: &'a [crate::cdi::ContainerEdits],
 }
 
 #[derive(Debug)]
@@ -338,6 +343,7 @@ pub(crate) fn build_with(request: &SpecRequest, host: &HostFacts) -> Result<Buil
         etc_dir: request.pod.etc_dir,
         shm: request.pod.shm,
         user_mappings: record.user_mappings.as_ref(),
+        image_volumes: request.image_volumes,
     })?;
 
     let devices = devices::devices(&config.devices, privileged)?;
@@ -394,6 +400,7 @@ pub(crate) fn build_with(request: &SpecRequest, host: &HostFacts) -> Result<Buil
     // Only with the pod's own UTS namespace: the runtime sets the hostname it is given, and in the host's
     // namespace that would rename the node.
     spec.set_hostname(hostname);
+    cdi::apply(&mut spec, request.cdi, privileged)?;
     Ok(BuiltSpec {
         spec,
         uid: identity.uid,

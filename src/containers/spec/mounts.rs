@@ -1,5 +1,6 @@
 //! A container's mounts: the standard filesystems, the pod's /dev/shm and /etc files, then the CRI mounts.
 
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{Mount, MountBuilder};
@@ -16,6 +17,9 @@ pub(crate) struct MountRequest<'a> {
     /// The pod's user namespace maps (`hostUsers: false`): CRI mounts are then idmapped through it
     /// (`ridmap`), so the pod's root owns what the host's root owns in its volumes.
     pub user_mappings: Option<&'a berth_runtime::pin::UserMappings>,
+    /// Where each image volume (`Mount.image`, by its index in the request) is mounted on the host, its
+    /// sub path already resolved inside it.
+    pub image_volumes: &'a BTreeMap<usize, PathBuf>,
 }
 
 pub(crate) struct Mounts {
@@ -102,18 +106,32 @@ fn host_source(mount: &cri::Mount) -> Result<PathBuf, Problem> {
     path.canonicalize().map_err(Problem::io("resolve the mount source", path))
 }
 
+/// Whether a CRI mount is an image volume.
+pub(crate) fn is_image_volume(mount: &cri::Mount) -> bool {
+    mount.image.as_ref().is_some_and(|i| !i.image.is_empty())
+}
+
 fn cri_mount(
     mount: &cri::Mount,
+    image_volume: Option<&Path>,
     user_mappings: Option<&berth_runtime::pin::UserMappings>,
 ) -> Result<(Mount, &'static str), Problem> {
     if !mount.container_path.starts_with('/') {
         return Err(Problem::Invalid(format!("mount destination {:?} is not absolute", mount.container_path)));
     }
+    if is_image_volume(mount) {
+        let Some(source) = image_volume else {
+            return Err(Problem::Invalid(format!("image volume {}: not mounted", mount.container_path)));
+        };
+        // Read-only whatever the request says, and never a source of devices, setuid files or programs.
+        let mut options = vec![propagation_option(mount)?, "ro", "nosuid", "nodev", "noexec"];
+        if user_mappings.is_some() {
+            options.push("ridmap");
+        }
+        return Ok((bind(&mount.container_path, source, &options)?, options[0]));
+    }
     if mount.host_path.is_empty() {
         return Err(Problem::Invalid(format!("mount {}: empty host path", mount.container_path)));
-    }
-    if mount.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
-        return Err(Problem::Unsupported(format!("image volume mount {}", mount.container_path)));
     }
     if !mount.uid_mappings.is_empty() || !mount.gid_mappings.is_empty() {
         // Maps of its own are honoured when they are the pod's (the only user namespace an idmapped mount
@@ -196,8 +214,9 @@ pub(crate) fn mounts(request: &MountRequest) -> Result<Mounts, Problem> {
         extra.push(bind("/dev/shm", shm, &["rprivate", "rw", "nosuid", "nodev", "noexec"])?);
     }
     let mut rootfs_propagation: Option<String> = None;
-    for requested_mount in &config.mounts {
-        let (mount, propagation) = cri_mount(requested_mount, request.user_mappings)?;
+    for (index, requested_mount) in config.mounts.iter().enumerate() {
+        let image_volume = request.image_volumes.get(&index).map(PathBuf::as_path);
+        let (mount, propagation) = cri_mount(requested_mount, image_volume, request.user_mappings)?;
         match propagation {
             "rshared" => rootfs_propagation = Some("rshared".into()),
             "rslave" if rootfs_propagation.is_none() => rootfs_propagation = Some("rslave".into()),

@@ -133,6 +133,8 @@ fn try_build_on(
         rootfs: &rootfs,
         cgroup_driver: CgroupDriver::Cgroupfs,
         seccomp_root: &seccomp_root,
+        image_volumes: &Default::default(),
+        cdi: &[],
     };
     build_with(&request, host).map_err(|p| p.into_error(CONTAINER_ID))
 }
@@ -508,6 +510,8 @@ fn privileged_containers_get_everything() {
         rootfs: &rootfs,
         cgroup_driver: CgroupDriver::Cgroupfs,
         seccomp_root: &seccomp_root,
+        image_volumes: &Default::default(),
+        cdi: &[],
     };
     let err = build_with(&request, &host()).unwrap_err().into_error(CONTAINER_ID);
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
@@ -642,6 +646,8 @@ fn host_ipc_binds_the_hosts_shm() {
         rootfs: &rootfs,
         cgroup_driver: CgroupDriver::Systemd,
         seccomp_root: &seccomp_root,
+        image_volumes: &Default::default(),
+        cdi: &[],
     };
     let built = build_with(&request, &host()).unwrap();
     assert_eq!(mount_at(&built.spec, "/dev/shm").source().as_deref(), Some(Path::new("/dev/shm")));
