@@ -14,7 +14,7 @@ the OCI distribution HTTP API (POST + PUT blob upload, PUT manifest as applicati
                                         for pull benchmarks
     pause    berth-test/pause:latest    busybox layer; runs `sleep 2000000000` (a sandbox image for containerd's
                                         CRI plugin in hack/bench/runp.sh)
-    kitten   e2e-test-images/kitten:1.7 (only with --only kitten) busybox layer + /data.json, /kitten.jpg and
+    kitten   e2e-test-images/kitten:1.8 (only with --only kitten) busybox layer + /data.json, /kitten.jpg and
                                         /etc/os-release: what Kubernetes' image-volume specs read from
                                         registry.k8s.io/e2e-test-images/kitten (whose base is Alpine), for the
                                         node e2e run of hack/conformance.sh, pushed under its original path
@@ -70,7 +70,7 @@ IMAGES = ("busybox", "web", "big", "pause", "kitten")
 DEFAULT_IMAGES = ("busybox", "web", "big", "pause")
 # The upstream image the node e2e image-volume specs mount (test/utils/image/manifest.go: Kitten).
 KITTEN_REPOSITORY = "e2e-test-images/kitten"
-KITTEN_TAG = "1.7"
+KITTEN_TAG = "1.8"
 
 
 def log(msg):
