@@ -8,23 +8,11 @@ use berth::cri::v1::*;
 use tonic::Code;
 
 use crate::containers::leftovers;
-use crate::support::cri::{container_config, create, create_refused, pull, run_pod, start, stop_and_remove_pod};
+use crate::support::cri::{
+    container_config, create, create_refused, exec_out, pull, run_pod, start, stop_and_remove_pod,
+};
 use crate::support::registry::TestRegistry;
 use crate::support::{Daemon, DaemonDirs};
-
-async fn exec(client: &mut berth::cli::client::Client, id: &str, cmd: &[&str]) -> (i32, String) {
-    let reply = client
-        .runtime
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 10,
-        })
-        .await
-        .expect("ExecSync")
-        .into_inner();
-    (reply.exit_code, String::from_utf8_lossy(&reply.stdout).into_owned() + &String::from_utf8_lossy(&reply.stderr))
-}
 
 #[tokio::test]
 async fn cdi_devices_bring_their_nodes_mounts_environment_and_groups_and_an_unknown_one_is_refused() {
@@ -72,7 +60,7 @@ async fn cdi_devices_bring_their_nodes_mounts_environment_and_groups_and_an_unkn
     let id = create(&mut client, &pod, &pod_config, config).await;
     start(&mut client, &id).await;
 
-    let (code, out) = exec(
+    let (code, out) = exec_out(
         &mut client,
         &id,
         &[
@@ -84,16 +72,16 @@ async fn cdi_devices_bring_their_nodes_mounts_environment_and_groups_and_an_unkn
     .await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().collect::<Vec<_>>(), ["4", "1:3"], "{out}");
-    let (_, env) = exec(&mut client, &id, &["env"]).await;
+    let (_, env) = exec_out(&mut client, &id, &["env"]).await;
     // Devices apply in order: two's NULL_DEVICE replaces one's.
     for expected in ["NULL_DEVICE=two", "SECOND=1", "BERTH_TEST_CDI=yes"] {
         assert!(env.lines().any(|l| l == expected), "{expected} missing: {env}");
     }
-    let (code, out) = exec(&mut client, &id, &["cat", "/opt/firmware/firmware.bin"]).await;
+    let (code, out) = exec_out(&mut client, &id, &["cat", "/opt/firmware/firmware.bin"]).await;
     assert_eq!((code, out.as_str()), (0, "firmware\n"));
-    let (code, _) = exec(&mut client, &id, &["touch", "/opt/firmware/new"]).await;
+    let (code, _) = exec_out(&mut client, &id, &["touch", "/opt/firmware/new"]).await;
     assert_ne!(code, 0, "the CDI mount is read-only as its options say");
-    let (_, status) = exec(&mut client, &id, &["cat", "/proc/self/status"]).await;
+    let (_, status) = exec_out(&mut client, &id, &["cat", "/proc/self/status"]).await;
     let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap_or_default();
     assert!(groups.split_whitespace().any(|g| g == "4321"), "{groups}");
 

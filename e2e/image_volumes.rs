@@ -7,7 +7,9 @@ use berth::cri::v1::*;
 use tonic::Code;
 
 use crate::containers::{leftovers, start_daemon};
-use crate::support::cri::{container_config, create, create_refused, pull, run_pod, start, stop_and_remove_pod};
+use crate::support::cri::{
+    container_config, create, create_refused, exec_out, pull, run_pod, start, stop_and_remove_pod,
+};
 use crate::support::registry::TestRegistry;
 
 fn image_volume(destination: &str, image: &str, sub_path: &str) -> Mount {
@@ -18,20 +20,6 @@ fn image_volume(destination: &str, image: &str, sub_path: &str) -> Mount {
         readonly: true,
         ..Default::default()
     }
-}
-
-async fn exec(client: &mut berth::cli::client::Client, id: &str, cmd: &[&str]) -> (i32, String) {
-    let reply = client
-        .runtime
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 10,
-        })
-        .await
-        .expect("ExecSync")
-        .into_inner();
-    (reply.exit_code, String::from_utf8_lossy(&reply.stdout).into_owned() + &String::from_utf8_lossy(&reply.stderr))
 }
 
 fn volume_mounts(dirs: &crate::support::DaemonDirs) -> Vec<String> {
@@ -83,17 +71,18 @@ async fn an_image_volume_shows_the_image_read_only_and_survives_the_image_being_
     start(&mut client, &id).await;
     assert_eq!(volume_mounts(&dirs).len(), 3, "three image volumes mounted on the host");
 
-    let (code, out) = exec(&mut client, &id, &["cat", "/web/www/index.html"]).await;
+    let (code, out) = exec_out(&mut client, &id, &["cat", "/web/www/index.html"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(!out.is_empty());
-    let (code, out) = exec(&mut client, &id, &["ls", "/web/bin/busybox", "/tools/busybox", "/etc-link/passwd"]).await;
+    let (code, out) =
+        exec_out(&mut client, &id, &["ls", "/web/bin/busybox", "/tools/busybox", "/etc-link/passwd"]).await;
     assert_eq!(code, 0, "the lower layer, the sub path and a sub path with .. kept inside the image: {out}");
-    let (code, out) = exec(&mut client, &id, &["touch", "/web/www/new"]).await;
+    let (code, out) = exec_out(&mut client, &id, &["touch", "/web/www/new"]).await;
     assert_ne!(code, 0, "an image volume is read-only: {out}");
     assert!(out.contains("Read-only file system"), "{out}");
-    let (code, out) = exec(&mut client, &id, &["sh", "-c", "/tools/busybox true"]).await;
+    let (code, out) = exec_out(&mut client, &id, &["sh", "-c", "/tools/busybox true"]).await;
     assert_eq!(code, 126, "an image volume is noexec: {out}");
-    let (_, mountinfo) = exec(&mut client, &id, &["cat", "/proc/self/mountinfo"]).await;
+    let (_, mountinfo) = exec_out(&mut client, &id, &["cat", "/proc/self/mountinfo"]).await;
     for destination in ["/web", "/tools", "/etc-link"] {
         let line = mountinfo
             .lines()
@@ -111,7 +100,7 @@ async fn an_image_volume_shows_the_image_read_only_and_survives_the_image_being_
         .remove_image(RemoveImageRequest { image: Some(ImageSpec { image: web.clone(), ..Default::default() }) })
         .await
         .expect("RemoveImage");
-    let (code, out) = exec(&mut client, &id, &["cat", "/web/www/index.html"]).await;
+    let (code, out) = exec_out(&mut client, &id, &["cat", "/web/www/index.html"]).await;
     assert_eq!(code, 0, "the volume outlives its image record: {out}");
 
     stop_and_remove_pod(&mut client, &pod).await;

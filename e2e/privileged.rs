@@ -8,7 +8,7 @@ use tonic::Code;
 
 use crate::containers::leftovers;
 use crate::support::cri::{
-    container_config, create, create_refused, pull, run_pod, start, status, stop_and_remove_pod,
+    container_config, create, create_refused, exec_out, pull, run_pod, start, status, stop_and_remove_pod,
 };
 use crate::support::registry::TestRegistry;
 use crate::support::{Daemon, DaemonDirs};
@@ -34,20 +34,6 @@ fn privileged(mut config: ContainerConfig) -> ContainerConfig {
     let linux = config.linux.get_or_insert_with(Default::default);
     linux.security_context.get_or_insert_with(Default::default).privileged = true;
     config
-}
-
-async fn exec_out(client: &mut berth::cli::client::Client, id: &str, cmd: &[&str]) -> (i32, String) {
-    let reply = client
-        .runtime
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 10,
-        })
-        .await
-        .expect("ExecSync")
-        .into_inner();
-    (reply.exit_code, String::from_utf8_lossy(&reply.stdout).into_owned() + &String::from_utf8_lossy(&reply.stderr))
 }
 
 #[tokio::test]

@@ -156,3 +156,18 @@ pub async fn stop_and_remove_pod(client: &mut Client, pod: &str) {
     stop_pod(client, pod).await;
     remove_pod(client, pod).await;
 }
+
+/// Runs `cmd` in container `id` (ExecSync, 10 s): its exit code and its stdout followed by its stderr.
+pub async fn exec_out(client: &mut Client, id: &str, cmd: &[&str]) -> (i32, String) {
+    let reply = client
+        .runtime
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 10,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    (reply.exit_code, String::from_utf8_lossy(&reply.stdout).into_owned() + &String::from_utf8_lossy(&reply.stderr))
+}
