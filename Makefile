@@ -39,8 +39,9 @@ unit:
 e2e:
 	bash hack/test.sh --test e2e
 
-# The real clients judge the release build: critest's full suite over SPDY and over WebSocket,
-# then the kubelet suite (e2e/kubelet); `hack/conformance.sh node-e2e` adds Kubernetes' node e2e suite. KIT is the conformance kit's directory (read only).
+# The real clients judge the release build: critest's full suite over SPDY and over WebSocket, the kubelet
+# suite (e2e/kubelet), then Kubernetes' node e2e suite (about 25 minutes; `hack/conformance.sh critest
+# kubelet` runs parts by name). KIT is the conformance kit's directory (read only).
 KIT ?= $(abspath ../shared/conformance)
 conformance: deps release
 	BERTH_KIT=$(KIT) bash hack/conformance.sh

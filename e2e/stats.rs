@@ -235,7 +235,7 @@ async fn a_busy_container_uses_a_core_and_a_50_mib_one_has_a_50_mib_working_set(
 }
 
 #[tokio::test]
-async fn an_oom_killed_container_counts_an_oom_event_and_still_answers_stats() {
+async fn oom_kills_show_in_status_stats_and_a_running_containers_metrics() {
     let registry = TestRegistry::get();
     let busybox = &registry.image("busybox").reference;
     let (dirs, daemon) = start_daemon(&registry, "", false);
@@ -261,6 +261,62 @@ async fn an_oom_killed_container_counts_an_oom_event_and_still_answers_stats() {
     let descriptors =
         client.runtime.list_metric_descriptors(ListMetricDescriptorsRequest {}).await.unwrap().into_inner().descriptors;
     let oom = descriptors.iter().find(|d| d.name == "container_oom_events_total").expect("an OOM descriptor");
+    // As with cAdvisor, only a running container has metrics.
+    let metrics = pod_sandbox_metrics(&mut client, &pod).await;
+    assert!(metrics.container_metrics.iter().all(|c| c.container_id != id), "the exited container has metrics");
+
+    // A running container whose child the OOM killer took: its counter says so.
+    let mut survivor = container_config(
+        "survivor",
+        busybox,
+        &["sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=1; echo survived; exec sleep 1000"],
+    );
+    survivor.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 15 * MIB as i64,
+            cpu_shares: 2,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let survivor = run_container(&mut client, &pod, &pod_config, survivor).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let container = loop {
+        let metrics = pod_sandbox_metrics(&mut client, &pod).await;
+        let container = metrics.container_metrics.into_iter().find(|c| c.container_id == survivor);
+        let events = container.as_ref().and_then(|c| c.metrics.iter().find(|m| m.name == oom.name).cloned());
+        if events.is_some_and(|e| value(e.value) >= 1) {
+            break container.unwrap();
+        }
+        assert!(Instant::now() < deadline, "no OOM event in the survivor's metrics: {container:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let events = container.metrics.iter().find(|m| m.name == oom.name).unwrap();
+    assert_eq!(events.label_values.len(), oom.label_keys.len());
+    assert_eq!(events.metric_type, MetricType::Counter as i32);
+    // What kubelet's /metrics/cadvisor needs of a running container (the node e2e ContainerMetrics spec).
+    let find = |name: &str| {
+        let metric = container.metrics.iter().find(|m| m.name == name);
+        value(metric.unwrap_or_else(|| panic!("no {name} in {:?}", container.metrics)).value)
+    };
+    assert!(find("container_memory_rss") >= 4096, "the sleeping shell has anonymous memory");
+    assert_eq!(find("container_spec_cpu_shares"), 2);
+    assert!(find("container_threads") >= 1);
+    assert!(find("container_file_descriptors") >= 3, "stdin, stdout and stderr at least");
+    assert!(find("container_ulimits_soft") > 0);
+    assert!(find("container_memory_max_usage_bytes") >= find("container_memory_usage_bytes") / 2);
+    for name in ["container_fs_reads_total", "container_fs_writes_bytes_total", "container_blkio_device_usage_total"] {
+        find(name);
+    }
+    // Every metric has its descriptor and the descriptor's number of labels.
+    for metric in &container.metrics {
+        let descriptor = descriptors.iter().find(|d| d.name == metric.name).expect("described");
+        assert_eq!(metric.label_values.len(), descriptor.label_keys.len(), "{}", metric.name);
+    }
+    remove_pod(&mut client, &pod).await;
+}
+
+async fn pod_sandbox_metrics(client: &mut Client, pod: &str) -> PodSandboxMetrics {
     let metrics = client
         .runtime
         .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
@@ -268,19 +324,7 @@ async fn an_oom_killed_container_counts_an_oom_event_and_still_answers_stats() {
         .unwrap()
         .into_inner()
         .pod_metrics;
-    let pod_metrics = metrics.iter().find(|m| m.pod_sandbox_id == pod).expect("the pod's metrics");
-    let container =
-        pod_metrics.container_metrics.iter().find(|c| c.container_id == id).expect("the container's metrics");
-    let events = container.metrics.iter().find(|m| m.name == oom.name).expect("the OOM metric");
-    assert!(value(events.value) >= 1, "{events:?}");
-    assert_eq!(events.label_values.len(), oom.label_keys.len());
-    assert_eq!(events.metric_type, MetricType::Counter as i32);
-    // Every metric has its descriptor and the descriptor's number of labels.
-    for metric in &container.metrics {
-        let descriptor = descriptors.iter().find(|d| d.name == metric.name).expect("described");
-        assert_eq!(metric.label_values.len(), descriptor.label_keys.len(), "{}", metric.name);
-    }
-    remove_pod(&mut client, &pod).await;
+    metrics.into_iter().find(|m| m.pod_sandbox_id == pod).expect("the pod's metrics")
 }
 
 #[tokio::test]

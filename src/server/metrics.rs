@@ -7,8 +7,10 @@ use crate::cri::v1::{
     ListPodSandboxMetricsResponse,
 };
 use crate::error::RpcError;
-use crate::records::{PodRecord, PodState};
+use crate::records::{ContainerRecordState, PodRecord, PodState};
 use crate::server::pod_sandbox_stats::sample_pods;
+use crate::stats::BlockDevice;
+use crate::stats::metrics::LayerFilesystem;
 
 pub fn descriptors(_request: ListMetricDescriptorsRequest) -> Result<ListMetricDescriptorsResponse, RpcError> {
     Ok(ListMetricDescriptorsResponse { descriptors: crate::stats::metrics::descriptors() })
@@ -24,12 +26,19 @@ pub async fn pod_metrics(
     context
         .blocking("ListPodSandboxMetrics", move || {
             let ready: Vec<PodRecord> = pods.list()?.into_iter().filter(|p| p.state == PodState::Ready).collect();
-            let samples = sample_pods(&collector, &ready, &containers.list()?);
+            let mut samples = sample_pods(&collector, &ready, &containers.list()?);
+            for container in samples.iter_mut().flat_map(|pod| pod.containers.iter_mut()) {
+                if container.record.state == ContainerRecordState::Running {
+                    container.processes = collector.processes(&container.record.id);
+                }
+            }
+            let layers = LayerFilesystem {
+                name: &collector.layer_filesystem,
+                device: collector.layer_device(),
+                resolve: &BlockDevice::new,
+            };
             Ok(ListPodSandboxMetricsResponse {
-                pod_metrics: samples
-                    .iter()
-                    .map(|s| crate::stats::metrics::pod_metrics(s, &collector.layer_filesystem))
-                    .collect(),
+                pod_metrics: samples.iter().map(|s| crate::stats::metrics::pod_metrics(s, &layers)).collect(),
             })
         })
         .await

@@ -174,6 +174,7 @@ mod tests {
                 usage: crate::disk_usage::DiskUsage { bytes: 4096, inodes: 3 },
                 measured_at: 70,
             }),
+            processes: None,
         };
         assert_eq!(sample.record.state, ContainerRecordState::Running);
         let cri = sample.to_cri("/var/lib/berth/images");
@@ -206,6 +207,7 @@ mod tests {
             cgroup: Some(Stats { memory_working_set_bytes: 5, ..Default::default() }),
             nano_cores: None,
             writable_layer: None,
+            processes: None,
         };
         let cri = sample.to_cri("/x");
         assert!(cri.memory.unwrap().available_bytes.is_none());

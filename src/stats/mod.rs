@@ -13,6 +13,7 @@ pub mod cri;
 pub mod layer;
 pub mod metrics;
 pub mod network;
+pub mod processes;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use crate::records::{ContainerRecord, ContainerRecordState, PodRecord};
 
 pub use layer::{LayerCache, LayerUsage};
 pub use network::InterfaceCounters;
+pub use processes::{BlockDevice, ProcessCounts};
 
 /// One container's figures at one moment.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct ContainerSample {
     /// CPU use since the previous sample, in billionths of a core; `None` for the first sample.
     pub nano_cores: Option<u64>,
     pub writable_layer: Option<LayerUsage>,
+    /// Descriptor counts of its processes: read for ListPodSandboxMetrics only ([`StatsCollector::processes`]).
+    pub processes: Option<ProcessCounts>,
 }
 
 /// One pod's figures at one moment.
@@ -135,6 +139,7 @@ pub struct StatsCollector {
     network: network::NetnsReader,
     /// The filesystem writable layers are on (the image store), as CRI's FilesystemIdentifier names it.
     pub layer_filesystem: String,
+    layer_device: OnceLock<Option<BlockDevice>>,
 }
 
 impl std::fmt::Debug for StatsCollector {
@@ -160,6 +165,7 @@ impl StatsCollector {
             layers: Arc::new(LayerCache::new(upper_dir)),
             network: network::NetnsReader::default(),
             layer_filesystem: layer_filesystem.display().to_string(),
+            layer_device: OnceLock::new(),
         }
     }
 
@@ -221,7 +227,18 @@ impl StatsCollector {
             .as_ref()
             .and_then(|stats| self.rate(&record.id, at, stats.cpu_usage_ns, running, record.started_at_unix_nanos));
         let writable_layer = self.layers.usage(&record.id);
-        ContainerSample { record: record.clone(), at, cgroup, nano_cores, writable_layer }
+        ContainerSample { record: record.clone(), at, cgroup, nano_cores, writable_layer, processes: None }
+    }
+
+    /// Descriptor counts of a container's processes; `None` when its cgroup cannot be listed.
+    pub fn processes(&self, id: &str) -> Option<ProcessCounts> {
+        let pids = self.container_cgroup(id)?.pids().ok()?;
+        Some(processes::count(Path::new("/proc"), &pids))
+    }
+
+    /// The block device under the writable layers (where a container's own files go), named once.
+    pub fn layer_device(&self) -> Option<&BlockDevice> {
+        self.layer_device.get_or_init(|| BlockDevice::of_path(Path::new(&self.layer_filesystem))).as_ref()
     }
 
     /// Samples one pod and `containers` (its containers).

@@ -167,6 +167,90 @@ pub struct Stats {
     pub cpu_pressure: Option<Pressure>,
     pub memory_pressure: Option<Pressure>,
     pub io_pressure: Option<Pressure>,
+    /// Page cache, and the part of it mapped into processes (v1 `total_cache`/`total_mapped_file`, v2
+    /// `file`/`file_mapped`).
+    pub memory_cache_bytes: u64,
+    pub memory_mapped_file_bytes: u64,
+    /// How often usage hit the limit (v1 `memory.failcnt`, v2 the `max` count of `memory.events`).
+    pub memory_failcnt: u64,
+    /// The highest usage seen (v1 `memory.max_usage_in_bytes`, v2 `memory.peak` on Linux 5.19+).
+    pub memory_max_usage_bytes: Option<u64>,
+    /// The limits as the cgroup holds them, in cAdvisor's terms: CPU weight as shares (v2 `cpu.weight`
+    /// converted back), the CFS period, the soft memory limit (v1 `memory.soft_limit_in_bytes`, v2
+    /// `memory.low`); `None` where unset or unlimited.
+    pub cpu_shares: Option<u64>,
+    pub cpu_period_us: Option<u64>,
+    pub memory_reservation_bytes: Option<u64>,
+    /// Block I/O per device that saw any (v1 blkio throttle counters, v2 `io.stat`).
+    pub block_io: Vec<DeviceIo>,
+}
+
+/// Block I/O of one device: bytes and operations, read and written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DeviceIo {
+    pub major: u32,
+    pub minor: u32,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub reads: u64,
+    pub writes: u64,
+}
+
+impl DeviceIo {
+    fn entry<'a>(devices: &'a mut Vec<DeviceIo>, device: &str) -> Option<&'a mut DeviceIo> {
+        let (major, minor) = device.split_once(':')?;
+        let (major, minor) = (major.parse().ok()?, minor.parse().ok()?);
+        let at = match devices.iter().position(|d| d.major == major && d.minor == minor) {
+            Some(at) => at,
+            None => {
+                devices.push(DeviceIo { major, minor, ..Default::default() });
+                devices.len() - 1
+            }
+        };
+        Some(&mut devices[at])
+    }
+
+    /// v2 `io.stat`: `MAJ:MIN rbytes=N wbytes=N rios=N wios=N dbytes=N dios=N` per line.
+    pub fn parse_io_stat(text: &str) -> Vec<DeviceIo> {
+        let mut devices = Vec::new();
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let Some(device) = fields.next().and_then(|d| DeviceIo::entry(&mut devices, d)) else { continue };
+            for field in fields {
+                let Some((key, value)) = field.split_once('=') else { continue };
+                let Ok(value) = value.parse::<u64>() else { continue };
+                match key {
+                    "rbytes" => device.read_bytes = value,
+                    "wbytes" => device.write_bytes = value,
+                    "rios" => device.reads = value,
+                    "wios" => device.writes = value,
+                    _ => {}
+                }
+            }
+        }
+        devices
+    }
+
+    /// v1 blkio `io_service_bytes` and `io_serviced` files: `MAJ:MIN Read N` lines (and a `Total` line).
+    pub fn parse_blkio(service_bytes: &str, serviced: &str) -> Vec<DeviceIo> {
+        let mut devices = Vec::new();
+        for (text, bytes) in [(service_bytes, true), (serviced, false)] {
+            for line in text.lines() {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let [device, operation, value] = fields[..] else { continue };
+                let Ok(value) = value.parse::<u64>() else { continue };
+                let Some(device) = DeviceIo::entry(&mut devices, device) else { continue };
+                match (operation, bytes) {
+                    ("Read", true) => device.read_bytes = value,
+                    ("Write", true) => device.write_bytes = value,
+                    ("Read", false) => device.reads = value,
+                    ("Write", false) => device.writes = value,
+                    _ => {}
+                }
+            }
+        }
+        devices
+    }
 }
 
 /// One `*.pressure` file (Documentation/accounting/psi.rst): the share of time some or all tasks stalled.
@@ -502,7 +586,18 @@ mod tests {
             &[
                 ("cpu.stat", "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n"),
                 ("memory.current", "10485760\n"),
-                ("memory.stat", "anon 6291456\nfile 4194304\ninactive_file 2097152\npgfault 100\npgmajfault 2\n"),
+                (
+                    "memory.stat",
+                    "anon 6291456\nfile 4194304\nfile_mapped 8192\ninactive_file 2097152\npgfault 100\npgmajfault 2\n",
+                ),
+                ("memory.peak", "11534336\n"),
+                ("memory.low", "0\n"),
+                ("cpu.weight", "1\n"),
+                ("cpu.max", "max 100000\n"),
+                (
+                    "io.stat",
+                    "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n253:1 rbytes=1 wbytes=0 rios=1 wios=0\n",
+                ),
                 ("memory.max", "max\n"),
                 ("memory.events", "low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\n"),
                 ("memory.swap.current", "4096\n"),
@@ -530,6 +625,19 @@ mod tests {
         assert_eq!((stats.swap_usage_bytes, stats.swap_limit_bytes), (Some(4096), None));
         assert_eq!(stats.io_pressure.unwrap().some.total_us, 4_000_000);
         assert_eq!(stats.cpu_pressure.unwrap().full.unwrap().total_us, 1_000_000);
+        assert_eq!((stats.memory_cache_bytes, stats.memory_mapped_file_bytes), (4_194_304, 8192));
+        assert_eq!((stats.memory_failcnt, stats.memory_max_usage_bytes), (3, Some(11_534_336)));
+        assert_eq!(
+            (stats.cpu_shares, stats.cpu_period_us, stats.memory_reservation_bytes),
+            (Some(2), Some(100_000), None)
+        );
+        assert_eq!(
+            stats.block_io,
+            [
+                DeviceIo { major: 8, minor: 0, read_bytes: 4096, write_bytes: 8192, reads: 1, writes: 2 },
+                DeviceIo { major: 253, minor: 1, read_bytes: 1, write_bytes: 0, reads: 1, writes: 0 },
+            ]
+        );
         let gone = Cgroup::new(Layout::V2 { root: root.path().to_owned() }, PathBuf::from("/pod/c2"));
         assert!(matches!(gone.stats(), Err(RuntimeError::CgroupMissing { .. })));
     }
@@ -543,6 +651,8 @@ mod tests {
                 (mount("cpuacct"), vec!["cpuacct".into()]),
                 (mount("memory"), vec!["memory".into()]),
                 (mount("pids"), vec!["pids".into()]),
+                (mount("cpu"), vec!["cpu".into()]),
+                (mount("blkio"), vec!["blkio".into()]),
             ],
             unified: Some(mount("unified")),
         };
@@ -556,8 +666,11 @@ mod tests {
                 ("memory.usage_in_bytes", "8388608\n"),
                 (
                     "memory.stat",
-                    "cache 100\nrss 1\ninactive_file 1\ntotal_rss 4194304\ntotal_inactive_file 1048576\ntotal_pgfault 50\ntotal_pgmajfault 1\n",
+                    "cache 100\nrss 1\ninactive_file 1\ntotal_cache 2097152\ntotal_rss 4194304\ntotal_mapped_file 4096\ntotal_inactive_file 1048576\ntotal_pgfault 50\ntotal_pgmajfault 1\n",
                 ),
+                ("memory.failcnt", "0\n"),
+                ("memory.max_usage_in_bytes", "9437184\n"),
+                ("memory.soft_limit_in_bytes", "9223372036854771712\n"),
                 ("memory.limit_in_bytes", "16777216\n"),
                 ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
                 ("memory.memsw.usage_in_bytes", "9437184\n"),
@@ -565,6 +678,18 @@ mod tests {
             ],
         );
         write_files(&mount("pids/berth/c1"), &[("pids.current", "4\n"), ("pids.max", "100\n")]);
+        write_files(&mount("cpu/berth/c1"), &[("cpu.shares", "2\n"), ("cpu.cfs_period_us", "100000\n")]);
+        write_files(
+            &mount("blkio/berth/c1"),
+            &[
+                (
+                    "blkio.throttle.io_service_bytes_recursive",
+                    "8:0 Read 512\n8:0 Write 1024\n8:0 Sync 0\n8:0 Total 1536\nTotal 1536\n",
+                ),
+                ("blkio.throttle.io_serviced_recursive", "8:0 Read 1\n8:0 Write 3\n8:0 Total 4\nTotal 4\n"),
+                ("blkio.throttle.io_serviced", "8:0 Read 99\n"),
+            ],
+        );
         write_files(&mount("unified/berth/c1"), &[("memory.pressure", PRESSURE)]);
         let cgroup = Cgroup::new(layout.clone(), PathBuf::from("/berth/c1"));
         let stats = cgroup.stats().unwrap();
@@ -580,6 +705,15 @@ mod tests {
         assert_eq!((stats.pids_current, stats.pids_limit), (4, Some(100)));
         assert_eq!(stats.memory_pressure.unwrap().some.avg10, 2.0);
         assert_eq!(stats.cpu_pressure, None, "no cpu.pressure file");
+        assert_eq!((stats.memory_cache_bytes, stats.memory_mapped_file_bytes), (2_097_152, 4096));
+        assert_eq!((stats.memory_failcnt, stats.memory_max_usage_bytes), (0, Some(9_437_184)));
+        assert_eq!(stats.memory_reservation_bytes, None, "an unlimited soft limit is no reservation");
+        assert_eq!((stats.cpu_shares, stats.cpu_period_us), (Some(2), Some(100_000)));
+        assert_eq!(
+            stats.block_io,
+            [DeviceIo { major: 8, minor: 0, read_bytes: 512, write_bytes: 1024, reads: 1, writes: 3 }],
+            "the recursive throttle counters"
+        );
         assert!(matches!(
             Cgroup::new(layout, PathBuf::from("/berth/c2")).stats(),
             Err(RuntimeError::CgroupMissing { .. })

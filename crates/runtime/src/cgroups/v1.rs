@@ -4,7 +4,7 @@ use std::path::Path;
 
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 
-use super::{Cgroup, DEFAULT_ALLOWED, Layout, Stats, cgroup_error, keyed, read, read_u64, write};
+use super::{Cgroup, DEFAULT_ALLOWED, DeviceIo, Layout, Stats, cgroup_error, keyed, read, read_u64, write};
 use crate::error::{Result, RuntimeError};
 
 /// A new cpuset cgroup starts with empty cpus and mems and accepts no task until they are set, so each
@@ -196,6 +196,11 @@ pub(super) fn stats(cgroup: &Cgroup) -> Result<Stats> {
         // An unlimited cgroup reports a huge page-aligned number rather than "max".
         stats.memory_limit_bytes = read_u64(&dir, "memory.limit_in_bytes").filter(|l| *l < (1 << 62));
         stats.oom_kills = read(&dir, "memory.oom_control").and_then(|t| keyed(&t, "oom_kill")).unwrap_or(0);
+        stats.memory_cache_bytes = keyed(&text, "total_cache").unwrap_or(0);
+        stats.memory_mapped_file_bytes = keyed(&text, "total_mapped_file").unwrap_or(0);
+        stats.memory_failcnt = read_u64(&dir, "memory.failcnt").unwrap_or(0);
+        stats.memory_max_usage_bytes = read_u64(&dir, "memory.max_usage_in_bytes");
+        stats.memory_reservation_bytes = read_u64(&dir, "memory.soft_limit_in_bytes").filter(|l| *l < (1 << 62));
         // memsw counts memory plus swap; the files exist only with swap accounting on.
         if let Some(memsw) = read_u64(&dir, "memory.memsw.usage_in_bytes") {
             stats.swap_usage_bytes = Some(memsw.saturating_sub(stats.memory_usage_bytes));
@@ -207,6 +212,17 @@ pub(super) fn stats(cgroup: &Cgroup) -> Result<Stats> {
     if let Some(dir) = dir_of(cgroup, "pids") {
         stats.pids_current = read_u64(&dir, "pids.current").unwrap_or(0);
         stats.pids_limit = read_u64(&dir, "pids.max");
+    }
+    if let Some(dir) = dir_of(cgroup, "cpu") {
+        stats.cpu_shares = read_u64(&dir, "cpu.shares");
+        stats.cpu_period_us = read_u64(&dir, "cpu.cfs_period_us");
+    }
+    if let Some(dir) = dir_of(cgroup, "blkio") {
+        // The throttle counters count every request, whatever the I/O scheduler; prefer the recursive ones.
+        let file =
+            |name: &str| read(&dir, &format!("{name}_recursive")).or_else(|| read(&dir, name)).unwrap_or_default();
+        stats.block_io =
+            DeviceIo::parse_blkio(&file("blkio.throttle.io_service_bytes"), &file("blkio.throttle.io_serviced"));
     }
     Ok(stats)
 }

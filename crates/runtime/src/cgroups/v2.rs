@@ -5,7 +5,7 @@ use std::path::Path;
 use oci_spec::runtime::LinuxResources;
 
 use super::devices_bpf::DeviceRule;
-use super::{Stats, cgroup_error, keyed, read, read_u64, write};
+use super::{DeviceIo, Stats, cgroup_error, keyed, read, read_u64, write};
 use crate::error::{Result, RuntimeError};
 
 /// Creates the cgroup, enabling every available controller on the way down so the leaf can use them.
@@ -35,6 +35,11 @@ fn shares_to_weight(shares: u64) -> u64 {
 }
 
 /// blkio.weight (10..1000) to io.weight (1..10000).
+/// The inverse of [`shares_to_weight`], as cAdvisor reports a v2 cgroup's shares.
+fn weight_to_shares(weight: u64) -> u64 {
+    2 + (weight.clamp(1, 10_000) - 1) * 262_142 / 9_999
+}
+
 fn blkio_to_io_weight(weight: u16) -> u64 {
     if weight == 0 { 0 } else { 1 + (u64::from(weight).saturating_sub(10) * 9999) / 990 }
 }
@@ -130,6 +135,14 @@ pub(super) fn stats(dir: &Path) -> Result<Stats> {
     stats.pids_limit = read_u64(dir, "pids.max");
     stats.swap_usage_bytes = read_u64(dir, "memory.swap.current");
     stats.swap_limit_bytes = read_u64(dir, "memory.swap.max");
+    stats.memory_cache_bytes = keyed(&memory, "file").unwrap_or(0);
+    stats.memory_mapped_file_bytes = keyed(&memory, "file_mapped").unwrap_or(0);
+    stats.memory_failcnt = read(dir, "memory.events").and_then(|t| keyed(&t, "max")).unwrap_or(0);
+    stats.memory_max_usage_bytes = read_u64(dir, "memory.peak");
+    stats.cpu_shares = read_u64(dir, "cpu.weight").map(weight_to_shares);
+    stats.cpu_period_us = read(dir, "cpu.max").and_then(|t| t.split_whitespace().nth(1)?.parse().ok());
+    stats.memory_reservation_bytes = read_u64(dir, "memory.low").filter(|low| *low > 0);
+    stats.block_io = read(dir, "io.stat").map(|t| DeviceIo::parse_io_stat(&t)).unwrap_or_default();
     Ok(stats)
 }
 
