@@ -391,14 +391,7 @@ async fn pod_network_counters_grow_with_traffic_inside_the_pod() {
     assert!(after.1 >= before.1 + 5 * size / 2, "tx grew by the transfers: {before:?} -> {after:?}");
 
     // The same counters in the CRI metrics, labelled by interface.
-    let metrics = client
-        .runtime
-        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_metrics;
-    let pod_metrics = metrics.iter().find(|m| m.pod_sandbox_id == pod).unwrap();
+    let pod_metrics = pod_sandbox_metrics(&mut client, &pod).await;
     let rx = pod_metrics
         .metrics
         .iter()
