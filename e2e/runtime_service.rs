@@ -146,7 +146,7 @@ async fn rpcs_not_built_yet_answer_unimplemented_naming_the_rpc() {
     )];
     for (rpc, status) in checks {
         assert_eq!(status.code(), Code::Unimplemented, "{rpc}: {status:?}");
-        assert_eq!(status.message(), format!("{rpc} is not implemented by berth yet"));
+        assert_eq!(status.message(), format!("method {rpc} not implemented"), "gRPC's wording, as kubelet expects");
     }
     // The daemon logs one line per RPC with its name and code.
     tokio::time::sleep(Duration::from_millis(100)).await;
