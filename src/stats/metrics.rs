@@ -220,11 +220,10 @@ fn cgroup_metrics(builder: &mut Builder, stats: &Stats, layers: &LayerFilesystem
     builder.push("container_memory_cache", &[], stats.memory_cache_bytes);
     builder.push("container_memory_mapped_file", &[], stats.memory_mapped_file_bytes);
     builder.push("container_memory_failcnt", &[], stats.memory_failcnt);
-    builder.push(
-        "container_memory_max_usage_bytes",
-        &[],
-        stats.memory_max_usage_bytes.unwrap_or(stats.memory_usage_bytes),
-    );
+    // Only where the kernel keeps a peak (v1, v2 on Linux 5.19+): the current usage is no maximum.
+    if let Some(peak) = stats.memory_max_usage_bytes {
+        builder.push("container_memory_max_usage_bytes", &[], peak);
+    }
     if let Some(swap) = stats.swap_usage_bytes {
         builder.push("container_memory_swap", &[], swap);
     }
