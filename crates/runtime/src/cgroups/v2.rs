@@ -34,12 +34,12 @@ fn shares_to_weight(shares: u64) -> u64 {
     if shares == 0 { 0 } else { 1 + (shares.saturating_sub(2) * 9999) / 262_142 }
 }
 
-/// blkio.weight (10..1000) to io.weight (1..10000).
 /// The inverse of [`shares_to_weight`], as cAdvisor reports a v2 cgroup's shares.
 fn weight_to_shares(weight: u64) -> u64 {
     2 + (weight.clamp(1, 10_000) - 1) * 262_142 / 9_999
 }
 
+/// blkio.weight (10..1000) to io.weight (1..10000).
 fn blkio_to_io_weight(weight: u16) -> u64 {
     if weight == 0 { 0 } else { 1 + (u64::from(weight).saturating_sub(10) * 9999) / 990 }
 }
