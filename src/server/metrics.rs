@@ -9,7 +9,6 @@ use crate::cri::v1::{
 use crate::error::RpcError;
 use crate::records::{ContainerRecordState, PodRecord, PodState};
 use crate::server::pod_sandbox_stats::sample_pods;
-use crate::stats::BlockDevice;
 use crate::stats::metrics::LayerFilesystem;
 
 pub fn descriptors(_request: ListMetricDescriptorsRequest) -> Result<ListMetricDescriptorsResponse, RpcError> {
@@ -29,13 +28,13 @@ pub async fn pod_metrics(
             let mut samples = sample_pods(&collector, &ready, &containers.list()?);
             for container in samples.iter_mut().flat_map(|pod| pod.containers.iter_mut()) {
                 if container.record.state == ContainerRecordState::Running {
-                    container.processes = collector.processes(&container.record.id);
+                    collector.add_metrics_detail(container);
                 }
             }
             let layers = LayerFilesystem {
                 name: &collector.layer_filesystem,
                 device: collector.layer_device(),
-                resolve: &BlockDevice::new,
+                resolve: &|major, minor| collector.block_device(major, minor),
             };
             Ok(ListPodSandboxMetricsResponse {
                 pod_metrics: samples.iter().map(|s| crate::stats::metrics::pod_metrics(s, &layers)).collect(),

@@ -174,6 +174,7 @@ mod tests {
                 usage: crate::disk_usage::DiskUsage { bytes: 4096, inodes: 3 },
                 measured_at: 70,
             }),
+            detail: None,
             processes: None,
         };
         assert_eq!(sample.record.state, ContainerRecordState::Running);
@@ -207,6 +208,7 @@ mod tests {
             cgroup: Some(Stats { memory_working_set_bytes: 5, ..Default::default() }),
             nano_cores: None,
             writable_layer: None,
+            detail: None,
             processes: None,
         };
         let cri = sample.to_cri("/x");

@@ -10,7 +10,7 @@
 //! As in cAdvisor, a container has metrics while it runs: an exited one's cgroup is empty or gone, and its
 //! last figures under the same labels would stand beside the running attempt's.
 
-use berth_runtime::cgroups::{Pressure, Stats};
+use berth_runtime::cgroups::{DeviceIo, Pressure, Stats, StatsDetail};
 
 use super::{BlockDevice, ContainerSample, PodSample};
 use crate::cri::v1 as cri;
@@ -189,7 +189,10 @@ fn container_metrics(sample: &ContainerSample, pod: &PodSample, layers: &LayerFi
         metrics: Vec::new(),
     };
     if let Some(stats) = &sample.cgroup {
-        cgroup_metrics(&mut builder, stats, layers);
+        cgroup_metrics(&mut builder, stats);
+    }
+    if let Some(detail) = &sample.detail {
+        detail_metrics(&mut builder, detail, layers);
     }
     builder.push("container_oom_events_total", &[], sample.cgroup.as_ref().map_or(0, |s| s.oom_kills));
     if let Some(layer) = sample.writable_layer {
@@ -210,7 +213,7 @@ fn container_metrics(sample: &ContainerSample, pod: &PodSample, layers: &LayerFi
     cri::ContainerMetrics { container_id: record.id.clone(), metrics: builder.metrics }
 }
 
-fn cgroup_metrics(builder: &mut Builder, stats: &Stats, layers: &LayerFilesystem) {
+fn cgroup_metrics(builder: &mut Builder, stats: &Stats) {
     builder.push("container_cpu_usage_seconds_total", &[], stats.cpu_usage_ns / NANOS);
     builder.push("container_cpu_user_seconds_total", &[], stats.cpu_user_ns / NANOS);
     builder.push("container_cpu_system_seconds_total", &[], stats.cpu_system_ns / NANOS);
@@ -219,11 +222,6 @@ fn cgroup_metrics(builder: &mut Builder, stats: &Stats, layers: &LayerFilesystem
     builder.push("container_memory_rss", &[], stats.memory_rss_bytes);
     builder.push("container_memory_cache", &[], stats.memory_cache_bytes);
     builder.push("container_memory_mapped_file", &[], stats.memory_mapped_file_bytes);
-    builder.push("container_memory_failcnt", &[], stats.memory_failcnt);
-    // Only where the kernel keeps a peak (v1, v2 on Linux 5.19+): the current usage is no maximum.
-    if let Some(peak) = stats.memory_max_usage_bytes {
-        builder.push("container_memory_max_usage_bytes", &[], peak);
-    }
     if let Some(swap) = stats.swap_usage_bytes {
         builder.push("container_memory_swap", &[], swap);
     }
@@ -231,19 +229,11 @@ fn cgroup_metrics(builder: &mut Builder, stats: &Stats, layers: &LayerFilesystem
     builder.push("container_memory_failures_total", &["pgmajfault", "container"], stats.major_page_faults);
     // Unset and unlimited limits are 0, as cAdvisor reports them.
     builder.push("container_spec_memory_limit_bytes", &[], stats.memory_limit_bytes.unwrap_or(0));
-    builder.push("container_spec_memory_reservation_limit_bytes", &[], stats.memory_reservation_bytes.unwrap_or(0));
     builder.push("container_spec_memory_swap_limit_bytes", &[], stats.swap_limit_bytes.unwrap_or(0));
-    if let Some(shares) = stats.cpu_shares {
-        builder.push("container_spec_cpu_shares", &[], shares);
-    }
-    if let Some(period) = stats.cpu_period_us {
-        builder.push("container_spec_cpu_period", &[], period);
-    }
     builder.push("container_processes", &[], stats.pids_current);
     // The pids controller counts tasks, that is threads.
     builder.push("container_threads", &[], stats.pids_current);
     builder.push("container_threads_max", &[], stats.pids_limit.unwrap_or(0));
-    block_io(builder, stats, layers);
     pressure(
         builder,
         stats.cpu_pressure,
@@ -264,16 +254,31 @@ fn cgroup_metrics(builder: &mut Builder, stats: &Stats, layers: &LayerFilesystem
     );
 }
 
+fn detail_metrics(builder: &mut Builder, detail: &StatsDetail, layers: &LayerFilesystem) {
+    builder.push("container_memory_failcnt", &[], detail.memory_failcnt);
+    // Only where the kernel keeps a peak (v1, v2 on Linux 5.19+): the current usage is no maximum.
+    if let Some(peak) = detail.memory_max_usage_bytes {
+        builder.push("container_memory_max_usage_bytes", &[], peak);
+    }
+    builder.push("container_spec_memory_reservation_limit_bytes", &[], detail.memory_reservation_bytes.unwrap_or(0));
+    if let Some(shares) = detail.cpu_shares {
+        builder.push("container_spec_cpu_shares", &[], shares);
+    }
+    if let Some(period) = detail.cpu_period_us {
+        builder.push("container_spec_cpu_period", &[], period);
+    }
+    block_io(builder, detail, layers);
+}
+
 /// Per-device I/O. The kernel lists only devices that saw I/O; the device under the writable layers is
 /// always reported (with zeros until the container does I/O there), so a container that only ever read
 /// the page cache still has its I/O series.
-fn block_io(builder: &mut Builder, stats: &Stats, layers: &LayerFilesystem) {
-    let mut devices: Vec<(BlockDevice, berth_runtime::cgroups::DeviceIo)> =
-        stats.block_io.iter().map(|io| ((layers.resolve)(io.major, io.minor), *io)).collect();
+fn block_io(builder: &mut Builder, detail: &StatsDetail, layers: &LayerFilesystem) {
+    let mut devices: Vec<(BlockDevice, DeviceIo)> =
+        detail.block_io.iter().map(|io| ((layers.resolve)(io.major, io.minor), *io)).collect();
     if let Some(device) = layers.device {
         if !devices.iter().any(|(d, _)| d.major == device.major && d.minor == device.minor) {
-            let zero =
-                berth_runtime::cgroups::DeviceIo { major: device.major, minor: device.minor, ..Default::default() };
+            let zero = DeviceIo { major: device.major, minor: device.minor, ..Default::default() };
             devices.push((device.clone(), zero));
         }
     }
@@ -365,16 +370,13 @@ mod tests {
             memory_working_set_bytes: 1024,
             memory_rss_bytes: 512,
             oom_kills: 1,
-            cpu_shares: Some(2),
             pids_current: 3,
             cpu_pressure: Some(Pressure::default()),
-            block_io: vec![berth_runtime::cgroups::DeviceIo {
-                major: 7,
-                minor: 1,
-                read_bytes: 4096,
-                reads: 1,
-                ..Default::default()
-            }],
+            ..Default::default()
+        };
+        let detail = StatsDetail {
+            cpu_shares: Some(2),
+            block_io: vec![DeviceIo { major: 7, minor: 1, read_bytes: 4096, reads: 1, ..Default::default() }],
             ..Default::default()
         };
         let mut exited = container.clone();
@@ -395,6 +397,7 @@ mod tests {
                     cgroup: Some(Stats::default()),
                     nano_cores: None,
                     writable_layer: None,
+                    detail: None,
                     processes: None,
                 },
                 ContainerSample {
@@ -403,6 +406,7 @@ mod tests {
                     cgroup: Some(stats),
                     nano_cores: None,
                     writable_layer: None,
+                    detail: Some(detail),
                     processes: Some(ProcessCounts {
                         file_descriptors: 5,
                         sockets: 1,

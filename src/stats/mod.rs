@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use berth_runtime::cgroups::{Cgroup, Layout as CgroupLayout, Stats};
+use berth_runtime::cgroups::{Cgroup, Layout as CgroupLayout, Stats, StatsDetail};
 
 use crate::config::CgroupDriver;
 use crate::records::{ContainerRecord, ContainerRecordState, PodRecord};
@@ -39,7 +39,9 @@ pub struct ContainerSample {
     /// CPU use since the previous sample, in billionths of a core; `None` for the first sample.
     pub nano_cores: Option<u64>,
     pub writable_layer: Option<LayerUsage>,
-    /// Descriptor counts of its processes: read for ListPodSandboxMetrics only ([`StatsCollector::processes`]).
+    /// What only ListPodSandboxMetrics reports, read for it alone ([`StatsCollector::add_metrics_detail`]):
+    /// the cgroup's further figures and the descriptor counts of the container's processes.
+    pub detail: Option<StatsDetail>,
     pub processes: Option<ProcessCounts>,
 }
 
@@ -140,6 +142,7 @@ pub struct StatsCollector {
     /// The filesystem writable layers are on (the image store), as CRI's FilesystemIdentifier names it.
     pub layer_filesystem: String,
     layer_device: OnceLock<Option<BlockDevice>>,
+    block_devices: Mutex<HashMap<(u32, u32), BlockDevice>>,
 }
 
 impl std::fmt::Debug for StatsCollector {
@@ -166,6 +169,7 @@ impl StatsCollector {
             network: network::NetnsReader::default(),
             layer_filesystem: layer_filesystem.display().to_string(),
             layer_device: OnceLock::new(),
+            block_devices: Mutex::new(HashMap::new()),
         }
     }
 
@@ -227,13 +231,29 @@ impl StatsCollector {
             .as_ref()
             .and_then(|stats| self.rate(&record.id, at, stats.cpu_usage_ns, running, record.started_at_unix_nanos));
         let writable_layer = self.layers.usage(&record.id);
-        ContainerSample { record: record.clone(), at, cgroup, nano_cores, writable_layer, processes: None }
+        ContainerSample {
+            record: record.clone(),
+            at,
+            cgroup,
+            nano_cores,
+            writable_layer,
+            detail: None,
+            processes: None,
+        }
     }
 
-    /// Descriptor counts of a container's processes; `None` when its cgroup cannot be listed.
-    pub fn processes(&self, id: &str) -> Option<ProcessCounts> {
-        let pids = self.container_cgroup(id)?.pids().ok()?;
-        Some(processes::count(Path::new("/proc"), &pids))
+    /// Adds what only the metrics report to a running container's sample; left `None` when its cgroup
+    /// cannot be read.
+    pub fn add_metrics_detail(&self, sample: &mut ContainerSample) {
+        let Some(cgroup) = self.container_cgroup(&sample.record.id) else { return };
+        sample.detail = cgroup.stats_detail().ok();
+        sample.processes = cgroup.pids().ok().map(|pids| processes::count(Path::new("/proc"), &pids));
+    }
+
+    /// A block device named once (sysfs is read the first time a device is seen).
+    pub fn block_device(&self, major: u32, minor: u32) -> BlockDevice {
+        let mut names = self.block_devices.lock().expect("stats lock");
+        names.entry((major, minor)).or_insert_with(|| BlockDevice::new(major, minor)).clone()
     }
 
     /// The block device under the writable layers (where a container's own files go), named once.

@@ -171,6 +171,12 @@ pub struct Stats {
     /// `file`/`file_mapped`).
     pub memory_cache_bytes: u64,
     pub memory_mapped_file_bytes: u64,
+}
+
+/// The figures only cAdvisor-named metrics need, each from a file of its own: read apart from [`Stats`]
+/// ([`Cgroup::stats_detail`]) so the stats calls kubelet makes every few seconds do not pay for them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StatsDetail {
     /// How often usage hit the limit (v1 `memory.failcnt`, v2 the `max` count of `memory.events`).
     pub memory_failcnt: u64,
     /// The highest usage seen (v1 `memory.max_usage_in_bytes`, v2 `memory.peak` on Linux 5.19+).
@@ -447,6 +453,15 @@ impl Cgroup {
         Ok(stats)
     }
 
+    /// The figures of [`StatsDetail`]; a cgroup that does not exist is [`RuntimeError::CgroupMissing`].
+    pub fn stats_detail(&self) -> Result<StatsDetail> {
+        let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
+        match &self.layout {
+            Layout::V2 { root } => v2::stats_detail(&root.join(relative)),
+            Layout::V1 { .. } => v1::stats_detail(self),
+        }
+    }
+
     /// Whether the cgroup exists (in the memory hierarchy on v1, where usage is read from).
     pub fn exists(&self) -> bool {
         let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
@@ -626,13 +641,14 @@ mod tests {
         assert_eq!(stats.io_pressure.unwrap().some.total_us, 4_000_000);
         assert_eq!(stats.cpu_pressure.unwrap().full.unwrap().total_us, 1_000_000);
         assert_eq!((stats.memory_cache_bytes, stats.memory_mapped_file_bytes), (4_194_304, 8192));
-        assert_eq!((stats.memory_failcnt, stats.memory_max_usage_bytes), (3, Some(11_534_336)));
+        let detail = cgroup.stats_detail().unwrap();
+        assert_eq!((detail.memory_failcnt, detail.memory_max_usage_bytes), (3, Some(11_534_336)));
         assert_eq!(
-            (stats.cpu_shares, stats.cpu_period_us, stats.memory_reservation_bytes),
+            (detail.cpu_shares, detail.cpu_period_us, detail.memory_reservation_bytes),
             (Some(2), Some(100_000), None)
         );
         assert_eq!(
-            stats.block_io,
+            detail.block_io,
             [
                 DeviceIo { major: 8, minor: 0, read_bytes: 4096, write_bytes: 8192, reads: 1, writes: 2 },
                 DeviceIo { major: 253, minor: 1, read_bytes: 1, write_bytes: 0, reads: 1, writes: 0 },
@@ -640,6 +656,7 @@ mod tests {
         );
         let gone = Cgroup::new(Layout::V2 { root: root.path().to_owned() }, PathBuf::from("/pod/c2"));
         assert!(matches!(gone.stats(), Err(RuntimeError::CgroupMissing { .. })));
+        assert!(matches!(gone.stats_detail(), Err(RuntimeError::CgroupMissing { .. })));
     }
 
     #[test]
@@ -706,11 +723,12 @@ mod tests {
         assert_eq!(stats.memory_pressure.unwrap().some.avg10, 2.0);
         assert_eq!(stats.cpu_pressure, None, "no cpu.pressure file");
         assert_eq!((stats.memory_cache_bytes, stats.memory_mapped_file_bytes), (2_097_152, 4096));
-        assert_eq!((stats.memory_failcnt, stats.memory_max_usage_bytes), (0, Some(9_437_184)));
-        assert_eq!(stats.memory_reservation_bytes, None, "an unlimited soft limit is no reservation");
-        assert_eq!((stats.cpu_shares, stats.cpu_period_us), (Some(2), Some(100_000)));
+        let detail = cgroup.stats_detail().unwrap();
+        assert_eq!((detail.memory_failcnt, detail.memory_max_usage_bytes), (0, Some(9_437_184)));
+        assert_eq!(detail.memory_reservation_bytes, None, "an unlimited soft limit is no reservation");
+        assert_eq!((detail.cpu_shares, detail.cpu_period_us), (Some(2), Some(100_000)));
         assert_eq!(
-            stats.block_io,
+            detail.block_io,
             [DeviceIo { major: 8, minor: 0, read_bytes: 512, write_bytes: 1024, reads: 1, writes: 3 }],
             "the recursive throttle counters"
         );

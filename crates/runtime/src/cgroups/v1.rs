@@ -4,7 +4,9 @@ use std::path::Path;
 
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 
-use super::{Cgroup, DEFAULT_ALLOWED, DeviceIo, Layout, Stats, cgroup_error, keyed, read, read_u64, write};
+use super::{
+    Cgroup, DEFAULT_ALLOWED, DeviceIo, Layout, Stats, StatsDetail, cgroup_error, keyed, read, read_u64, write,
+};
 use crate::error::{Result, RuntimeError};
 
 /// A new cpuset cgroup starts with empty cpus and mems and accepts no task until they are set, so each
@@ -198,9 +200,6 @@ pub(super) fn stats(cgroup: &Cgroup) -> Result<Stats> {
         stats.oom_kills = read(&dir, "memory.oom_control").and_then(|t| keyed(&t, "oom_kill")).unwrap_or(0);
         stats.memory_cache_bytes = keyed(&text, "total_cache").unwrap_or(0);
         stats.memory_mapped_file_bytes = keyed(&text, "total_mapped_file").unwrap_or(0);
-        stats.memory_failcnt = read_u64(&dir, "memory.failcnt").unwrap_or(0);
-        stats.memory_max_usage_bytes = read_u64(&dir, "memory.max_usage_in_bytes");
-        stats.memory_reservation_bytes = read_u64(&dir, "memory.soft_limit_in_bytes").filter(|l| *l < (1 << 62));
         // memsw counts memory plus swap; the files exist only with swap accounting on.
         if let Some(memsw) = read_u64(&dir, "memory.memsw.usage_in_bytes") {
             stats.swap_usage_bytes = Some(memsw.saturating_sub(stats.memory_usage_bytes));
@@ -213,18 +212,31 @@ pub(super) fn stats(cgroup: &Cgroup) -> Result<Stats> {
         stats.pids_current = read_u64(&dir, "pids.current").unwrap_or(0);
         stats.pids_limit = read_u64(&dir, "pids.max");
     }
+    Ok(stats)
+}
+
+pub(super) fn stats_detail(cgroup: &Cgroup) -> Result<StatsDetail> {
+    if !cgroup.exists() {
+        return Err(RuntimeError::CgroupMissing { path: cgroup.path.clone() });
+    }
+    let mut detail = StatsDetail::default();
+    if let Some(dir) = dir_of(cgroup, "memory") {
+        detail.memory_failcnt = read_u64(&dir, "memory.failcnt").unwrap_or(0);
+        detail.memory_max_usage_bytes = read_u64(&dir, "memory.max_usage_in_bytes");
+        detail.memory_reservation_bytes = read_u64(&dir, "memory.soft_limit_in_bytes").filter(|l| *l < (1 << 62));
+    }
     if let Some(dir) = dir_of(cgroup, "cpu") {
-        stats.cpu_shares = read_u64(&dir, "cpu.shares");
-        stats.cpu_period_us = read_u64(&dir, "cpu.cfs_period_us");
+        detail.cpu_shares = read_u64(&dir, "cpu.shares");
+        detail.cpu_period_us = read_u64(&dir, "cpu.cfs_period_us");
     }
     if let Some(dir) = dir_of(cgroup, "blkio") {
         // The throttle counters count every request, whatever the I/O scheduler; prefer the recursive ones.
         let file =
             |name: &str| read(&dir, &format!("{name}_recursive")).or_else(|| read(&dir, name)).unwrap_or_default();
-        stats.block_io =
+        detail.block_io =
             DeviceIo::parse_blkio(&file("blkio.throttle.io_service_bytes"), &file("blkio.throttle.io_serviced"));
     }
-    Ok(stats)
+    Ok(detail)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::Path;
 use oci_spec::runtime::LinuxResources;
 
 use super::devices_bpf::DeviceRule;
-use super::{DeviceIo, Stats, cgroup_error, keyed, read, read_u64, write};
+use super::{DeviceIo, Stats, StatsDetail, cgroup_error, keyed, read, read_u64, write};
 use crate::error::{Result, RuntimeError};
 
 /// Creates the cgroup, enabling every available controller on the way down so the leaf can use them.
@@ -137,13 +137,21 @@ pub(super) fn stats(dir: &Path) -> Result<Stats> {
     stats.swap_limit_bytes = read_u64(dir, "memory.swap.max");
     stats.memory_cache_bytes = keyed(&memory, "file").unwrap_or(0);
     stats.memory_mapped_file_bytes = keyed(&memory, "file_mapped").unwrap_or(0);
-    stats.memory_failcnt = read(dir, "memory.events").and_then(|t| keyed(&t, "max")).unwrap_or(0);
-    stats.memory_max_usage_bytes = read_u64(dir, "memory.peak");
-    stats.cpu_shares = read_u64(dir, "cpu.weight").map(weight_to_shares);
-    stats.cpu_period_us = read(dir, "cpu.max").and_then(|t| t.split_whitespace().nth(1)?.parse().ok());
-    stats.memory_reservation_bytes = read_u64(dir, "memory.low").filter(|low| *low > 0);
-    stats.block_io = read(dir, "io.stat").map(|t| DeviceIo::parse_io_stat(&t)).unwrap_or_default();
     Ok(stats)
+}
+
+pub(super) fn stats_detail(dir: &Path) -> Result<StatsDetail> {
+    if !dir.is_dir() {
+        return Err(RuntimeError::CgroupMissing { path: dir.to_owned() });
+    }
+    Ok(StatsDetail {
+        memory_failcnt: read(dir, "memory.events").and_then(|t| keyed(&t, "max")).unwrap_or(0),
+        memory_max_usage_bytes: read_u64(dir, "memory.peak"),
+        cpu_shares: read_u64(dir, "cpu.weight").map(weight_to_shares),
+        cpu_period_us: read(dir, "cpu.max").and_then(|t| t.split_whitespace().nth(1)?.parse().ok()),
+        memory_reservation_bytes: read_u64(dir, "memory.low").filter(|low| *low > 0),
+        block_io: read(dir, "io.stat").map(|t| DeviceIo::parse_io_stat(&t)).unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]
