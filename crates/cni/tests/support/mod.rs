@@ -245,7 +245,16 @@ impl Rig {
     /// Everything a detached container could leak in this rig: veths, IP leases, iptables rules mentioning
     /// it (portmap's CNI-DN-* chains, bridge's masquerade chain commented with the id), cache entries.
     pub fn assert_nothing_left(&self, container_id: &str) {
-        let veths = self.host.ip(&["-o", "link", "show", "type", "veth"]);
+        // A veth whose peer was in a namespace that is gone disappears when the kernel's deferred netns
+        // cleanup runs, which may be a moment after the last reference was dropped: wait for it, briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let veths = loop {
+            let veths = self.host.ip(&["-o", "link", "show", "type", "veth"]);
+            if veths.trim().is_empty() || std::time::Instant::now() > deadline {
+                break veths;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
         assert!(veths.trim().is_empty(), "veths left in the host namespace:\n{veths}");
         assert_eq!(self.leases(), Vec::<String>::new(), "IP leases left under {}", self.ipam_dir().display());
         let rules = self.host.iptables_save();
