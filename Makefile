@@ -8,8 +8,10 @@ CONFIG ?=
 
 all: build
 
+# Debian packages, then a CRIU that works on current kernels (checkpoints; built once, from Debian's source).
 deps:
 	@bash hack/install-deps.sh
+	@bash hack/criu.sh
 
 build:
 	$(CARGO) build

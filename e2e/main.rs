@@ -7,6 +7,7 @@
 mod support;
 
 mod cdi;
+mod checkpoint;
 mod cli;
 mod cli_pods;
 mod compat;

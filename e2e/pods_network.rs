@@ -22,7 +22,7 @@ use crate::support::{DaemonDirs, repo_root, require_tool};
 
 const NETWORK: &str = "berth-net-e2e";
 
-fn require_plugins() {
+pub(crate) fn require_plugins() {
     for plugin in ["bridge", "host-local", "portmap", "loopback"] {
         assert!(
             Path::new("/usr/lib/cni").join(plugin).exists(),
@@ -59,7 +59,7 @@ fn write_conflist(dirs: &DaemonDirs, plugins: Vec<serde_json::Value>) {
 }
 
 /// The usual network: bridge + host-local, portmap, loopback.
-fn write_bridge_conflist(dirs: &DaemonDirs, bridge: &str, subnet: &str) {
+pub(crate) fn write_bridge_conflist(dirs: &DaemonDirs, bridge: &str, subnet: &str) {
     write_conflist(
         dirs,
         vec![
@@ -72,7 +72,7 @@ fn write_bridge_conflist(dirs: &DaemonDirs, bridge: &str, subnet: &str) {
 
 /// The daemon's config: the test registry (for the host-network pull) and, for the fault tests, the
 /// repository's `hack/cni` after Debian's plugins.
-fn write_daemon_config(dirs: &DaemonDirs, registry: Option<&TestRegistry>) {
+pub(crate) fn write_daemon_config(dirs: &DaemonDirs, registry: Option<&TestRegistry>) {
     let bin_dirs = format!("bin_dirs = [\"/usr/lib/cni\", {:?}]\n", repo_root().join("hack/cni"));
     let registries = registry.map(|r| format!("[registries.\"{}\"]\ninsecure = true\n", r.address)).unwrap_or_default();
     dirs.write_config_with_cni(&bin_dirs, &registries);
@@ -128,7 +128,7 @@ fn pod_dirs(dirs: &DaemonDirs) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
+pub(crate) fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.into(),

@@ -11,10 +11,6 @@ use tonic::{Code, Status};
 /// A failed RPC, whatever the layer it failed in.
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
-    /// gRPC's own wording for a method a server lacks: kubelet's checkpoint e2e specs (and other clients)
-    /// recognise a runtime without the feature by exactly this text.
-    #[error("method {rpc} not implemented")]
-    Unimplemented { rpc: &'static str },
     #[error("invalid {field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
     #[error(transparent)]
@@ -53,7 +49,6 @@ pub enum RpcError {
 impl Kinded for RpcError {
     fn kind(&self) -> ErrorKind {
         match self {
-            RpcError::Unimplemented { .. } => ErrorKind::Unimplemented,
             RpcError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             RpcError::Store(err) => err.kind(),
             RpcError::Pod(err) => err.kind(),
@@ -104,9 +99,9 @@ mod tests {
 
     #[test]
     fn the_kind_decides_the_code_and_the_message_carries_the_chain() {
-        let status = into_status(RpcError::Unimplemented { rpc: "RunPodSandbox" });
-        assert_eq!(status.code(), Code::Unimplemented);
-        assert_eq!(status.message(), "method RunPodSandbox not implemented");
+        let status = into_status(RpcError::InvalidArgument { field: "location", reason: "empty".into() });
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "invalid location: empty");
 
         let status = into_status(RpcError::DiskUsage {
             path: "/var/lib/berth/images".into(),

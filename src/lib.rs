@@ -4,6 +4,7 @@
 //! `crates/`. See ARCHITECTURE.md for the map.
 
 pub mod cdi;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod containers;

@@ -30,6 +30,7 @@ pub struct Config {
     pub cgroup: CgroupConfig,
     pub cni: CniConfig,
     pub cdi: CdiConfig,
+    pub checkpoint: CheckpointConfig,
     pub streaming: StreamingConfig,
     pub stats: StatsConfig,
     pub metrics: MetricsConfig,
@@ -96,6 +97,19 @@ pub struct CdiConfig {
 impl Default for CdiConfig {
     fn default() -> Self {
         CdiConfig { spec_dirs: vec![AbsolutePath::fixed("/etc/cdi"), AbsolutePath::fixed("/var/run/cdi")] }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// The CRIU binary: a path, or a name looked up in PATH and then /usr/local/sbin, /usr/sbin, /sbin.
+    pub criu: String,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig { criu: "criu".to_owned() }
     }
 }
 

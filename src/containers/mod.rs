@@ -7,7 +7,10 @@
 //! daemon from each shim's event stream ([`ContainerManager::watch`]) and, after a restart, from the shims'
 //! own lists and the exit files they wrote ([`ContainerManager::recover`]).
 
+mod checkpoint;
 pub mod spec;
+
+pub use checkpoint::CheckpointRequest;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +74,13 @@ pub enum ContainerError {
         #[source]
         source: crate::cdi::CdiError,
     },
+    #[error("container {id}: checkpoint: cannot {step}")]
+    Checkpoint {
+        id: String,
+        step: &'static str,
+        #[source]
+        source: Box<crate::checkpoint::CheckpointError>,
+    },
     #[error(transparent)]
     Spec(#[from] spec::SpecError),
     #[error(transparent)]
@@ -106,6 +116,7 @@ impl Kinded for ContainerError {
                 }
             }
             ContainerError::Cdi { source, .. } => source.kind(),
+            ContainerError::Checkpoint { source, .. } => source.kind(),
             ContainerError::Spec(err) => err.kind(),
             ContainerError::Shim(err) => err.kind(),
             ContainerError::Store(err) => err.kind(),
@@ -159,6 +170,8 @@ pub struct ContainerManager {
     cgroup_driver: crate::config::CgroupDriver,
     /// The CDI spec files devices are resolved against.
     cdi: Arc<crate::cdi::Registry>,
+    /// The CRIU binary checkpoints run (`[checkpoint] criu`), resolved when one is asked for.
+    criu: String,
     /// Serializes creations, so a name is checked and reserved in one step (and a retried request waits
     /// for the abandoned one it repeats).
     create_lock: Arc<tokio::sync::Mutex<()>>,
@@ -246,6 +259,7 @@ impl ContainerManager {
             cdi: Arc::new(crate::cdi::Registry::new(
                 config.cdi.spec_dirs.iter().map(|d| d.as_path().to_owned()).collect(),
             )),
+            criu: config.checkpoint.criu.clone(),
             create_lock: Arc::new(tokio::sync::Mutex::new(())),
             events: broadcast::channel(1024).0,
         }

@@ -428,11 +428,21 @@ impl Cgroup {
         result
     }
 
-    fn freezer_dir(&self) -> Option<PathBuf> {
+    /// The directory whose freezer stops every process of this cgroup at once (v1: in the freezer
+    /// hierarchy, `freezer.state`; v2: the cgroup's own, `cgroup.freeze`); None without a freezer.
+    pub fn freezer_dir(&self) -> Option<PathBuf> {
         let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
         match &self.layout {
             Layout::V2 { root } => Some(root.join(relative)).filter(|d| d.join("cgroup.freeze").exists()),
             Layout::V1 { .. } => self.layout.v1_controller("freezer").map(|m| m.join(relative)),
+        }
+    }
+
+    /// Thaws the cgroup (after a checkpoint tool that froze it failed or was stopped half-way).
+    pub fn thaw(&self) -> Result<()> {
+        match self.freezer_dir() {
+            Some(dir) => v1::set_frozen(&dir, &self.layout, false),
+            None => Ok(()),
         }
     }
 

@@ -106,6 +106,33 @@ fn connect_stdio(
         std::mem::forget(target_fd);
         result.map_err(RuntimeError::sys(format!("dup2 the container's stdio onto fd {target}")))?;
     }
+    reopen_dev_null()
+}
+
+/// A stdio descriptor on the host's /dev/null (a stream the container was not given) is opened again on the
+/// container's own /dev/null, as runc does: one on a mount outside the container's mount namespace is a
+/// file CRIU cannot find when it checkpoints the container.
+fn reopen_dev_null() -> Result<()> {
+    let Ok(container_null) = nix::sys::stat::stat("/dev/null") else { return Ok(()) };
+    for target in 0..3 {
+        let target_fd = super::unsafe_target(target);
+        let current = nix::sys::stat::fstat(&target_fd);
+        let flags = nix::fcntl::fcntl(&target_fd, nix::fcntl::FcntlArg::F_GETFL);
+        std::mem::forget(target_fd);
+        let (Ok(current), Ok(flags)) = (current, flags) else { continue };
+        let is_null = current.st_mode & libc::S_IFMT == libc::S_IFCHR && current.st_rdev == container_null.st_rdev;
+        if !is_null || (current.st_dev, current.st_ino) == (container_null.st_dev, container_null.st_ino) {
+            continue;
+        }
+        let access = nix::fcntl::OFlag::from_bits_truncate(flags) & nix::fcntl::OFlag::O_ACCMODE;
+        let reopened =
+            nix::fcntl::open("/dev/null", access | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+                .map_err(RuntimeError::sys("open the container's /dev/null"))?;
+        let mut target_fd = super::unsafe_target(target);
+        let result = nix::unistd::dup2(&reopened, &mut target_fd);
+        std::mem::forget(target_fd);
+        result.map_err(RuntimeError::sys(format!("dup2 the container's /dev/null onto fd {target}")))?;
+    }
     Ok(())
 }
 

@@ -1,0 +1,285 @@
+//! The checkpoint archive: an uncompressed tar in the layout CRI-O and Podman write, so `checkpointctl` and
+//! their restore paths read berth's archives and berth reads theirs.
+//!
+//! ```text
+//! config.dump        who the container was (id, name, image, times): [`ConfigDump`]
+//! spec.dump          its OCI runtime spec (config.json as it ran)
+//! checkpoint/        CRIU's image directory (inventory.img, ...), with descriptors.json: what fds 0-2 were
+//! rootfs-diff.tar    what the container changed in its root filesystem (the overlay's upper directory)
+//! deleted.files      JSON list of the image's files the container deleted (the upper directory's whiteouts)
+//! container.log      its CRI log as it was
+//! dump.log           CRIU's log of the dump; stats-dump: CRIU's figures of it
+//! ```
+
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::CheckpointError;
+
+pub const CONFIG_DUMP: &str = "config.dump";
+pub const SPEC_DUMP: &str = "spec.dump";
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+pub const ROOTFS_DIFF: &str = "rootfs-diff.tar";
+pub const DELETED_FILES: &str = "deleted.files";
+pub const CONTAINER_LOG: &str = "container.log";
+pub const DUMP_LOG: &str = "dump.log";
+pub const STATS_DUMP: &str = "stats-dump";
+/// Inside the CRIU image directory: what the container's fds 0, 1 and 2 were (`pipe:[inode]`, `/dev/null`),
+/// so a restore can hand it new ones in their place (runc names it the same).
+pub const DESCRIPTORS: &str = "descriptors.json";
+
+/// `config.dump`: the fields CRI-O writes and checkpointctl shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigDump {
+    pub id: String,
+    pub name: String,
+    /// The image as the container was created from it (`ImageSpec.image`).
+    pub rootfs_image: String,
+    /// The image id (`sha256:...`).
+    pub rootfs_image_ref: String,
+    /// The image's name as the user gave it.
+    pub rootfs_image_name: String,
+    pub runtime: String,
+    /// RFC 3339 times.
+    pub created_time: String,
+    pub checkpointed_time: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub restored_time: String,
+    #[serde(default)]
+    pub restored: bool,
+}
+
+fn io<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CheckpointError + 'a {
+    move |source| CheckpointError::Io { step, path: path.to_owned(), source }
+}
+
+/// Writes `value` as JSON to `dir/name`.
+pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), CheckpointError> {
+    let path = dir.join(name);
+    let bytes = serde_json::to_vec_pretty(value).expect("checkpoint metadata serializes");
+    std::fs::write(&path, bytes).map_err(io("write", &path))
+}
+
+/// What the container changed below its root: written as `rootfs-diff.tar` under `out`, and the paths
+/// it deleted (absolute, as seen in the container) returned for `deleted.files`. `skipped` are the
+/// destinations of mounts (relative to the root): overlayfs made empty stand-ins for them, which are
+/// the mounts', not the container's.
+pub fn write_rootfs_diff(upper: &Path, skipped: &[PathBuf], out: &Path) -> Result<Vec<String>, CheckpointError> {
+    let tar_path = out.join(ROOTFS_DIFF);
+    let file = std::fs::File::create(&tar_path).map_err(io("create", &tar_path))?;
+    let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
+    builder.follow_symlinks(false);
+    let mut deleted = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let dir = upper.join(&relative);
+        let mut entries: Vec<_> =
+            std::fs::read_dir(&dir).map_err(io("read", &dir))?.collect::<Result<_, _>>().map_err(io("read", &dir))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = relative.join(entry.file_name());
+            if skipped.iter().any(|s| s == &name) {
+                continue;
+            }
+            let path = entry.path();
+            let metadata = std::fs::symlink_metadata(&path).map_err(io("inspect", &path))?;
+            // overlayfs records a deletion as a 0:0 character device of the deleted name.
+            if metadata.file_type().is_char_device() && metadata.rdev() == 0 {
+                deleted.push(Path::new("/").join(&name).display().to_string());
+                continue;
+            }
+            builder.append_path_with_name(&path, &name).map_err(io("archive", &path))?;
+            if metadata.is_dir() {
+                pending.push(name);
+            }
+        }
+    }
+    let writer = builder.into_inner().map_err(io("finish", &tar_path))?;
+    writer.into_inner().map_err(|e| CheckpointError::Io {
+        step: "flush",
+        path: tar_path.clone(),
+        source: e.into_error(),
+    })?;
+    deleted.sort();
+    Ok(deleted)
+}
+
+/// Packs the checkpoint directory `dir` into the archive at `location`: `config.dump` and `spec.dump` first
+/// (a reader that only wants to know what the archive holds stops early), then CRIU's images, then the
+/// rest. Written to a temporary file (0600: it holds the container's memory) beside `location`, synced
+/// and renamed, so `location` is either whole or absent.
+pub fn pack(dir: &Path, location: &Path) -> Result<(), CheckpointError> {
+    let parent = location.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("/"));
+    let file_name = location.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = parent.join(format!(".{file_name}.{}.partial", std::process::id()));
+    let result = (|| {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)
+            .map_err(io("create", &temporary))?;
+        let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
+        builder.follow_symlinks(false);
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map_err(io("read", dir))?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        let rank = |name: &str| match name {
+            CONFIG_DUMP => 0,
+            SPEC_DUMP => 1,
+            CHECKPOINT_DIR => 2,
+            _ => 3,
+        };
+        names.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
+        for name in names {
+            let path = dir.join(&name);
+            if path.is_dir() {
+                builder.append_dir_all(&name, &path).map_err(io("archive", &path))?;
+            } else {
+                builder.append_path_with_name(&path, &name).map_err(io("archive", &path))?;
+            }
+        }
+        let mut writer = builder.into_inner().map_err(io("finish", &temporary))?;
+        writer.flush().map_err(io("write", &temporary))?;
+        let file = writer.into_inner().map_err(|e| CheckpointError::Io {
+            step: "write",
+            path: temporary.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(io("sync", &temporary))?;
+        std::fs::rename(&temporary, location).map_err(io("rename into place", location))?;
+        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io("sync", parent))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result
+}
+
+/// Unpacks a checkpoint archive into `dest` (which must be empty), refusing entries that would land
+/// outside it.
+pub fn unpack(archive: &Path, dest: &Path) -> Result<(), CheckpointError> {
+    let file = std::fs::File::open(archive).map_err(io("open", archive))?;
+    let mut reader = tar::Archive::new(std::io::BufReader::new(file));
+    reader.set_preserve_permissions(true);
+    reader.set_overwrite(false);
+    for entry in reader.entries().map_err(io("read", archive))? {
+        let mut entry = entry.map_err(io("read", archive))?;
+        // unpack_in refuses `..` and absolute names.
+        if !entry.unpack_in(dest).map_err(io("unpack", archive))? {
+            let name = entry.path().map(|p| p.display().to_string()).unwrap_or_default();
+            return Err(CheckpointError::InvalidArchive {
+                path: archive.to_owned(),
+                reason: format!("entry {name:?} points outside the archive"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` is a checkpoint archive (a tar whose first entries include `config.dump` and
+/// `spec.dump`), as opposed to an image name.
+pub fn is_archive(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    let mut reader = tar::Archive::new(std::io::BufReader::new(file));
+    let Ok(entries) = reader.entries() else { return false };
+    let names: Vec<String> =
+        entries.take(4).filter_map(|e| e.ok().and_then(|e| e.path().ok().map(|p| p.display().to_string()))).collect();
+    names.iter().any(|n| n == CONFIG_DUMP) && names.iter().any(|n| n == SPEC_DUMP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry_names(archive: &Path) -> Vec<String> {
+        let mut reader = tar::Archive::new(std::fs::File::open(archive).unwrap());
+        reader.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect()
+    }
+
+    #[test]
+    fn the_archive_puts_the_metadata_first_and_names_entries_without_a_dot_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = dir.path().join("content");
+        std::fs::create_dir_all(content.join(CHECKPOINT_DIR)).unwrap();
+        for name in [DUMP_LOG, SPEC_DUMP, CONFIG_DUMP, ROOTFS_DIFF] {
+            std::fs::write(content.join(name), name).unwrap();
+        }
+        std::fs::write(content.join(CHECKPOINT_DIR).join("inventory.img"), b"inv").unwrap();
+        let location = dir.path().join("out.tar");
+        pack(&content, &location).unwrap();
+        assert_eq!(
+            entry_names(&location),
+            ["config.dump", "spec.dump", "checkpoint/", "checkpoint/inventory.img", "dump.log", "rootfs-diff.tar"]
+        );
+        assert_eq!(std::fs::metadata(&location).unwrap().mode() & 0o777, 0o600);
+        assert!(is_archive(&location));
+        assert!(
+            !std::fs::read_dir(dir.path()).unwrap().any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".partial"))
+        );
+
+        let unpacked = dir.path().join("unpacked");
+        std::fs::create_dir(&unpacked).unwrap();
+        unpack(&location, &unpacked).unwrap();
+        assert_eq!(std::fs::read(unpacked.join(CHECKPOINT_DIR).join("inventory.img")).unwrap(), b"inv");
+    }
+
+    #[test]
+    fn a_pack_into_a_missing_directory_fails_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_DUMP), b"{}").unwrap();
+        let err = pack(dir.path(), &dir.path().join("missing").join("out.tar")).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn the_rootfs_diff_holds_changes_and_lists_whiteouts_as_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let upper = dir.path().join("upper");
+        std::fs::create_dir_all(upper.join("etc")).unwrap();
+        std::fs::create_dir_all(upper.join("data")).unwrap();
+        std::fs::write(upper.join("etc/added"), b"new").unwrap();
+        std::fs::write(upper.join("etc/hosts"), b"").unwrap();
+        nix::sys::stat::mknod(
+            &upper.join("etc/removed"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o000),
+            0,
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let deleted = write_rootfs_diff(&upper, &[PathBuf::from("etc/hosts"), PathBuf::from("data")], &out).unwrap();
+        assert_eq!(deleted, ["/etc/removed"]);
+        assert_eq!(entry_names(&out.join(ROOTFS_DIFF)), ["etc", "etc/added"]);
+    }
+
+    #[test]
+    fn an_archive_whose_entries_escape_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("evil.tar");
+        let mut builder = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        let name = b"../escaped";
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.set_cksum();
+        builder.append(&header, &b"x"[..]).unwrap();
+        builder.finish().unwrap();
+        let dest = dir.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        assert!(unpack(&archive, &dest).is_err());
+        assert!(!dir.path().join("escaped").exists());
+    }
+}
