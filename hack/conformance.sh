@@ -25,7 +25,7 @@
 #   OUT            [target/conformance]    outputs: summary.txt and one directory per part
 #   CRITEST_WEBSOCKET_FOCUS  [empty: the full suite]  a ginkgo focus for the WebSocket run
 #   FOCUS, SKIP    passed to critest.sh (narrow the critest runs)
-#   NODE_E2E_FOCUS [\[NodeConformance\]|\[Feature:ImageVolume\]]  the node e2e specs (a ginkgo regex);
+#   NODE_E2E_FOCUS [\[NodeConformance\]|\[Feature:ImageVolume\]|\[Feature:CheckpointContainer\]]  the node e2e specs (a ginkgo regex);
 #                  NODE_E2E_PROCS [8] its parallelism. See docs/conformance.md for the time it takes.
 #   NODE_E2E_SKIP  [the ContainerMetrics spec]  added to the kit's skip list. With kubelet's default
 #                  gates, /metrics/cadvisor has per-container series only for the runtimes kubelet's
@@ -42,7 +42,7 @@ OUT=${OUT:-$repo/target/conformance}
 # The full suite by default (under a minute); 'Streaming runtime' narrows it to the specs that stream (exec,
 # attach, port-forward), all the transport changes.
 CRITEST_WEBSOCKET_FOCUS=${CRITEST_WEBSOCKET_FOCUS-}
-NODE_E2E_FOCUS=${NODE_E2E_FOCUS:-'\[NodeConformance\]|\[Feature:ImageVolume\]'}
+NODE_E2E_FOCUS=${NODE_E2E_FOCUS:-'\[NodeConformance\]|\[Feature:ImageVolume\]|\[Feature:CheckpointContainer\]'}
 NODE_E2E_PROCS=${NODE_E2E_PROCS:-8}
 NODE_E2E_SKIP=${NODE_E2E_SKIP-'ContainerMetrics .*should report container metrics'}
 
