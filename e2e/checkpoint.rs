@@ -12,7 +12,9 @@ use tonic::Code;
 
 use crate::containers::leftovers;
 use crate::pods_network::{pod_config, require_plugins, write_bridge_conflist, write_daemon_config};
-use crate::support::cri::{container_config, exec_out, run_container, stop_and_remove_pod, wait_exited};
+use crate::support::cri::{
+    container_config, create, create_refused, exec_out, run_container, start, status, stop_and_remove_pod, wait_exited,
+};
 use crate::support::netns::TestNetns;
 use crate::support::registry::TestRegistry;
 use crate::support::{DaemonDirs, require_tool};
@@ -33,10 +35,19 @@ fn member(archive: &Path, name: &str) -> Vec<u8> {
     output.stdout
 }
 
+/// The counter's last value. The shell truncates the file before it writes it, so an empty read is retried.
 async fn counter(client: &mut Client, id: &str) -> u64 {
-    let (code, out) = exec_out(client, id, &["cat", "/tmp/counter"]).await;
-    assert_eq!(code, 0, "{out}");
-    out.trim().parse().unwrap_or_else(|_| panic!("counter {out:?}"))
+    let mut out = String::new();
+    for _ in 0..20 {
+        let (code, read) = exec_out(client, id, &["cat", "/tmp/counter"]).await;
+        assert_eq!(code, 0, "{read}");
+        if let Ok(value) = read.trim().parse() {
+            return value;
+        }
+        out = read;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("counter {out:?}")
 }
 
 async fn checkpoint(client: &mut Client, id: &str, location: &Path) -> Result<(), tonic::Status> {
@@ -168,4 +179,142 @@ async fn a_checkpoint_archives_the_running_container_in_cri_o_layout_and_it_keep
 
     stop_and_remove_pod(&mut client, &pod).await;
     assert_eq!(leftovers(&dirs, &[pod, id, done]), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_checkpoint_restored_in_a_new_pod_goes_on_counting_from_its_memory_with_its_files_and_log() {
+    require_plugins();
+    require_tool("criu");
+    let registry = TestRegistry::get();
+    let busybox = registry.image("busybox").reference.clone();
+    let netns = TestNetns::new();
+    let dirs = DaemonDirs::new();
+    write_daemon_config(&dirs, Some(&registry));
+    write_bridge_conflist(&dirs, "berthrest", "10.99.48.0/24");
+    let daemon = netns.start_daemon_with_images(&dirs, &[&busybox]).await;
+    let mut client = daemon.client().await;
+    let logs = dirs.path().join("logs");
+    let first_config = pod_config("counter", &logs.join("first"));
+    let first_pod = run_pod(&mut client, &first_config).await;
+    // As kubelet asks by default: a PID namespace of the container's own, which CRIU dumps and makes again.
+    let own_pid_namespace = |mut config: ContainerConfig| {
+        config.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(NamespaceOption { pid: NamespaceMode::Container as i32, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        config
+    };
+    let original = run_container(
+        &mut client,
+        &first_pod,
+        &first_config,
+        own_pid_namespace(container_config("counter", &busybox, &["sh", "-c", COUNTER])),
+    )
+    .await;
+    // Far enough that a counter started afresh could not have reached it when it is first read.
+    assert!(counts_past(&mut client, &original, 0).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while counter(&mut client, &original).await < 20 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let archive = dirs.path().join("counter.tar");
+    let checkpointed = counter(&mut client, &original).await;
+    checkpoint(&mut client, &original, &archive).await.expect("CheckpointContainer");
+    stop_and_remove_pod(&mut client, &first_pod).await;
+
+    let second_config = pod_config("restored", &logs.join("second"));
+    let second_pod = run_pod(&mut client, &second_config).await;
+
+    // Refused: a file that is no checkpoint, and an archive without CRIU's images; neither leaves anything.
+    let not_a_checkpoint = dirs.path().join("not-a-checkpoint.tar");
+    std::fs::write(&not_a_checkpoint, b"just bytes").unwrap();
+    let refused = create_refused(
+        &mut client,
+        &second_pod,
+        &second_config,
+        container_config("plain", &not_a_checkpoint.display().to_string(), &[]),
+    )
+    .await;
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("not-a-checkpoint.tar"), "{refused:?}");
+    let metadata_only = dirs.path().join("metadata-only");
+    std::fs::create_dir(&metadata_only).unwrap();
+    for name in ["config.dump", "spec.dump"] {
+        std::fs::write(metadata_only.join(name), member(&archive, name)).unwrap();
+    }
+    let broken = dirs.path().join("broken.tar");
+    let packed = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&broken)
+        .arg("-C")
+        .arg(&metadata_only)
+        .args(["config.dump", "spec.dump"])
+        .status()
+        .unwrap();
+    assert!(packed.success());
+    let refused = create_refused(
+        &mut client,
+        &second_pod,
+        &second_config,
+        container_config("broken", &broken.display().to_string(), &[]),
+    )
+    .await;
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("descriptors.json"), "{refused:?}");
+
+    let restored = create(
+        &mut client,
+        &second_pod,
+        &second_config,
+        own_pid_namespace(container_config("counter", &archive.display().to_string(), &[])),
+    )
+    .await;
+    let created = status(&mut client, &restored).await;
+    assert_eq!(created.state(), ContainerState::ContainerCreated, "{created:?}");
+    start(&mut client, &restored).await;
+    let resumed = counter(&mut client, &restored).await;
+    assert!(
+        resumed >= checkpointed,
+        "the restored counter is at {resumed}, the checkpointed one was at {checkpointed}"
+    );
+    assert!(counts_past(&mut client, &restored, resumed).await, "the restored counter does not count");
+    let running = status(&mut client, &restored).await;
+    assert_eq!(running.state(), ContainerState::ContainerRunning, "{running:?}");
+    // Its log holds the first run's lines and goes on from there.
+    let later = counter(&mut client, &restored).await;
+    assert!(counts_past(&mut client, &restored, later).await);
+    let log = std::fs::read_to_string(&running.log_path).unwrap();
+    assert!(log.contains("stdout F count 1\n"), "{log}");
+    assert!(log.contains(&format!("stdout F count {later}\n")), "{log}");
+    // It lives in the new pod: its hostname and /etc files, and the pod's hostname is left as it was.
+    let (code, hostname) = exec_out(&mut client, &restored, &["hostname"]).await;
+    assert_eq!((code, hostname.trim()), (0, "restored"));
+    let (code, init) = exec_out(&mut client, &restored, &["cat", "/proc/1/cmdline"]).await;
+    assert_eq!(code, 0);
+    assert!(init.starts_with("sh\0-c\0i=0"), "pid 1 of its own PID namespace: {init:?}");
+    let (code, hosts) = exec_out(&mut client, &restored, &["cat", "/etc/hosts"]).await;
+    assert_eq!(code, 0);
+    assert!(hosts.lines().any(|l| l.ends_with("\trestored")), "{hosts}");
+    // Stopped like any container: its exit is seen and nothing is left.
+    client
+        .runtime
+        .stop_container(StopContainerRequest { container_id: restored.clone(), timeout: 5 })
+        .await
+        .expect("StopContainer");
+    assert_eq!(status(&mut client, &restored).await.state(), ContainerState::ContainerExited);
+    stop_and_remove_pod(&mut client, &second_pod).await;
+    assert_eq!(leftovers(&dirs, &[first_pod, original, second_pod, restored]), Vec::<String>::new());
+}
+
+async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> String {
+    client
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id
 }

@@ -9,6 +9,8 @@ fn main() -> std::process::ExitCode {
         Some("__pin") => berth_runtime::pin::main(),
         Some("__shim") => return berth::shim::main(),
         Some("__pidns") => return berth::shim::pidns::main(),
+        Some(berth::checkpoint::restore::GATE_COMMAND) => return berth::checkpoint::restore::gate_main(),
+        Some(berth::checkpoint::restore::HOSTNAME_COMMAND) => return berth::checkpoint::restore::hostname_main(),
         _ => {}
     }
     berth::cli::main()

@@ -183,6 +183,94 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<(), CheckpointError> {
     Ok(())
 }
 
+/// `config.dump` and `spec.dump` of an archive, read from its first entries without unpacking it.
+pub fn read_metadata(archive: &Path) -> Result<(ConfigDump, oci_spec::runtime::Spec), CheckpointError> {
+    let invalid = |reason: String| CheckpointError::InvalidArchive { path: archive.to_owned(), reason };
+    let file = std::fs::File::open(archive).map_err(io("open", archive))?;
+    let mut reader = tar::Archive::new(std::io::BufReader::new(file));
+    let (mut config, mut spec) = (None, None);
+    let unreadable = |e: std::io::Error| invalid(format!("not a readable tar archive: {e}"));
+    for entry in reader.entries().map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
+        let name = entry.path().map(|p| p.display().to_string()).unwrap_or_default();
+        match name.as_str() {
+            CONFIG_DUMP => {
+                config = Some(serde_json::from_reader(entry).map_err(|e| invalid(format!("{CONFIG_DUMP}: {e}")))?)
+            }
+            SPEC_DUMP => spec = Some(serde_json::from_reader(entry).map_err(|e| invalid(format!("{SPEC_DUMP}: {e}")))?),
+            _ => {}
+        }
+        if config.is_some() && spec.is_some() {
+            break;
+        }
+    }
+    match (config, spec) {
+        (Some(config), Some(spec)) => Ok((config, spec)),
+        _ => Err(invalid(format!("no {CONFIG_DUMP} and {SPEC_DUMP}: not a container checkpoint"))),
+    }
+}
+
+/// Brings the root filesystem changes of an unpacked checkpoint (`dir`) into the new container's mounted
+/// root: `rootfs-diff.tar` unpacked over it (owners and modes kept; nothing may land outside it), then
+/// every path of `deleted.files` removed.
+pub fn apply_rootfs_changes(dir: &Path, rootfs: &Path) -> Result<(), CheckpointError> {
+    let diff = dir.join(ROOTFS_DIFF);
+    if diff.exists() {
+        let file = std::fs::File::open(&diff).map_err(io("open", &diff))?;
+        let mut reader = tar::Archive::new(std::io::BufReader::new(file));
+        reader.set_preserve_permissions(true);
+        reader.set_preserve_ownerships(true);
+        reader.set_preserve_mtime(true);
+        reader.set_overwrite(true);
+        for entry in reader.entries().map_err(io("read", &diff))? {
+            let mut entry = entry.map_err(io("read", &diff))?;
+            if !entry.unpack_in(rootfs).map_err(io("unpack into the container's root", &diff))? {
+                let name = entry.path().map(|p| p.display().to_string()).unwrap_or_default();
+                return Err(CheckpointError::InvalidArchive {
+                    path: diff.clone(),
+                    reason: format!("entry {name:?} points outside the root filesystem"),
+                });
+            }
+        }
+    }
+    let deleted_path = dir.join(DELETED_FILES);
+    let deleted: Vec<String> = match std::fs::read(&deleted_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| CheckpointError::InvalidArchive { path: deleted_path.clone(), reason: e.to_string() })?,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(CheckpointError::Io { step: "read", path: deleted_path, source }),
+    };
+    let root = std::fs::canonicalize(rootfs).map_err(io("open", rootfs))?;
+    for name in deleted {
+        remove_inside(&root, Path::new(&name))?;
+    }
+    Ok(())
+}
+
+/// Removes `name` (as the container sees it) below `root`, never following a symbolic link out of it.
+fn remove_inside(root: &Path, name: &Path) -> Result<(), CheckpointError> {
+    let relative = name.strip_prefix("/").unwrap_or(name);
+    if relative.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        return Err(CheckpointError::InvalidArchive {
+            path: PathBuf::from(DELETED_FILES),
+            reason: format!("{} is not a plain path", name.display()),
+        });
+    }
+    let (Some(parent), Some(file_name)) = (relative.parent(), relative.file_name()) else { return Ok(()) };
+    let parent = match std::fs::canonicalize(root.join(parent)) {
+        Ok(parent) if parent.starts_with(root) => parent,
+        // Already gone with its directory, or a link that leaves the root: nothing of the container's.
+        _ => return Ok(()),
+    };
+    let path = parent.join(file_name);
+    let result = match std::fs::symlink_metadata(&path) {
+        Ok(metadata) if metadata.is_dir() => std::fs::remove_dir_all(&path),
+        Ok(_) => std::fs::remove_file(&path),
+        Err(_) => Ok(()),
+    };
+    result.map_err(io("remove a file the container had deleted", &path))
+}
+
 /// Whether `path` is a checkpoint archive (a tar whose first entries include `config.dump` and
 /// `spec.dump`), as opposed to an image name.
 pub fn is_archive(path: &Path) -> bool {
@@ -201,6 +289,73 @@ mod tests {
     fn entry_names(archive: &Path) -> Vec<String> {
         let mut reader = tar::Archive::new(std::fs::File::open(archive).unwrap());
         reader.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect()
+    }
+
+    #[test]
+    fn root_filesystem_changes_land_in_the_root_and_deletions_never_leave_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let upper = dir.path().join("upper");
+        std::fs::create_dir_all(upper.join("etc")).unwrap();
+        std::fs::write(upper.join("etc/app.conf"), b"changed").unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        write_rootfs_diff(&upper, &[], &out).unwrap();
+        write_json(&out, DELETED_FILES, &["/etc/old.conf", "/escape/victim", "/var/cache"]).unwrap();
+
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::create_dir_all(rootfs.join("var/cache/x")).unwrap();
+        std::fs::write(rootfs.join("etc/old.conf"), b"old").unwrap();
+        // A link in the container's root that points at the host: removing through it must not reach out.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"host").unwrap();
+        std::os::unix::fs::symlink(&outside, rootfs.join("escape")).unwrap();
+
+        apply_rootfs_changes(&out, &rootfs).unwrap();
+        assert_eq!(std::fs::read(rootfs.join("etc/app.conf")).unwrap(), b"changed");
+        assert!(!rootfs.join("etc/old.conf").exists());
+        assert!(!rootfs.join("var/cache").exists());
+        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"host");
+
+        write_json(&out, DELETED_FILES, &["/etc/../../outside/victim"]).unwrap();
+        assert!(matches!(apply_rootfs_changes(&out, &rootfs), Err(CheckpointError::InvalidArchive { .. })));
+        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"host");
+    }
+
+    #[test]
+    fn metadata_is_read_from_the_archive_and_anything_else_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = dir.path().join("content");
+        std::fs::create_dir_all(content.join(CHECKPOINT_DIR)).unwrap();
+        let config = ConfigDump {
+            id: "c1".into(),
+            name: "counter".into(),
+            rootfs_image: "busybox".into(),
+            rootfs_image_ref: "sha256:00".into(),
+            rootfs_image_name: "docker.io/library/busybox:latest".into(),
+            runtime: "berth".into(),
+            created_time: "2026-01-01T00:00:00.000000000Z".into(),
+            checkpointed_time: "2026-01-01T00:00:01.000000000Z".into(),
+            restored_time: String::new(),
+            restored: false,
+        };
+        write_json(&content, CONFIG_DUMP, &config).unwrap();
+        std::fs::write(
+            content.join(SPEC_DUMP),
+            br#"{"ociVersion": "1.2.0", "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}}}"#,
+        )
+        .unwrap();
+        let location = dir.path().join("c.tar");
+        pack(&content, &location).unwrap();
+        let (read, spec) = read_metadata(&location).unwrap();
+        assert_eq!(read, config);
+        assert_eq!(spec.process().as_ref().unwrap().args().as_deref(), Some(&["sh".to_owned()][..]));
+
+        let not_tar = dir.path().join("x.tar");
+        std::fs::write(&not_tar, b"plain bytes").unwrap();
+        assert!(matches!(read_metadata(&not_tar), Err(CheckpointError::InvalidArchive { .. })));
+        assert!(!is_archive(&not_tar));
     }
 
     #[test]

@@ -87,6 +87,34 @@ impl Criu {
     }
 }
 
+/// Waits for a CRIU process started elsewhere (the shim starts it through a gate, see `restore.rs`),
+/// killing it when `deadline` passes. Blocking: for the shim's single thread.
+pub fn wait_blocking(
+    program: &Path,
+    mut child: std::process::Child,
+    action: &'static str,
+    log: &Path,
+    deadline: Duration,
+) -> Result<(), CheckpointError> {
+    let spawn_error = |source| CheckpointError::Spawn { program: program.to_owned(), source };
+    let until = std::time::Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(spawn_error)? {
+            break status;
+        }
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(CheckpointError::Timeout { action, seconds: deadline.as_secs() });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if status.success() {
+        return Ok(());
+    }
+    Err(CheckpointError::Criu { action, status: status.to_string(), log: log.to_owned(), detail: log_tail(log, 12) })
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -165,6 +193,60 @@ impl DumpPlan {
     }
 }
 
+/// What a restore of one container needs.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    pub images_dir: PathBuf,
+    pub work_dir: PathBuf,
+    pub log_file: PathBuf,
+    /// Where CRIU writes the restored tree's root pid.
+    pub pid_file: PathBuf,
+    /// The new container's root filesystem (mounted).
+    pub root: PathBuf,
+    /// Each mount point the dump recorded as external, with the host path the new container binds there.
+    pub external_mounts: Vec<(String, PathBuf)>,
+    /// Descriptors CRIU inherits, by number, with the key the dump knows them by: the pod's namespaces
+    /// ([`EXTERNAL_NET_KEY`]) and the new stdio pipes (`pipe:[inode]` of the old ones).
+    pub inherited: Vec<(i32, String)>,
+    /// Namespaces the restored tree joins instead of making (CRIU's kind, the pod's path): IPC and UTS.
+    pub joined_namespaces: Vec<(&'static str, PathBuf)>,
+}
+
+impl RestorePlan {
+    /// `criu restore`'s arguments (without the action). The tree is restored stopped, as a sibling of CRIU
+    /// (a child of CRIU's parent, the shim), and stays in the cgroup CRIU was started in.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push = |flag: &str, value: Option<OsString>| {
+            args.push(flag.into());
+            if let Some(value) = value {
+                args.push(value);
+            }
+        };
+        push("--images-dir", Some(self.images_dir.clone().into()));
+        push("--work-dir", Some(self.work_dir.clone().into()));
+        push("--log-file", Some(self.log_file.clone().into()));
+        push("-v4", None);
+        push("--root", Some(self.root.clone().into()));
+        push("--restore-detached", None);
+        push("--restore-sibling", None);
+        push("--leave-stopped", None);
+        push("--pidfile", Some(self.pid_file.clone().into()));
+        push("--file-locks", None);
+        push("--manage-cgroups=ignore", None);
+        for (destination, source) in &self.external_mounts {
+            push("--ext-mount-map", Some(format!("{destination}:{}", source.display()).into()));
+        }
+        for (fd, key) in &self.inherited {
+            push("--inherit-fd", Some(format!("fd[{fd}]:{key}").into()));
+        }
+        for (kind, path) in &self.joined_namespaces {
+            push("--join-ns", Some(format!("{kind}:{}", path.display()).into()));
+        }
+        args
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +278,32 @@ mod tests {
             "--external net[4026532000]:extRootNetNS",
             "--file-locks",
             "--manage-cgroups",
+        ] {
+            assert!(joined.contains(expected), "{expected} missing from {joined}");
+        }
+    }
+
+    #[test]
+    fn a_restore_maps_mounts_descriptors_and_namespaces_to_the_new_pod_and_leaves_the_tree_stopped() {
+        let plan = RestorePlan {
+            images_dir: "/r/checkpoint".into(),
+            work_dir: "/r".into(),
+            log_file: "/r/restore.log".into(),
+            pid_file: "/r/pid".into(),
+            root: "/b/rootfs".into(),
+            external_mounts: vec![("/etc/hosts".into(), "/pods/new/hosts".into())],
+            inherited: vec![(5, EXTERNAL_NET_KEY.into()), (7, "pipe:[1234]".into())],
+            joined_namespaces: vec![("ipc", "/pods/new/ipc".into())],
+        };
+        let joined = plan.args().into_iter().map(|a| a.into_string().unwrap()).collect::<Vec<_>>().join(" ");
+        for expected in [
+            "--root /b/rootfs",
+            "--restore-detached --restore-sibling --leave-stopped --pidfile /r/pid",
+            "--manage-cgroups=ignore",
+            "--ext-mount-map /etc/hosts:/pods/new/hosts",
+            "--inherit-fd fd[5]:extRootNetNS",
+            "--inherit-fd fd[7]:pipe:[1234]",
+            "--join-ns ipc:/pods/new/ipc",
         ] {
             assert!(joined.contains(expected), "{expected} missing from {joined}");
         }

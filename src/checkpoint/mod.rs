@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod criu;
+pub mod restore;
 
 use std::path::PathBuf;
 
@@ -35,6 +36,8 @@ pub enum CheckpointError {
     },
     #[error("checkpoint archive {path}: {reason}")]
     InvalidArchive { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Runtime(#[from] berth_runtime::RuntimeError),
 }
 
 impl Kinded for CheckpointError {
@@ -48,6 +51,7 @@ impl Kinded for CheckpointError {
                 _ => ErrorKind::Internal,
             },
             CheckpointError::Spawn { .. } | CheckpointError::Criu { .. } => ErrorKind::Internal,
+            CheckpointError::Runtime(err) => err.kind(),
         }
     }
 }

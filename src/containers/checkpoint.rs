@@ -221,6 +221,99 @@ impl ContainerManager {
     }
 }
 
+/// A CreateContainer whose image is a checkpoint archive (CRI-O's convention: `image.image` is the
+/// archive's absolute path): the container is made from the image the checkpoint was taken from, and its
+/// processes, root filesystem changes and log come back from the archive.
+#[derive(Debug, Clone)]
+pub(super) struct Restore {
+    pub archive: PathBuf,
+    pub config: ConfigDump,
+}
+
+/// Whether `image` names a checkpoint archive; if so, the request is rewritten to run what the checkpoint
+/// ran (its command, environment and working directory), and the archive's metadata is returned. An
+/// absolute path to a file that is not a checkpoint is refused.
+pub(super) fn restore_request(
+    pod: &crate::records::PodRecord,
+    image: &str,
+    config: &mut crate::cri::v1::ContainerConfig,
+) -> Result<Option<Restore>, ContainerError> {
+    let archive = Path::new(image);
+    if !archive.is_absolute() || !archive.is_file() {
+        return Ok(None);
+    }
+    let (dump, spec) = archive::read_metadata(archive).map_err(failed(&config_name(config), "read the checkpoint"))?;
+    if pod.userns.is_some() {
+        return Err(ContainerError::Invalid(format!(
+            "checkpoint {image}: restoring into a pod with its own user namespace (hostUsers: false) is not supported"
+        )));
+    }
+    if config.tty {
+        return Err(ContainerError::Invalid(format!(
+            "checkpoint {image}: restoring a container with a terminal (tty) is not supported"
+        )));
+    }
+    if let Some(process) = spec.process() {
+        config.command = process.args().clone().unwrap_or_default();
+        config.args.clear();
+        config.working_dir = process.cwd().display().to_string();
+        config.envs = process
+            .env()
+            .iter()
+            .flatten()
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(key, value)| crate::cri::v1::KeyValue { key: key.to_owned(), value: value.as_bytes().to_vec() })
+            .collect();
+    }
+    Ok(Some(Restore { archive: archive.to_owned(), config: dump }))
+}
+
+fn config_name(config: &crate::cri::v1::ContainerConfig) -> String {
+    config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
+}
+
+impl ContainerManager {
+    /// Unpacks the checkpoint below the new container's directory, brings its root filesystem changes into
+    /// the mounted `rootfs` and its log to the container's log path; returns what the shim restores from.
+    pub(super) fn prepare_restore(
+        &self,
+        record: &ContainerRecord,
+        restore: &Restore,
+        rootfs: &Path,
+    ) -> Result<crate::cri::shim::RestoreFrom, ContainerError> {
+        let id = record.id.as_str();
+        let criu = Criu::locate(&self.criu).map_err(failed(id, "find CRIU"))?;
+        let dir = self.container_dir(record).join("restore");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(step(id, "create the restore directory"))?;
+        archive::unpack(&restore.archive, &dir).map_err(failed(id, "unpack the checkpoint"))?;
+        archive::apply_rootfs_changes(&dir, rootfs).map_err(failed(id, "restore its root filesystem changes"))?;
+        let log = dir.join(archive::CONTAINER_LOG);
+        if !record.log_path.is_empty() && log.exists() && !Path::new(&record.log_path).exists() {
+            if let Some(parent) = Path::new(&record.log_path).parent() {
+                std::fs::create_dir_all(parent).map_err(step(id, "create the log directory"))?;
+            }
+            std::fs::copy(&log, &record.log_path).map_err(step(id, "restore the container's log"))?;
+        }
+        Ok(crate::cri::shim::RestoreFrom {
+            criu: criu.program().display().to_string(),
+            images_dir: dir.join(archive::CHECKPOINT_DIR).display().to_string(),
+            work_dir: dir.display().to_string(),
+        })
+    }
+
+    /// After the shim restored the processes: CRIU's images (the container's memory) are not kept; its log
+    /// stays beside the container as `restore.log`.
+    pub(super) fn finish_restore(&self, record: &ContainerRecord) {
+        let container_dir = self.container_dir(record);
+        let dir = container_dir.join("restore");
+        let _ = std::fs::rename(dir.join("restore.log"), container_dir.join("restore.log"));
+        if let Err(err) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(container_id = %record.id, path = %dir.display(), error = %err, "cannot remove the unpacked checkpoint");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

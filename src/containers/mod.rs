@@ -397,12 +397,19 @@ impl ContainerManager {
                 id: existing.id,
             });
         }
+        let mut request = request;
+        let restore = checkpoint::restore_request(&pod, &image, &mut request.config)?;
+        // A restore runs on the image the checkpoint was taken from, found by its id.
+        let (base_image, base_name) = match &restore {
+            Some(restore) => (restore.config.rootfs_image_ref.clone(), restore.config.rootfs_image_name.clone()),
+            None => (image.clone(), image.clone()),
+        };
         let image_record = self
             .images
-            .find(&image)
+            .find(&base_image)
             .await
             .map_err(step("", "look up the image"))?
-            .ok_or_else(|| ContainerError::ImageNotFound(image.clone()))?;
+            .ok_or_else(|| ContainerError::ImageNotFound(base_name))?;
         let id = new_id().map_err(step("", "generate an id"))?;
         let config = &request.config;
         let log_path = if pod.log_directory.is_empty() || config.log_path.is_empty() {
@@ -443,7 +450,7 @@ impl ContainerManager {
         };
         // Intent first: a crash from here on leaves a record that start-up or Remove finishes.
         self.store.put(&record)?;
-        match self.make(&pod, &request, &image_record, &mut record).await {
+        match self.make(&pod, &request, &image_record, restore.as_ref(), &mut record).await {
             Ok(()) => {
                 record.state = ContainerRecordState::Created;
                 self.store.put(&record)?;
@@ -471,6 +478,7 @@ impl ContainerManager {
         pod: &PodRecord,
         request: &CreateRequest,
         image: &berth_image::ImageRecord,
+        restore: Option<&checkpoint::Restore>,
         record: &mut ContainerRecord,
     ) -> Result<(), ContainerError> {
         let id = record.id.clone();
@@ -533,6 +541,10 @@ impl ContainerManager {
         let bytes = serde_json::to_vec(&built.spec).expect("specs serialize");
         std::fs::write(&config_path, bytes).map_err(step(&id, "write the bundle's config.json"))?;
         clock.lap("spec");
+        let restore = match restore {
+            Some(restore) => Some(self.prepare_restore(record, restore, &rootfs)?),
+            None => None,
+        };
         let created = shim
             .api
             .clone()
@@ -543,11 +555,15 @@ impl ContainerManager {
                 tty: record.tty,
                 stdin: record.stdin,
                 stdin_once: record.stdin_once,
+                restore: restore.clone(),
             })
             .await
             .map_err(shim.failed("Create"))?
             .into_inner();
         record.pid = created.pid;
+        if restore.is_some() {
+            self.finish_restore(record);
+        }
         clock.lap("shim_create");
         tracing::debug!(container_id = %id, steps = %clock, "container made");
         Ok(())

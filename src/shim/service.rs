@@ -351,7 +351,29 @@ impl Service {
             (dev_null()?, None)
         };
         let mut outputs = Vec::new();
-        let created = if request.tty {
+        let created = if let Some(restore) = &request.restore {
+            if request.tty {
+                return Err(Status::invalid_argument(format!(
+                    "container {id}: restoring a checkpoint of a container with a terminal is not supported"
+                )));
+            }
+            let (out_read, out_write) = pipe()?;
+            let (err_read, err_write) = pipe()?;
+            outputs.push((out_read, LogStream::Stdout));
+            outputs.push((err_read, LogStream::Stderr));
+            let source = crate::checkpoint::restore::RestoreSource {
+                criu: restore.criu.clone().into(),
+                images_dir: restore.images_dir.clone().into(),
+                work_dir: restore.work_dir.clone().into(),
+            };
+            let stdio = [stdin_read.as_raw_fd(), out_write.as_raw_fd(), err_write.as_raw_fd()];
+            // The restored processes hold their own copies of the write ends once CRIU is done.
+            let restored = self.0.runtime.create_restored(id, std::path::Path::new(&request.bundle), |target| {
+                crate::checkpoint::restore::restore(target, &source, stdio)
+            });
+            drop((stdin_read, out_write, err_write));
+            Ok(restored.map_err(|err| Status::new(crate::error::code_of(err.kind()), berth_error_kind::chain(&err)))?)
+        } else if request.tty {
             let stdio = Stdio::Fds([stdin_read, dev_null()?, dev_null()?]);
             let (created, master) = with_console(&format!("console-{id}.sock"), |console_socket| {
                 let options = CreateOptions { stdio, console_socket: Some(console_socket), pid_file: None };

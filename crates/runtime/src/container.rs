@@ -59,6 +59,10 @@ impl Runtime {
         Runtime { root: root.into(), init_binary: PathBuf::from("/proc/self/exe") }
     }
 
+    pub(crate) fn state_dir_for(&self, id: &str) -> Result<StateDir> {
+        self.state_dir(id)
+    }
+
     fn state_dir(&self, id: &str) -> Result<StateDir> {
         validate_id(id)?;
         Ok(StateDir::new(&self.root, id))
@@ -287,6 +291,10 @@ impl Runtime {
         if status != Status::Created {
             return Err(RuntimeError::WrongState { id: id.into(), status: status.to_string(), action: "start" });
         }
+        if dir.restored_marker().exists() {
+            self.resume_restored(&dir, &state)?;
+            return self.started(&dir, state);
+        }
         let fifo = dir.exec_fifo();
         let reader = nix::fcntl::open(
             &fifo,
@@ -321,10 +329,15 @@ impl Runtime {
             }
         }
         let _ = std::fs::remove_file(&fifo);
+        self.started(&dir, state)
+    }
+
+    /// Records a started container and runs its poststart hooks.
+    fn started(&self, dir: &StateDir, state: ContainerState) -> Result<()> {
         let mut state = state;
         state.status = Status::Running;
         dir.save(&state)?;
-        let spec = self.spec_of(&dir)?;
+        let spec = self.spec_of(dir)?;
         if let Some(poststart) = spec.hooks().as_ref().and_then(|h| h.poststart().clone()) {
             // The container already runs: a failing poststart hook is reported, not undone (runtime.md).
             hooks::run("poststart", &poststart, &state.oci_state(Status::Running))?;
@@ -486,7 +499,7 @@ impl Runtime {
     }
 }
 
-fn invalid(path: &Path, reason: &str) -> RuntimeError {
+pub(crate) fn invalid(path: &Path, reason: &str) -> RuntimeError {
     RuntimeError::InvalidSpec { path: path.to_owned(), reason: reason.to_owned() }
 }
 
@@ -498,7 +511,7 @@ fn live_status(dir: &StateDir, state: &ContainerState) -> Status {
     if !is_same_live_process(state.pid, state.pid_start_time) {
         return Status::Stopped;
     }
-    if dir.exec_fifo().exists() { Status::Created } else { Status::Running }
+    if dir.exec_fifo().exists() || dir.restored_marker().exists() { Status::Created } else { Status::Running }
 }
 
 /// Waits (up to 5 s) for a killed process to disappear, reaping it if it is our child.
@@ -586,14 +599,14 @@ impl Drop for InitHelper {
 }
 
 /// Undoes a half-made container unless disarmed: kills its process, removes its cgroup and state.
-struct Cleanup {
-    dir: Option<StateDir>,
-    cgroup: Option<Cgroup>,
-    pid: Option<i32>,
+pub(crate) struct Cleanup {
+    pub(crate) dir: Option<StateDir>,
+    pub(crate) cgroup: Option<Cgroup>,
+    pub(crate) pid: Option<i32>,
 }
 
 impl Cleanup {
-    fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.dir = None;
         self.cgroup = None;
         self.pid = None;

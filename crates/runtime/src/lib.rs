@@ -13,12 +13,14 @@ pub mod init;
 pub mod mount_api;
 pub mod namespaces;
 pub mod pin;
+mod restored;
 mod seccomp;
 pub mod state;
 mod sync;
 
 pub use container::{ConsoleSocket, CreateOptions, ExecOptions, Runtime, Stdio};
 pub use error::{Result, RuntimeError};
+pub use restored::RestoreTarget;
 pub use state::{ContainerState, Status};
 
 /// The OCI runtime-spec version this runtime implements.

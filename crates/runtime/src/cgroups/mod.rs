@@ -352,6 +352,25 @@ impl Cgroup {
         }
     }
 
+    /// What the container's init mounts for a spec cgroup mount at `destination`, as (mount point in the
+    /// container, this cgroup's host directory it shows): on v2 the destination itself, on v1 one directory
+    /// per hierarchy below it, named after the host's mount point (`memory`, `cpu,cpuacct`, `unified`).
+    pub fn container_mounts(&self, destination: &Path) -> Vec<(PathBuf, PathBuf)> {
+        let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
+        match &self.layout {
+            Layout::V2 { root } => vec![(destination.to_path_buf(), root.join(relative))],
+            Layout::V1 { hierarchies, unified } => hierarchies
+                .iter()
+                .map(|(mount, _)| mount)
+                .chain(unified.iter())
+                .map(|mount| {
+                    let name = mount.file_name().unwrap_or(std::ffi::OsStr::new("unified"));
+                    (destination.join(name), mount.join(relative))
+                })
+                .collect(),
+        }
+    }
+
     /// Creates the cgroup (and missing parents); existing ones are joined as they are.
     pub fn create(&self) -> Result<()> {
         match &self.layout {
@@ -575,6 +594,30 @@ mod tests {
         assert_eq!(layout.v1_controller("memory"), Some(Path::new("/sys/fs/cgroup/memory")));
         let v2 = Layout::parse("30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n");
         assert!(v2.is_v2());
+    }
+
+    #[test]
+    fn a_cgroup_mount_shows_each_hierarchy_below_the_destination_from_the_cgroup_s_own_directory() {
+        let v1 = Layout::parse(
+            "31 30 0:27 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+             34 30 0:30 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n",
+        );
+        let cgroup = Cgroup::new(v1, PathBuf::from("/kubepods/pod1/c1"));
+        assert_eq!(
+            cgroup.container_mounts(Path::new("/sys/fs/cgroup")),
+            [
+                (
+                    PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"),
+                    PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/kubepods/pod1/c1")
+                ),
+                (PathBuf::from("/sys/fs/cgroup/unified"), PathBuf::from("/sys/fs/cgroup/unified/kubepods/pod1/c1")),
+            ]
+        );
+        let v2 = Cgroup::new(Layout::parse("30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"), "/c1".into());
+        assert_eq!(
+            v2.container_mounts(Path::new("/sys/fs/cgroup")),
+            [(PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup/c1"))]
+        );
     }
 
     #[test]

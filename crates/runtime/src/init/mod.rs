@@ -13,6 +13,8 @@ mod idmap;
 mod process;
 mod rootfs;
 
+pub(crate) use rootfs::create_mount_points;
+
 use std::convert::Infallible;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::Path;

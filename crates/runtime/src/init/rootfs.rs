@@ -328,6 +328,27 @@ fn mount_cgroup(
     Ok(())
 }
 
+/// For a restore: the mount points of the spec's mounts, made in `rootfs` as `prepare` would make them, so
+/// CRIU finds where to mount each (a checkpoint's root filesystem changes leave them out). Mounts below a
+/// tmpfs mount are skipped: CRIU restores that tmpfs's content, mount points included.
+pub(crate) fn create_mount_points(spec: &Spec, rootfs: &Path) -> Result<()> {
+    let mounts: Vec<_> = spec.mounts().iter().flatten().collect();
+    let tmpfs: Vec<&Path> =
+        mounts.iter().filter(|m| m.typ().as_deref() == Some("tmpfs")).map(|m| m.destination().as_path()).collect();
+    for spec_mount in &mounts {
+        let destination = spec_mount.destination();
+        if tmpfs.iter().any(|t| destination != *t && destination.starts_with(t)) {
+            continue;
+        }
+        let options = parse_options(spec_mount.options().as_deref().unwrap_or_default());
+        let bind = options.bind || spec_mount.typ().as_deref() == Some("bind");
+        let directory = !bind
+            || spec_mount.source().as_ref().is_none_or(|s| std::fs::metadata(s).map(|m| m.is_dir()).unwrap_or(true));
+        create_mount_point(&resolve_in_root(rootfs, destination)?, directory)?;
+    }
+    Ok(())
+}
+
 fn create_mount_point(destination: &Path, directory: bool) -> Result<()> {
     if std::fs::symlink_metadata(destination).is_ok() {
         return Ok(());

@@ -1,0 +1,115 @@
+//! Containers whose process tree is brought back from a checkpoint rather than started from the spec.
+//!
+//! The runtime makes everything around the process as [`Runtime::create`] does (state directory, spec,
+//! cgroup with the spec's resources) and hands the caller a [`RestoreTarget`]; the caller (berth's shim,
+//! through CRIU) restores the process tree into it, left stopped. Until `start`, the container is
+//! `created`: a marker file stands where the start gate would be, and `start` resumes every process of
+//! the cgroup with SIGCONT.
+
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal;
+use oci_spec::runtime::Spec;
+
+use crate::OCI_VERSION;
+use crate::cgroups::{Cgroup, Layout};
+use crate::container::{Cleanup, Runtime, invalid};
+use crate::error::{Result, RuntimeError};
+use crate::state::{ContainerState, StateDir, Status, now_rfc3339, process_start_time};
+
+/// What the caller restores the process tree into.
+#[derive(Debug)]
+pub struct RestoreTarget<'a> {
+    pub id: &'a str,
+    pub spec: &'a Spec,
+    /// The container's root filesystem (already mounted), absolute.
+    pub rootfs: &'a Path,
+    /// The container's cgroup, made and limited; the restored processes belong in it.
+    pub cgroup: &'a Cgroup,
+}
+
+impl StateDir {
+    /// Present while a restored container waits for `start` (its processes are stopped).
+    pub(crate) fn restored_marker(&self) -> PathBuf {
+        self.path.join("restored.stopped")
+    }
+}
+
+impl Runtime {
+    /// Creates container `id` from the bundle with the process tree `restore` brings back (it returns the
+    /// tree's root pid, a child of the caller, every process stopped). On an error everything made here is
+    /// undone, including whatever `restore` left in the cgroup.
+    pub fn create_restored<E: From<RuntimeError>>(
+        &self,
+        id: &str,
+        bundle: &Path,
+        restore: impl FnOnce(&RestoreTarget) -> std::result::Result<i32, E>,
+    ) -> std::result::Result<ContainerState, E> {
+        let dir = self.state_dir_for(id)?;
+        let bundle = std::fs::canonicalize(bundle).map_err(RuntimeError::io("open bundle", bundle))?;
+        let spec_path = bundle.join("config.json");
+        let spec =
+            Spec::load(&spec_path).map_err(|source| RuntimeError::LoadSpec { path: spec_path.clone(), source })?;
+        let root = spec.root().as_ref().ok_or_else(|| invalid(&spec_path, "no root"))?;
+        let rootfs = std::fs::canonicalize(bundle.join(root.path()))
+            .map_err(RuntimeError::io("open rootfs", bundle.join(root.path())))?;
+        std::fs::create_dir_all(&self.root).map_err(RuntimeError::io("create the state root", &self.root))?;
+        match std::fs::create_dir(&dir.path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::Exists { id: id.into() }.into());
+            }
+            Err(source) => {
+                return Err(
+                    RuntimeError::Io { step: "create the state directory", path: dir.path.clone(), source }.into()
+                );
+            }
+        }
+        let mut cleanup = Cleanup { dir: Some(dir.clone()), cgroup: None, pid: None };
+        let cgroup_path = Cgroup::path_for(spec.linux().as_ref().and_then(|l| l.cgroups_path().as_deref()), id)?;
+        let mut state = ContainerState {
+            oci_version: OCI_VERSION.into(),
+            id: id.into(),
+            status: Status::Creating,
+            pid: 0,
+            pid_start_time: 0,
+            bundle: bundle.clone(),
+            rootfs: rootfs.clone(),
+            annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+            created: now_rfc3339(),
+            cgroup_path: cgroup_path.clone(),
+        };
+        crate::state::write_atomic(&dir.spec_file(), &serde_json::to_vec(&spec).expect("spec serializes"))?;
+        dir.save(&state)?;
+        let cgroup = Cgroup::new(Layout::host()?, cgroup_path);
+        cgroup.create()?;
+        cleanup.cgroup = Some(cgroup.clone());
+        if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+            cgroup.apply(resources)?;
+        }
+        crate::init::create_mount_points(&spec, &rootfs)?;
+        let target = RestoreTarget { id, spec: &spec, rootfs: &rootfs, cgroup: &cgroup };
+        let pid = match restore(&target) {
+            Ok(pid) => pid,
+            Err(err) => {
+                // A restore that failed half-way may have left processes in the cgroup.
+                let _ = cgroup.signal_all(Signal::SIGKILL);
+                return Err(err);
+            }
+        };
+        cleanup.pid = Some(pid);
+        std::fs::write(dir.restored_marker(), b"").map_err(RuntimeError::io("create", dir.restored_marker()))?;
+        state.pid = pid;
+        state.pid_start_time = process_start_time(pid).unwrap_or(0);
+        state.status = Status::Created;
+        dir.save(&state)?;
+        cleanup.disarm();
+        Ok(state)
+    }
+
+    /// `start` of a restored container: every process of its cgroup continues.
+    pub(crate) fn resume_restored(&self, dir: &StateDir, state: &ContainerState) -> Result<()> {
+        Cgroup::new(Layout::host()?, state.cgroup_path.clone()).signal_all(Signal::SIGCONT)?;
+        std::fs::remove_file(dir.restored_marker()).map_err(RuntimeError::io("remove", dir.restored_marker()))
+    }
+}
