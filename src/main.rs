@@ -2,7 +2,7 @@
 //! init, namespace-pinning and PID-namespace helpers.
 
 fn main() -> std::process::ExitCode {
-    // The helpers (container init, namespace pinning, shim, PID-namespace holder) must stay single-threaded and do nothing before their
+    // The helpers (container init, namespace pinning, shim, PID-namespace holder, the restore helpers) must stay single-threaded and do nothing before their
     // work: they are dispatched before any argument parsing, logging or runtime setup.
     match std::env::args_os().nth(1).as_deref().and_then(|a| a.to_str()) {
         Some("__init") => berth_runtime::init::main(),

@@ -210,14 +210,17 @@ impl ContainerManager {
             .filter_map(|m| m.destination().strip_prefix(root).ok().map(Path::to_path_buf))
             .collect();
         let upper = self.images.container_dir(id).join("upper");
-        let deleted = archive::write_rootfs_diff(&upper, &skipped, work)
-            .map_err(failed(id, "archive its root filesystem changes"))?;
-        archive::write_json(work, archive::DELETED_FILES, &deleted).map_err(failed(id, "write deleted.files"))?;
-        if !record.log_path.is_empty() && Path::new(&record.log_path).exists() {
-            std::fs::copy(&record.log_path, work.join(archive::CONTAINER_LOG))
-                .map_err(step(id, "copy the container's log into the checkpoint"))?;
-        }
-        archive::pack(work, &request.location).map_err(failed(id, "write the archive"))
+        // Disk-bound work of a size the container decides: off the runtime's worker.
+        tokio::task::block_in_place(|| {
+            let deleted = archive::write_rootfs_diff(&upper, &skipped, work)
+                .map_err(failed(id, "archive its root filesystem changes"))?;
+            archive::write_json(work, archive::DELETED_FILES, &deleted).map_err(failed(id, "write deleted.files"))?;
+            if !record.log_path.is_empty() && Path::new(&record.log_path).exists() {
+                std::fs::copy(&record.log_path, work.join(archive::CONTAINER_LOG))
+                    .map_err(step(id, "copy the container's log into the checkpoint"))?;
+            }
+            archive::pack(work, &request.location).map_err(failed(id, "write the archive"))
+        })
     }
 }
 

@@ -542,7 +542,8 @@ impl ContainerManager {
         std::fs::write(&config_path, bytes).map_err(step(&id, "write the bundle's config.json"))?;
         clock.lap("spec");
         let restore = match restore {
-            Some(restore) => Some(self.prepare_restore(record, restore, &rootfs)?),
+            // Unpacking the archive is disk-bound work of a size the checkpoint decides.
+            Some(restore) => Some(tokio::task::block_in_place(|| self.prepare_restore(record, restore, &rootfs))?),
             None => None,
         };
         let created = shim
