@@ -8,16 +8,19 @@ use std::time::Duration;
 
 use berth::cli::client::Client;
 use berth::cri::v1::*;
+use nix::sys::signal::Signal;
 use tonic::Code;
 
 use crate::containers::leftovers;
 use crate::pods_network::{pod_config, require_plugins, write_bridge_conflist, write_daemon_config};
 use crate::support::cri::{
-    container_config, create, create_refused, exec_out, run_container, start, status, stop_and_remove_pod, wait_exited,
+    container_config, create, create_refused, exec_out, pull, run_container, run_pod, start, status,
+    stop_and_remove_pod, wait_exited,
 };
 use crate::support::netns::TestNetns;
 use crate::support::registry::TestRegistry;
-use crate::support::{DaemonDirs, require_tool};
+
+use crate::support::{Daemon, DaemonDirs, require_tool};
 
 /// A shell counting in a variable (its memory is the only place the count is), writing each value to a
 /// file in its root filesystem and to its log.
@@ -191,7 +194,7 @@ async fn a_checkpoint_restored_in_a_new_pod_goes_on_counting_from_its_memory_wit
     let dirs = DaemonDirs::new();
     write_daemon_config(&dirs, Some(&registry));
     write_bridge_conflist(&dirs, "berthrest", "10.99.48.0/24");
-    let daemon = netns.start_daemon_with_images(&dirs, &[&busybox]).await;
+    let mut daemon = netns.start_daemon_with_images(&dirs, &[&busybox]).await;
     let mut client = daemon.client().await;
     let logs = dirs.path().join("logs");
     let first_config = pod_config("counter", &logs.join("first"));
@@ -298,6 +301,46 @@ async fn a_checkpoint_restored_in_a_new_pod_goes_on_counting_from_its_memory_wit
     let (code, hosts) = exec_out(&mut client, &restored, &["cat", "/etc/hosts"]).await;
     assert_eq!(code, 0);
     assert!(hosts.lines().any(|l| l.ends_with("\trestored")), "{hosts}");
+    // The same checkpoint as an image (kubelet's way: a pod's image, pulled), restored beside it.
+    let tag = dirs
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_lowercase()
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    let pushed = std::process::Command::new("python3")
+        .arg(crate::support::repo_root().join("hack/test-images.py"))
+        .args(["--registry", &registry.address, "--checkpoint-image"])
+        .arg(&archive)
+        .arg(format!("berth-test/checkpoint:{tag}"))
+        .output()
+        .unwrap();
+    assert!(pushed.status.success(), "{pushed:?}");
+    let checkpoint_image = format!("{}/berth-test/checkpoint:{tag}", registry.address);
+    // The registry is reached from the host's network only: the daemon restarts there to pull it, and
+    // the restored container lives on through both restarts.
+    drop(client);
+    let stopped = daemon.stop(Signal::SIGTERM).await;
+    assert!(stopped.success(), "{}", daemon.log_text());
+    let mut puller = Daemon::start_in(&dirs);
+    pull(&mut puller.client().await, &checkpoint_image).await;
+    assert!(puller.stop(Signal::SIGTERM).await.success(), "{}", puller.log_text());
+    let daemon = netns.start_daemon(&dirs);
+    let mut client = daemon.client().await;
+    assert!(counts_past(&mut client, &restored, later).await, "the restored container after the daemon's restarts");
+    let from_image = create(
+        &mut client,
+        &second_pod,
+        &second_config,
+        own_pid_namespace(container_config("counter-from-image", &checkpoint_image, &[])),
+    )
+    .await;
+    start(&mut client, &from_image).await;
+    let resumed = counter(&mut client, &from_image).await;
+    assert!(resumed >= checkpointed, "restored from the image at {resumed}, checkpointed at {checkpointed}");
+    assert!(counts_past(&mut client, &from_image, resumed).await, "the counter restored from the image does not count");
+
     // Stopped like any container: its exit is seen and nothing is left.
     client
         .runtime
@@ -306,15 +349,5 @@ async fn a_checkpoint_restored_in_a_new_pod_goes_on_counting_from_its_memory_wit
         .expect("StopContainer");
     assert_eq!(status(&mut client, &restored).await.state(), ContainerState::ContainerExited);
     stop_and_remove_pod(&mut client, &second_pod).await;
-    assert_eq!(leftovers(&dirs, &[first_pod, original, second_pod, restored]), Vec::<String>::new());
-}
-
-async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> String {
-    client
-        .runtime
-        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id
+    assert_eq!(leftovers(&dirs, &[first_pod, original, second_pod, restored, from_image]), Vec::<String>::new());
 }

@@ -19,6 +19,12 @@ the OCI distribution HTTP API (POST + PUT blob upload, PUT manifest as applicati
                                         registry.k8s.io/e2e-test-images/kitten (whose base is Alpine), for the
                                         node e2e run of hack/conformance.sh, pushed under its original path
 
+    hack/test-images.py --registry 127.0.0.1:PORT --checkpoint-image ARCHIVE REPOSITORY:TAG
+pushes a checkpoint image the way buildah makes one from a container checkpoint archive (CRI-O's layout):
+one uncompressed layer that is the archive itself, and the manifest annotation
+io.kubernetes.cri-o.annotations.checkpoint.name naming the checkpointed container (from its config.dump).
+It prints {"ref": "127.0.0.1:PORT/REPOSITORY:TAG", "manifest_digest": ...}.
+
 It prints (and with --out writes) JSON describing each image, e.g.
     {"busybox": {"ref": "127.0.0.1:PORT/berth-test/busybox:latest", "manifest_digest": "sha256:...",
                  "config_digest": "sha256:...", "size": N, ...}, ...}
@@ -435,6 +441,37 @@ class Registry:
         return expected
 
 
+CHECKPOINT_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
+
+
+def push_checkpoint_image(reg, archive, reference):
+    """One uncompressed layer (the archive), a config naming its diff id, the checkpoint annotation."""
+    repo, _, tag = reference.rpartition(":")
+    if not repo:
+        raise RuntimeError(f"--checkpoint-image wants REPOSITORY:TAG, got {reference!r}")
+    with open(archive, "rb") as f:
+        layer = f.read()
+    with tarfile.open(archive) as tar:
+        name = json.load(tar.extractfile("config.dump"))["name"]
+    layer_digest = sha256_digest(layer)
+    config_bytes = canonical_json({
+        "architecture": oci_platform()[0], "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "config": {}, "created": "2026-01-01T00:00:00Z",
+    })
+    manifest_bytes = canonical_json({
+        "schemaVersion": 2, "mediaType": MT_MANIFEST,
+        "config": {"mediaType": MT_CONFIG, "digest": sha256_digest(config_bytes), "size": len(config_bytes)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest,
+                    "size": len(layer)}],
+        "annotations": {CHECKPOINT_ANNOTATION: name},
+    })
+    reg.push_blob(repo, layer_digest, len(layer), lambda: io.BytesIO(layer))
+    reg.push_blob(repo, sha256_digest(config_bytes), len(config_bytes), lambda: io.BytesIO(config_bytes))
+    digest = reg.push_manifest(repo, tag, manifest_bytes)
+    return {"ref": f"{reg.addr}/{repo}:{tag}", "manifest_digest": digest}
+
+
 def main():
     ap = argparse.ArgumentParser(description="Build berth's deterministic test images and push them.")
     ap.add_argument("--registry", required=True, help="registry address, e.g. 127.0.0.1:5000 (plain HTTP)")
@@ -446,7 +483,14 @@ def main():
                                  "berth-test-images")
     ap.add_argument("--cache-dir", default=default_cache, help=f"layer cache (default {default_cache})")
     ap.add_argument("--tag", default="latest", help="tag to push (default latest)")
+    ap.add_argument("--checkpoint-image", nargs=2, metavar=("ARCHIVE", "REPOSITORY:TAG"),
+                    help="push a checkpoint image made from a container checkpoint archive, and nothing else")
     args = ap.parse_args()
+
+    if args.checkpoint_image:
+        result = push_checkpoint_image(Registry(args.registry), *args.checkpoint_image)
+        sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+        return
 
     addr = args.registry
     if "/" in addr or addr.startswith("http"):

@@ -210,6 +210,54 @@ pub fn read_metadata(archive: &Path) -> Result<(ConfigDump, oci_spec::runtime::S
     }
 }
 
+/// `config.dump` and `spec.dump` of a checkpoint's files in a directory (a checkpoint image's layer).
+pub fn read_metadata_dir(dir: &Path) -> Result<(ConfigDump, oci_spec::runtime::Spec), CheckpointError> {
+    let read = |name: &str| -> Result<Vec<u8>, CheckpointError> {
+        std::fs::read(dir.join(name)).map_err(|e| CheckpointError::InvalidArchive {
+            path: dir.to_owned(),
+            reason: format!("no readable {name}: {e}"),
+        })
+    };
+    let invalid = |name: &str, e: serde_json::Error| CheckpointError::InvalidArchive {
+        path: dir.join(name),
+        reason: e.to_string(),
+    };
+    let config = serde_json::from_slice(&read(CONFIG_DUMP)?).map_err(|e| invalid(CONFIG_DUMP, e))?;
+    let spec = serde_json::from_slice(&read(SPEC_DUMP)?).map_err(|e| invalid(SPEC_DUMP, e))?;
+    Ok((config, spec))
+}
+
+/// Copies an unpacked image layer's files into `dest` (modes kept; a layer above replaces what a layer
+/// below put there; the layer's whiteouts are not files of the checkpoint and are skipped).
+pub fn copy_layer(layer: &Path, dest: &Path) -> Result<(), CheckpointError> {
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let from_dir = layer.join(&relative);
+        for entry in std::fs::read_dir(&from_dir).map_err(io("read", &from_dir))? {
+            let entry = entry.map_err(io("read", &from_dir))?;
+            let name = relative.join(entry.file_name());
+            let (from, to) = (entry.path(), dest.join(&name));
+            let metadata = std::fs::symlink_metadata(&from).map_err(io("inspect", &from))?;
+            if metadata.is_dir() {
+                match std::fs::create_dir(&to) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(source) => return Err(CheckpointError::Io { step: "create", path: to, source }),
+                }
+                std::fs::set_permissions(&to, metadata.permissions()).map_err(io("chmod", &to))?;
+                pending.push(name);
+            } else if metadata.is_file() {
+                std::fs::copy(&from, &to).map_err(io("copy", &from))?;
+            } else if metadata.file_type().is_symlink() {
+                let target = std::fs::read_link(&from).map_err(io("read", &from))?;
+                let _ = std::fs::remove_file(&to);
+                std::os::unix::fs::symlink(target, &to).map_err(io("create", &to))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Brings the root filesystem changes of an unpacked checkpoint (`dir`) into the new container's mounted
 /// root: `rootfs-diff.tar` unpacked over it (owners and modes kept; nothing may land outside it), then
 /// every path of `deleted.files` removed.

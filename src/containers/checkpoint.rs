@@ -224,38 +224,29 @@ impl ContainerManager {
     }
 }
 
-/// A CreateContainer whose image is a checkpoint archive (CRI-O's convention: `image.image` is the
-/// archive's absolute path): the container is made from the image the checkpoint was taken from, and its
-/// processes, root filesystem changes and log come back from the archive.
+/// A CreateContainer whose image is a checkpoint: CRI-O's two forms, an archive (`image.image` is its
+/// absolute path, as crictl passes it) or a checkpoint image (an OCI image whose manifest carries
+/// [`CHECKPOINT_IMAGE_ANNOTATION`] and whose layers hold the archive's files, as buildah makes it and
+/// kubelet pulls it). The container is made from the image the checkpoint was taken from, and its
+/// processes, root filesystem changes and log come back from the checkpoint.
 #[derive(Debug, Clone)]
 pub(super) struct Restore {
-    pub archive: PathBuf,
+    pub from: RestoreFrom,
     pub config: ConfigDump,
 }
 
-/// Whether `image` names a checkpoint archive; if so, the request is rewritten to run what the checkpoint
-/// ran (its command, environment and working directory), and the archive's metadata is returned. An
-/// absolute path to a file that is not a checkpoint is refused.
-pub(super) fn restore_request(
-    pod: &crate::records::PodRecord,
-    image: &str,
-    config: &mut crate::cri::v1::ContainerConfig,
-) -> Result<Option<Restore>, ContainerError> {
-    let archive = Path::new(image);
-    if !archive.is_absolute() || !archive.is_file() {
-        return Ok(None);
-    }
-    let (dump, spec) = archive::read_metadata(archive).map_err(failed(&config_name(config), "read the checkpoint"))?;
-    if pod.userns.is_some() {
-        return Err(ContainerError::Invalid(format!(
-            "checkpoint {image}: restoring into a pod with its own user namespace (hostUsers: false) is not supported"
-        )));
-    }
-    if config.tty {
-        return Err(ContainerError::Invalid(format!(
-            "checkpoint {image}: restoring a container with a terminal (tty) is not supported"
-        )));
-    }
+#[derive(Debug, Clone)]
+pub(super) enum RestoreFrom {
+    Archive(PathBuf),
+    /// The checkpoint image's unpacked layers, bottom first.
+    Image(Vec<PathBuf>),
+}
+
+/// The manifest annotation that marks a checkpoint image (CRI-O's; buildah sets it with `--annotation`).
+pub const CHECKPOINT_IMAGE_ANNOTATION: &str = "io.kubernetes.cri-o.annotations.checkpoint.name";
+
+/// The request rewritten to run what the checkpoint ran: its command, environment and working directory.
+fn run_what_was_checkpointed(spec: &oci_spec::runtime::Spec, config: &mut crate::cri::v1::ContainerConfig) {
     if let Some(process) = spec.process() {
         config.command = process.args().clone().unwrap_or_default();
         config.args.clear();
@@ -268,11 +259,60 @@ pub(super) fn restore_request(
             .map(|(key, value)| crate::cri::v1::KeyValue { key: key.to_owned(), value: value.as_bytes().to_vec() })
             .collect();
     }
-    Ok(Some(Restore { archive: archive.to_owned(), config: dump }))
 }
 
 fn config_name(config: &crate::cri::v1::ContainerConfig) -> String {
     config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()
+}
+
+impl ContainerManager {
+    /// Whether `image` names a checkpoint (an archive path or a checkpoint image); if so the request is
+    /// rewritten to run what the checkpoint ran and the checkpoint's metadata is returned. An absolute path
+    /// to a file that is not a checkpoint is refused.
+    pub(super) async fn restore_request(
+        &self,
+        pod: &crate::records::PodRecord,
+        image: &str,
+        config: &mut crate::cri::v1::ContainerConfig,
+    ) -> Result<Option<Restore>, ContainerError> {
+        let name = config_name(config);
+        let path = Path::new(image);
+        let (from, (dump, spec)) = if path.is_absolute() && path.is_file() {
+            let metadata = archive::read_metadata(path).map_err(failed(&name, "read the checkpoint"))?;
+            (RestoreFrom::Archive(path.to_owned()), metadata)
+        } else {
+            let Some(record) = self.images.find(image).await.map_err(step("", "look up the image"))? else {
+                return Ok(None);
+            };
+            if !self.is_checkpoint_image(&record) {
+                return Ok(None);
+            }
+            let layers: Vec<PathBuf> = record.chain_ids.iter().map(|c| self.images.snapshot_path(c)).collect();
+            let top = layers.iter().rev().find(|l| l.join(archive::CONFIG_DUMP).exists()).cloned().unwrap_or_default();
+            let metadata = archive::read_metadata_dir(&top).map_err(failed(&name, "read the checkpoint image"))?;
+            (RestoreFrom::Image(layers), metadata)
+        };
+        if pod.userns.is_some() {
+            return Err(ContainerError::Invalid(format!(
+                "checkpoint {image}: restoring into a pod with its own user namespace (hostUsers: false) is not supported"
+            )));
+        }
+        if config.tty {
+            return Err(ContainerError::Invalid(format!(
+                "checkpoint {image}: restoring a container with a terminal (tty) is not supported"
+            )));
+        }
+        run_what_was_checkpointed(&spec, config);
+        Ok(Some(Restore { from, config: dump }))
+    }
+
+    /// Whether the image's manifest marks it as a checkpoint image.
+    fn is_checkpoint_image(&self, record: &berth_image::ImageRecord) -> bool {
+        let Ok(bytes) = std::fs::read(self.images.blob_path(&record.manifest)) else { return false };
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .is_some_and(|manifest| manifest["annotations"].get(CHECKPOINT_IMAGE_ANNOTATION).is_some())
+    }
 }
 
 impl ContainerManager {
@@ -289,7 +329,14 @@ impl ContainerManager {
         let dir = self.container_dir(record).join("restore");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(step(id, "create the restore directory"))?;
-        archive::unpack(&restore.archive, &dir).map_err(failed(id, "unpack the checkpoint"))?;
+        match &restore.from {
+            RestoreFrom::Archive(path) => archive::unpack(path, &dir).map_err(failed(id, "unpack the checkpoint"))?,
+            RestoreFrom::Image(layers) => {
+                for layer in layers {
+                    archive::copy_layer(layer, &dir).map_err(failed(id, "copy the checkpoint image's files"))?;
+                }
+            }
+        }
         archive::apply_rootfs_changes(&dir, rootfs).map_err(failed(id, "restore its root filesystem changes"))?;
         let log = dir.join(archive::CONTAINER_LOG);
         if !record.log_path.is_empty() && log.exists() && !Path::new(&record.log_path).exists() {

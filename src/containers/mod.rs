@@ -398,7 +398,7 @@ impl ContainerManager {
             });
         }
         let mut request = request;
-        let restore = checkpoint::restore_request(&pod, &image, &mut request.config)?;
+        let restore = self.restore_request(&pod, &image, &mut request.config).await?;
         // A restore runs on the image the checkpoint was taken from, found by its id.
         let (base_image, base_name) = match &restore {
             Some(restore) => (restore.config.rootfs_image_ref.clone(), restore.config.rootfs_image_name.clone()),
