@@ -88,18 +88,36 @@ fn frozen(id: &str) -> bool {
         })
 }
 
+/// A daemon in a network namespace of its own with a bridge network, and the test images' busybox.
+struct Rig {
+    registry: TestRegistry,
+    busybox: String,
+    netns: TestNetns,
+    dirs: DaemonDirs,
+    daemon: Daemon,
+    client: Client,
+}
+
+impl Rig {
+    async fn start(bridge: &str, subnet: &str) -> Rig {
+        require_plugins();
+        require_tool("criu");
+        let registry = TestRegistry::get();
+        let busybox = registry.image("busybox").reference.clone();
+        let netns = TestNetns::new();
+        let dirs = DaemonDirs::new();
+        write_daemon_config(&dirs, Some(&registry));
+        write_bridge_conflist(&dirs, bridge, subnet);
+        let daemon = netns.start_daemon_with_images(&dirs, &[&busybox]).await;
+        let client = daemon.client().await;
+        Rig { registry, busybox, netns, dirs, daemon, client }
+    }
+}
+
 #[tokio::test]
 async fn a_checkpoint_archives_the_running_container_in_cri_o_layout_and_it_keeps_running() {
-    require_plugins();
-    require_tool("criu");
-    let registry = TestRegistry::get();
-    let busybox = registry.image("busybox").reference.clone();
-    let netns = TestNetns::new();
-    let dirs = DaemonDirs::new();
-    write_daemon_config(&dirs, Some(&registry));
-    write_bridge_conflist(&dirs, "berthckpt", "10.99.47.0/24");
-    let daemon = netns.start_daemon_with_images(&dirs, &[&busybox]).await;
-    let mut client = daemon.client().await;
+    let Rig { registry: _registry, busybox, netns: _netns, dirs, daemon: _daemon, mut client } =
+        Rig::start("berthckpt", "10.99.47.0/24").await;
     let logs = dirs.path().join("logs");
     let pod_config = pod_config("counter", &logs);
     let pod = client
@@ -186,16 +204,7 @@ async fn a_checkpoint_archives_the_running_container_in_cri_o_layout_and_it_keep
 
 #[tokio::test]
 async fn a_checkpoint_restored_in_a_new_pod_goes_on_counting_from_its_memory_with_its_files_and_log() {
-    require_plugins();
-    require_tool("criu");
-    let registry = TestRegistry::get();
-    let busybox = registry.image("busybox").reference.clone();
-    let netns = TestNetns::new();
-    let dirs = DaemonDirs::new();
-    write_daemon_config(&dirs, Some(&registry));
-    write_bridge_conflist(&dirs, "berthrest", "10.99.48.0/24");
-    let mut daemon = netns.start_daemon_with_images(&dirs, &[&busybox]).await;
-    let mut client = daemon.client().await;
+    let Rig { registry, busybox, netns, dirs, mut daemon, mut client } = Rig::start("berthrest", "10.99.48.0/24").await;
     let logs = dirs.path().join("logs");
     let first_config = pod_config("counter", &logs.join("first"));
     let first_pod = run_pod(&mut client, &first_config).await;

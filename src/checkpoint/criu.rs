@@ -140,6 +140,28 @@ pub struct ExternalNamespace {
     pub key: &'static str,
 }
 
+/// A CRIU command line being built.
+struct Args(Vec<OsString>);
+
+impl Args {
+    /// What every run of CRIU by berth names: the image directory, the work directory, a verbose log file
+    /// (the one place a failure is explained) and the container's root.
+    fn new(images_dir: &Path, work_dir: &Path, log_file: &Path, root: &Path) -> Args {
+        let mut args = Args(Vec::new());
+        args.push("--images-dir", Some(images_dir.into()));
+        args.push("--work-dir", Some(work_dir.into()));
+        args.push("--log-file", Some(log_file.into()));
+        args.push("-v4", None);
+        args.push("--root", Some(root.into()));
+        args
+    }
+
+    fn push(&mut self, flag: &str, value: Option<OsString>) {
+        self.0.push(flag.into());
+        self.0.extend(value);
+    }
+}
+
 /// What a dump of one container needs.
 #[derive(Debug, Clone)]
 pub struct DumpPlan {
@@ -161,19 +183,9 @@ pub struct DumpPlan {
 impl DumpPlan {
     /// `criu dump`'s arguments (without the action).
     pub fn args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = Vec::new();
-        let mut push = |flag: &str, value: Option<OsString>| {
-            args.push(flag.into());
-            if let Some(value) = value {
-                args.push(value);
-            }
-        };
+        let mut args = Args::new(&self.images_dir, &self.work_dir, &self.log_file, &self.root);
+        let mut push = |flag: &str, value: Option<OsString>| args.push(flag, value);
         push("--tree", Some(self.pid.to_string().into()));
-        push("--images-dir", Some(self.images_dir.clone().into()));
-        push("--work-dir", Some(self.work_dir.clone().into()));
-        push("--log-file", Some(self.log_file.clone().into()));
-        push("-v4", None);
-        push("--root", Some(self.root.clone().into()));
         // Locks taken with flock/fcntl are part of the state, and the cgroups are the container's own.
         push("--file-locks", None);
         push("--manage-cgroups", None);
@@ -189,7 +201,7 @@ impl DumpPlan {
         for namespace in &self.external_namespaces {
             push("--external", Some(format!("{}[{}]:{}", namespace.kind, namespace.inode, namespace.key).into()));
         }
-        args
+        args.0
     }
 }
 
@@ -216,18 +228,8 @@ impl RestorePlan {
     /// `criu restore`'s arguments (without the action). The tree is restored stopped, as a sibling of CRIU
     /// (a child of CRIU's parent, the shim), and stays in the cgroup CRIU was started in.
     pub fn args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = Vec::new();
-        let mut push = |flag: &str, value: Option<OsString>| {
-            args.push(flag.into());
-            if let Some(value) = value {
-                args.push(value);
-            }
-        };
-        push("--images-dir", Some(self.images_dir.clone().into()));
-        push("--work-dir", Some(self.work_dir.clone().into()));
-        push("--log-file", Some(self.log_file.clone().into()));
-        push("-v4", None);
-        push("--root", Some(self.root.clone().into()));
+        let mut args = Args::new(&self.images_dir, &self.work_dir, &self.log_file, &self.root);
+        let mut push = |flag: &str, value: Option<OsString>| args.push(flag, value);
         push("--restore-detached", None);
         push("--restore-sibling", None);
         push("--leave-stopped", None);
@@ -243,7 +245,7 @@ impl RestorePlan {
         for (kind, path) in &self.joined_namespaces {
             push("--join-ns", Some(format!("{kind}:{}", path.display()).into()));
         }
-        args
+        args.0
     }
 }
 
@@ -269,7 +271,10 @@ mod tests {
     fn a_dump_names_the_tree_its_external_mounts_and_namespaces_and_leaves_the_container_running() {
         let args: Vec<String> = plan().args().into_iter().map(|a| a.into_string().unwrap()).collect();
         let joined = args.join(" ");
-        assert!(joined.starts_with("--tree 42 --images-dir /w/checkpoint --work-dir /w --log-file /w/dump.log"));
+        assert!(
+            joined.starts_with("--images-dir /w/checkpoint --work-dir /w --log-file /w/dump.log -v4 --root /b/rootfs")
+        );
+        assert!(joined.contains("--tree 42"), "{joined}");
         for expected in [
             "--leave-running",
             "--freeze-cgroup /sys/fs/cgroup/freezer/berth/x",

@@ -177,15 +177,35 @@ impl ContainerManager {
             freezer: cgroup.freezer_dir().filter(|d| d.exists()),
             leave_running: true,
         };
-        tracing::debug!(container_id = id, criu = %criu.program().display(), args = ?plan.args(), "dumping the container");
-        let dumped = criu.run("dump", &plan.args(), &plan.log_file, request.timeout).await;
-        if let Err(err) = dumped {
-            // A CRIU stopped half-way leaves the cgroup frozen: the container must go on running.
-            if let Err(thaw) = cgroup.thaw() {
-                tracing::warn!(container_id = id, error = %berth_error_kind::chain(&thaw), "cannot thaw the container after a failed checkpoint");
-            }
-            return Err(failed(id, "dump its processes")(err));
+        let root = Path::new("/");
+        let skipped: Vec<PathBuf> = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .filter_map(|m| m.destination().strip_prefix(root).ok().map(Path::to_path_buf))
+            .collect();
+        let upper = self.images.container_dir(id).join("upper");
+        // The processes and the files they write are taken at the same instant: the cgroup is frozen before
+        // CRIU runs (CRIU leaves a cgroup it found frozen frozen) and thawed once the root filesystem's
+        // changes are archived. Without a freezer the files are read while the container runs.
+        let frozen = plan.freezer.is_some();
+        if frozen {
+            cgroup.freeze().map_err(step(id, "freeze the container"))?;
         }
+        tracing::debug!(container_id = id, criu = %criu.program().display(), args = ?plan.args(), "dumping the container");
+        let captured = match criu.run("dump", &plan.args(), &plan.log_file, request.timeout).await {
+            Ok(()) => tokio::task::block_in_place(|| {
+                let deleted = archive::write_rootfs_diff(&upper, &skipped, work)
+                    .map_err(failed(id, "archive its root filesystem changes"))?;
+                archive::write_json(work, archive::DELETED_FILES, &deleted).map_err(failed(id, "write deleted.files"))
+            }),
+            Err(err) => Err(failed(id, "dump its processes")(err)),
+        };
+        // Whatever happened, the container goes on running (a CRIU stopped half-way leaves it frozen too).
+        if let Err(thaw) = cgroup.thaw() {
+            tracing::warn!(container_id = id, error = %berth_error_kind::chain(&thaw), "cannot thaw the container after its checkpoint");
+        }
+        captured?;
 
         std::fs::copy(&spec_path, work.join(archive::SPEC_DUMP))
             .map_err(step(id, "copy the spec into the checkpoint"))?;
@@ -202,19 +222,8 @@ impl ContainerManager {
             restored: false,
         };
         archive::write_json(work, archive::CONFIG_DUMP, &config).map_err(failed(id, "write config.dump"))?;
-        let root = Path::new("/");
-        let skipped: Vec<PathBuf> = spec
-            .mounts()
-            .iter()
-            .flatten()
-            .filter_map(|m| m.destination().strip_prefix(root).ok().map(Path::to_path_buf))
-            .collect();
-        let upper = self.images.container_dir(id).join("upper");
         // Disk-bound work of a size the container decides: off the runtime's worker.
         tokio::task::block_in_place(|| {
-            let deleted = archive::write_rootfs_diff(&upper, &skipped, work)
-                .map_err(failed(id, "archive its root filesystem changes"))?;
-            archive::write_json(work, archive::DELETED_FILES, &deleted).map_err(failed(id, "write deleted.files"))?;
             if !record.log_path.is_empty() && Path::new(&record.log_path).exists() {
                 std::fs::copy(&record.log_path, work.join(archive::CONTAINER_LOG))
                     .map_err(step(id, "copy the container's log into the checkpoint"))?;

@@ -71,50 +71,22 @@ impl Runtime {
     /// Creates the container: everything is set up and the process waits at the start gate.
     pub fn create(&self, id: &str, bundle: &Path, options: CreateOptions) -> Result<ContainerState> {
         let dir = self.state_dir(id)?;
-        let bundle = std::fs::canonicalize(bundle).map_err(RuntimeError::io("open bundle", bundle))?;
-        let spec_path = bundle.join("config.json");
-        let spec =
-            Spec::load(&spec_path).map_err(|source| RuntimeError::LoadSpec { path: spec_path.clone(), source })?;
-        let root = spec.root().as_ref().ok_or_else(|| invalid(&spec_path, "no root"))?;
+        let opened = OpenedBundle::open(bundle)?;
+        let spec = &opened.spec;
         if spec.process().is_none() {
-            return Err(invalid(&spec_path, "no process"));
+            return Err(invalid(&opened.spec_path, "no process"));
         }
-        let rootfs = std::fs::canonicalize(bundle.join(root.path()))
-            .map_err(RuntimeError::io("open rootfs", bundle.join(root.path())))?;
         if spec.process().as_ref().and_then(|p| p.terminal()) == Some(true) && options.console_socket.is_none() {
-            return Err(invalid(&spec_path, "process.terminal needs a console socket (--console-socket)"));
+            return Err(invalid(&opened.spec_path, "process.terminal needs a console socket (--console-socket)"));
         }
-
-        std::fs::create_dir_all(&self.root).map_err(RuntimeError::io("create the state root", &self.root))?;
-        match std::fs::create_dir(&dir.path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(RuntimeError::Exists { id: id.into() });
-            }
-            Err(source) => {
-                return Err(RuntimeError::Io { step: "create the state directory", path: dir.path.clone(), source });
-            }
-        }
-        let mut cleanup = Cleanup { dir: Some(dir.clone()), cgroup: None, pid: None };
+        let mut cleanup = self.make_state_dir(&dir, id)?;
         // Started first: its exec and start-up (about a millisecond) overlap the state files and the cgroup
         // below. It waits for its bootstrap, sent only once it is in the cgroup.
         let helper = InitHelper::spawn(&self.init_binary)?;
-        let cgroup_path = Cgroup::path_for(spec.linux().as_ref().and_then(|l| l.cgroups_path().as_deref()), id)?;
-        let mut state = ContainerState {
-            oci_version: OCI_VERSION.into(),
-            id: id.into(),
-            status: Status::Creating,
-            pid: 0,
-            pid_start_time: 0,
-            bundle: bundle.clone(),
-            rootfs: rootfs.clone(),
-            annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
-            created: now_rfc3339(),
-            cgroup_path: cgroup_path.clone(),
-        };
-        let spec_bytes = serde_json::to_vec(&spec).expect("spec serializes");
-        crate::state::write_atomic(&dir.spec_file(), &spec_bytes)?;
-        dir.save(&state)?;
+        let mut state = opened.first_state(&dir, id)?;
+        let cgroup_path = state.cgroup_path.clone();
+        let rootfs = opened.rootfs.clone();
+        let spec = opened.spec;
         nix::unistd::mkfifo(&dir.exec_fifo(), nix::sys::stat::Mode::from_bits_truncate(0o622))
             .map_err(RuntimeError::sys(format!("mkfifo {}", dir.exec_fifo().display())))?;
         // Writable by anyone (the umask took that away): a container's root in a user namespace is not the
@@ -496,6 +468,59 @@ impl Runtime {
     fn spec_of(&self, dir: &StateDir) -> Result<Spec> {
         let path = dir.spec_file();
         Spec::load(&path).map_err(|source| RuntimeError::LoadSpec { path, source })
+    }
+}
+
+/// A bundle's spec and root filesystem, resolved.
+pub(crate) struct OpenedBundle {
+    pub(crate) bundle: PathBuf,
+    pub(crate) spec_path: PathBuf,
+    pub(crate) spec: Spec,
+    pub(crate) rootfs: PathBuf,
+}
+
+impl OpenedBundle {
+    pub(crate) fn open(bundle: &Path) -> Result<OpenedBundle> {
+        let bundle = std::fs::canonicalize(bundle).map_err(RuntimeError::io("open bundle", bundle))?;
+        let spec_path = bundle.join("config.json");
+        let spec =
+            Spec::load(&spec_path).map_err(|source| RuntimeError::LoadSpec { path: spec_path.clone(), source })?;
+        let root = spec.root().as_ref().ok_or_else(|| invalid(&spec_path, "no root"))?;
+        let rootfs = std::fs::canonicalize(bundle.join(root.path()))
+            .map_err(RuntimeError::io("open rootfs", bundle.join(root.path())))?;
+        Ok(OpenedBundle { bundle, spec_path, spec, rootfs })
+    }
+
+    /// The container's state while it is being created, written with its spec into `dir`.
+    pub(crate) fn first_state(&self, dir: &StateDir, id: &str) -> Result<ContainerState> {
+        let spec = &self.spec;
+        let state = ContainerState {
+            oci_version: OCI_VERSION.into(),
+            id: id.into(),
+            status: Status::Creating,
+            pid: 0,
+            pid_start_time: 0,
+            bundle: self.bundle.clone(),
+            rootfs: self.rootfs.clone(),
+            annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
+            created: now_rfc3339(),
+            cgroup_path: Cgroup::path_for(spec.linux().as_ref().and_then(|l| l.cgroups_path().as_deref()), id)?,
+        };
+        crate::state::write_atomic(&dir.spec_file(), &serde_json::to_vec(spec).expect("spec serializes"))?;
+        dir.save(&state)?;
+        Ok(state)
+    }
+}
+
+impl Runtime {
+    /// Creates the container's state directory; the returned guard removes it again unless disarmed.
+    pub(crate) fn make_state_dir(&self, dir: &StateDir, id: &str) -> Result<Cleanup> {
+        std::fs::create_dir_all(&self.root).map_err(RuntimeError::io("create the state root", &self.root))?;
+        match std::fs::create_dir(&dir.path) {
+            Ok(()) => Ok(Cleanup { dir: Some(dir.clone()), cgroup: None, pid: None }),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Err(RuntimeError::Exists { id: id.into() }),
+            Err(source) => Err(RuntimeError::Io { step: "create the state directory", path: dir.path.clone(), source }),
+        }
     }
 }
 

@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::Spec;
 
-use crate::OCI_VERSION;
 use crate::cgroups::{Cgroup, Layout};
-use crate::container::{Cleanup, Runtime, invalid};
+use crate::container::{OpenedBundle, Runtime};
 use crate::error::{Result, RuntimeError};
-use crate::state::{ContainerState, StateDir, Status, now_rfc3339, process_start_time};
+use crate::state::{ContainerState, StateDir, Status, process_start_time};
 
 /// What the caller restores the process tree into.
 #[derive(Debug)]
@@ -46,49 +45,19 @@ impl Runtime {
         restore: impl FnOnce(&RestoreTarget) -> std::result::Result<i32, E>,
     ) -> std::result::Result<ContainerState, E> {
         let dir = self.state_dir_for(id)?;
-        let bundle = std::fs::canonicalize(bundle).map_err(RuntimeError::io("open bundle", bundle))?;
-        let spec_path = bundle.join("config.json");
-        let spec =
-            Spec::load(&spec_path).map_err(|source| RuntimeError::LoadSpec { path: spec_path.clone(), source })?;
-        let root = spec.root().as_ref().ok_or_else(|| invalid(&spec_path, "no root"))?;
-        let rootfs = std::fs::canonicalize(bundle.join(root.path()))
-            .map_err(RuntimeError::io("open rootfs", bundle.join(root.path())))?;
-        std::fs::create_dir_all(&self.root).map_err(RuntimeError::io("create the state root", &self.root))?;
-        match std::fs::create_dir(&dir.path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(RuntimeError::Exists { id: id.into() }.into());
-            }
-            Err(source) => {
-                return Err(
-                    RuntimeError::Io { step: "create the state directory", path: dir.path.clone(), source }.into()
-                );
-            }
-        }
-        let mut cleanup = Cleanup { dir: Some(dir.clone()), cgroup: None, pid: None };
-        let cgroup_path = Cgroup::path_for(spec.linux().as_ref().and_then(|l| l.cgroups_path().as_deref()), id)?;
-        let mut state = ContainerState {
-            oci_version: OCI_VERSION.into(),
-            id: id.into(),
-            status: Status::Creating,
-            pid: 0,
-            pid_start_time: 0,
-            bundle: bundle.clone(),
-            rootfs: rootfs.clone(),
-            annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
-            created: now_rfc3339(),
-            cgroup_path: cgroup_path.clone(),
-        };
-        crate::state::write_atomic(&dir.spec_file(), &serde_json::to_vec(&spec).expect("spec serializes"))?;
-        dir.save(&state)?;
+        let opened = OpenedBundle::open(bundle)?;
+        let mut cleanup = self.make_state_dir(&dir, id)?;
+        let mut state = opened.first_state(&dir, id)?;
+        let (spec, rootfs) = (&opened.spec, &opened.rootfs);
+        let cgroup_path = state.cgroup_path.clone();
         let cgroup = Cgroup::new(Layout::host()?, cgroup_path);
         cgroup.create()?;
         cleanup.cgroup = Some(cgroup.clone());
         if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             cgroup.apply(resources)?;
         }
-        crate::init::create_mount_points(&spec, &rootfs)?;
-        let target = RestoreTarget { id, spec: &spec, rootfs: &rootfs, cgroup: &cgroup };
+        crate::init::create_mount_points(spec, rootfs)?;
+        let target = RestoreTarget { id, spec, rootfs, cgroup: &cgroup };
         let pid = match restore(&target) {
             Ok(pid) => pid,
             Err(err) => {

@@ -458,6 +458,14 @@ impl Cgroup {
     }
 
     /// Thaws the cgroup (after a checkpoint tool that froze it failed or was stopped half-way).
+    /// Freezes every process of the cgroup (a no-op where the host has no freezer).
+    pub fn freeze(&self) -> Result<()> {
+        match self.freezer_dir() {
+            Some(dir) => v1::set_frozen(&dir, &self.layout, true),
+            None => Ok(()),
+        }
+    }
+
     pub fn thaw(&self) -> Result<()> {
         match self.freezer_dir() {
             Some(dir) => v1::set_frozen(&dir, &self.layout, false),
