@@ -26,7 +26,6 @@ pub const ROOTFS_DIFF: &str = "rootfs-diff.tar";
 pub const DELETED_FILES: &str = "deleted.files";
 pub const CONTAINER_LOG: &str = "container.log";
 pub const DUMP_LOG: &str = "dump.log";
-pub const STATS_DUMP: &str = "stats-dump";
 /// Inside the CRIU image directory: what the container's fds 0, 1 and 2 were (`pipe:[inode]`, `/dev/null`),
 /// so a restore can hand it new ones in their place (runc names it the same).
 pub const DESCRIPTORS: &str = "descriptors.json";
@@ -319,17 +318,6 @@ fn remove_inside(root: &Path, name: &Path) -> Result<(), CheckpointError> {
     result.map_err(io("remove a file the container had deleted", &path))
 }
 
-/// Whether `path` is a checkpoint archive (a tar whose first entries include `config.dump` and
-/// `spec.dump`), as opposed to an image name.
-pub fn is_archive(path: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(path) else { return false };
-    let mut reader = tar::Archive::new(std::io::BufReader::new(file));
-    let Ok(entries) = reader.entries() else { return false };
-    let names: Vec<String> =
-        entries.take(4).filter_map(|e| e.ok().and_then(|e| e.path().ok().map(|p| p.display().to_string()))).collect();
-    names.iter().any(|n| n == CONFIG_DUMP) && names.iter().any(|n| n == SPEC_DUMP)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,7 +391,6 @@ mod tests {
         let not_tar = dir.path().join("x.tar");
         std::fs::write(&not_tar, b"plain bytes").unwrap();
         assert!(matches!(read_metadata(&not_tar), Err(CheckpointError::InvalidArchive { .. })));
-        assert!(!is_archive(&not_tar));
     }
 
     #[test]
@@ -422,7 +409,6 @@ mod tests {
             ["config.dump", "spec.dump", "checkpoint/", "checkpoint/inventory.img", "dump.log", "rootfs-diff.tar"]
         );
         assert_eq!(std::fs::metadata(&location).unwrap().mode() & 0o777, 0o600);
-        assert!(is_archive(&location));
         assert!(
             !std::fs::read_dir(dir.path()).unwrap().any(|e| e
                 .unwrap()

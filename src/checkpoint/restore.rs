@@ -26,6 +26,9 @@ pub const GATE_COMMAND: &str = "__criu-gate";
 /// The hidden command that gives the pod's UTS namespace its hostname back after a restore.
 pub const HOSTNAME_COMMAND: &str = "__set-hostname";
 
+/// CRIU's log of a restore, in the work directory.
+pub const RESTORE_LOG: &str = "restore.log";
+
 /// How long a restore may take before CRIU is killed.
 const RESTORE_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -135,9 +138,9 @@ fn plan(
 ) -> RestorePlan {
     let mut external_mounts = Vec::new();
     for mount in target.spec.mounts().iter().flatten() {
-        let bind = mount.typ().as_deref() == Some("bind")
-            || mount.options().iter().flatten().any(|o| o == "bind" || o == "rbind");
-        if bind && let Some(host) = mount.source() {
+        if berth_runtime::init::is_bind_mount(mount)
+            && let Some(host) = mount.source()
+        {
             external_mounts.push((mount.destination().display().to_string(), host.clone()));
         } else if mount.typ().as_deref() == Some("cgroup") {
             for (inside, host) in target.cgroup.container_mounts(mount.destination()) {
@@ -165,7 +168,7 @@ fn plan(
     RestorePlan {
         images_dir: source.images_dir.clone(),
         work_dir: source.work_dir.clone(),
-        log_file: source.work_dir.join("restore.log"),
+        log_file: source.work_dir.join(RESTORE_LOG),
         pid_file: source.work_dir.join("restore.pid"),
         root: target.rootfs.to_owned(),
         external_mounts,

@@ -15,6 +15,7 @@ use super::{ContainerError, ContainerManager, step};
 use crate::checkpoint::CheckpointError;
 use crate::checkpoint::archive::{self, ConfigDump};
 use crate::checkpoint::criu::{self, Criu, DumpPlan, ExternalNamespace};
+use crate::checkpoint::restore::RESTORE_LOG;
 use crate::records::ContainerRecord;
 
 /// What CheckpointContainer asks for.
@@ -40,9 +41,7 @@ fn external_mounts(spec: &oci_spec::runtime::Spec, mountinfo: &str) -> Vec<Strin
     let mounts = spec.mounts().iter().flatten();
     let mut destinations: Vec<String> = mounts
         .clone()
-        .filter(|m| {
-            m.typ().as_deref() == Some("bind") || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind")
-        })
+        .filter(|m| berth_runtime::init::is_bind_mount(m))
         .map(|m| m.destination().display().to_string())
         .collect();
     for cgroup_mount in mounts.filter(|m| m.typ().as_deref() == Some("cgroup")) {
@@ -275,13 +274,14 @@ fn config_name(config: &crate::cri::v1::ContainerConfig) -> String {
 }
 
 impl ContainerManager {
-    /// Whether `image` names a checkpoint (an archive path or a checkpoint image); if so the request is
-    /// rewritten to run what the checkpoint ran and the checkpoint's metadata is returned. An absolute path
-    /// to a file that is not a checkpoint is refused.
-    pub(super) async fn restore_request(
+    /// Whether `image` names a checkpoint (an archive path, or `found`, the image it names, is a checkpoint
+    /// image); if so the request is rewritten to run what the checkpoint ran and the checkpoint's metadata
+    /// is returned. An absolute path to a file that is not a checkpoint is refused.
+    pub(super) fn restore_request(
         &self,
         pod: &crate::records::PodRecord,
         image: &str,
+        found: Option<&berth_image::ImageRecord>,
         config: &mut crate::cri::v1::ContainerConfig,
     ) -> Result<Option<Restore>, ContainerError> {
         let name = config_name(config);
@@ -290,12 +290,9 @@ impl ContainerManager {
             let metadata = archive::read_metadata(path).map_err(failed(&name, "read the checkpoint"))?;
             (RestoreFrom::Archive(path.to_owned()), metadata)
         } else {
-            let Some(record) = self.images.find(image).await.map_err(step("", "look up the image"))? else {
+            let Some(record) = found.filter(|record| self.is_checkpoint_image(record)) else {
                 return Ok(None);
             };
-            if !self.is_checkpoint_image(&record) {
-                return Ok(None);
-            }
             let layers: Vec<PathBuf> = record.chain_ids.iter().map(|c| self.images.snapshot_path(c)).collect();
             let top = layers.iter().rev().find(|l| l.join(archive::CONFIG_DUMP).exists()).cloned().unwrap_or_default();
             let metadata = archive::read_metadata_dir(&top).map_err(failed(&name, "read the checkpoint image"))?;
@@ -335,7 +332,7 @@ impl ContainerManager {
     ) -> Result<crate::cri::shim::RestoreFrom, ContainerError> {
         let id = record.id.as_str();
         let criu = Criu::locate(&self.criu).map_err(failed(id, "find CRIU"))?;
-        let dir = self.container_dir(record).join("restore");
+        let dir = self.restore_dir(record);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(step(id, "create the restore directory"))?;
         match &restore.from {
@@ -361,12 +358,16 @@ impl ContainerManager {
         })
     }
 
+    /// Where a checkpoint is unpacked for the container's restore (CRIU's work directory too).
+    fn restore_dir(&self, record: &ContainerRecord) -> PathBuf {
+        self.container_dir(record).join("restore")
+    }
+
     /// After the shim restored the processes: CRIU's images (the container's memory) are not kept; its log
     /// stays beside the container as `restore.log`.
     pub(super) fn finish_restore(&self, record: &ContainerRecord) {
-        let container_dir = self.container_dir(record);
-        let dir = container_dir.join("restore");
-        let _ = std::fs::rename(dir.join("restore.log"), container_dir.join("restore.log"));
+        let dir = self.restore_dir(record);
+        let _ = std::fs::rename(dir.join(RESTORE_LOG), self.container_dir(record).join(RESTORE_LOG));
         if let Err(err) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(container_id = %record.id, path = %dir.display(), error = %err, "cannot remove the unpacked checkpoint");
         }

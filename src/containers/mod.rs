@@ -398,18 +398,23 @@ impl ContainerManager {
             });
         }
         let mut request = request;
-        let restore = self.restore_request(&pod, &image, &mut request.config).await?;
-        // A restore runs on the image the checkpoint was taken from, found by its id.
-        let (base_image, base_name) = match &restore {
-            Some(restore) => (restore.config.rootfs_image_ref.clone(), restore.config.rootfs_image_name.clone()),
-            None => (image.clone(), image.clone()),
+        // An absolute path is a checkpoint archive, never an image name.
+        let requested = if Path::new(&image).is_absolute() {
+            None
+        } else {
+            self.images.find(&image).await.map_err(step("", "look up the image"))?
         };
-        let image_record = self
-            .images
-            .find(&base_image)
-            .await
-            .map_err(step("", "look up the image"))?
-            .ok_or_else(|| ContainerError::ImageNotFound(base_name))?;
+        let restore = self.restore_request(&pod, &image, requested.as_ref(), &mut request.config)?;
+        let image_record = match &restore {
+            // A restore runs on the image the checkpoint was taken from, found by its id.
+            Some(restore) => self
+                .images
+                .find(&restore.config.rootfs_image_ref)
+                .await
+                .map_err(step("", "look up the image"))?
+                .ok_or_else(|| ContainerError::ImageNotFound(restore.config.rootfs_image_name.clone()))?,
+            None => requested.ok_or_else(|| ContainerError::ImageNotFound(image.clone()))?,
+        };
         let id = new_id().map_err(step("", "generate an id"))?;
         let config = &request.config;
         let log_path = if pod.log_directory.is_empty() || config.log_path.is_empty() {
@@ -546,6 +551,7 @@ impl ContainerManager {
             Some(restore) => Some(tokio::task::block_in_place(|| self.prepare_restore(record, restore, &rootfs))?),
             None => None,
         };
+        let restoring = restore.is_some();
         let created = shim
             .api
             .clone()
@@ -556,13 +562,13 @@ impl ContainerManager {
                 tty: record.tty,
                 stdin: record.stdin,
                 stdin_once: record.stdin_once,
-                restore: restore.clone(),
+                restore,
             })
             .await
             .map_err(shim.failed("Create"))?
             .into_inner();
         record.pid = created.pid;
-        if restore.is_some() {
+        if restoring {
             self.finish_restore(record);
         }
         clock.lap("shim_create");

@@ -236,6 +236,16 @@ pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), Status> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Status::internal(format!("pipe2: {e}")))
 }
 
+/// The stdout and stderr pipes of a container without a terminal: the read ends join `outputs` (copied to
+/// the log), the write ends are the container's.
+fn output_pipes(outputs: &mut Vec<(OwnedFd, LogStream)>) -> Result<(OwnedFd, OwnedFd), Status> {
+    let (out_read, out_write) = pipe()?;
+    let (err_read, err_write) = pipe()?;
+    outputs.push((out_read, LogStream::Stdout));
+    outputs.push((err_read, LogStream::Stderr));
+    Ok((out_write, err_write))
+}
+
 pub(super) fn dev_null() -> Result<OwnedFd, Status> {
     std::fs::File::open("/dev/null").map(OwnedFd::from).map_err(|e| Status::internal(format!("open /dev/null: {e}")))
 }
@@ -357,10 +367,7 @@ impl Service {
                     "container {id}: restoring a checkpoint of a container with a terminal is not supported"
                 )));
             }
-            let (out_read, out_write) = pipe()?;
-            let (err_read, err_write) = pipe()?;
-            outputs.push((out_read, LogStream::Stdout));
-            outputs.push((err_read, LogStream::Stderr));
+            let (out_write, err_write) = output_pipes(&mut outputs)?;
             let source = crate::checkpoint::restore::RestoreSource {
                 criu: restore.criu.clone().into(),
                 images_dir: restore.images_dir.clone().into(),
@@ -372,7 +379,7 @@ impl Service {
                 crate::checkpoint::restore::restore(target, &source, stdio)
             });
             drop((stdin_read, out_write, err_write));
-            Ok(restored.map_err(|err| Status::new(crate::error::code_of(err.kind()), berth_error_kind::chain(&err)))?)
+            restored.map_err(|err| Status::new(crate::error::code_of(err.kind()), berth_error_kind::chain(&err)))?
         } else if request.tty {
             let stdio = Stdio::Fds([stdin_read, dev_null()?, dev_null()?]);
             let (created, master) = with_console(&format!("console-{id}.sock"), |console_socket| {
@@ -380,20 +387,16 @@ impl Service {
                 self.0.runtime.create(id, std::path::Path::new(&request.bundle), options)
             })?;
             outputs.push((master?, LogStream::Stdout));
-            Ok(created)
+            created
         } else {
-            let (out_read, out_write) = pipe()?;
-            let (err_read, err_write) = pipe()?;
-            outputs.push((out_read, LogStream::Stdout));
-            outputs.push((err_read, LogStream::Stderr));
+            let (out_write, err_write) = output_pipes(&mut outputs)?;
             let options = CreateOptions {
                 stdio: Stdio::Fds([stdin_read, out_write, err_write]),
                 console_socket: None,
                 pid_file: None,
             };
-            self.0.runtime.create(id, std::path::Path::new(&request.bundle), options)
+            self.0.runtime.create(id, std::path::Path::new(&request.bundle), options).map_err(runtime_status)?
         };
-        let created = created.map_err(runtime_status)?;
         // Registered before the reaper can run again (this thread is the reaper's).
         self.0.waiters.lock().expect("waiters lock").insert(created.pid, Waiter::Container(id.to_owned()));
         // A tty container's only output is its pty master, which attach also writes and resizes.

@@ -59,11 +59,7 @@ impl Runtime {
         Runtime { root: root.into(), init_binary: PathBuf::from("/proc/self/exe") }
     }
 
-    pub(crate) fn state_dir_for(&self, id: &str) -> Result<StateDir> {
-        self.state_dir(id)
-    }
-
-    fn state_dir(&self, id: &str) -> Result<StateDir> {
+    pub(crate) fn state_dir(&self, id: &str) -> Result<StateDir> {
         validate_id(id)?;
         Ok(StateDir::new(&self.root, id))
     }

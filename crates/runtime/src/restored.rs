@@ -44,7 +44,7 @@ impl Runtime {
         bundle: &Path,
         restore: impl FnOnce(&RestoreTarget) -> std::result::Result<i32, E>,
     ) -> std::result::Result<ContainerState, E> {
-        let dir = self.state_dir_for(id)?;
+        let dir = self.state_dir(id)?;
         let opened = OpenedBundle::open(bundle)?;
         let mut cleanup = self.make_state_dir(&dir, id)?;
         let mut state = opened.first_state(&dir, id)?;

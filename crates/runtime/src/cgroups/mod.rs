@@ -101,6 +101,22 @@ impl Layout {
         Layout::V1 { hierarchies, unified }
     }
 
+    /// On v1, what a container's cgroup mount at `destination` holds: one mount point per hierarchy below
+    /// it, named after the host's mount point (`memory`, `cpu,cpuacct`, `unified`), with the host's
+    /// hierarchy and its controllers (None for the unified one). Empty on v2.
+    pub fn v1_container_mounts(&self, destination: &Path) -> Vec<(PathBuf, &Path, Option<&[String]>)> {
+        let Layout::V1 { hierarchies, unified } = self else { return Vec::new() };
+        hierarchies
+            .iter()
+            .map(|(mount, controllers)| (mount, Some(controllers.as_slice())))
+            .chain(unified.iter().map(|mount| (mount, None)))
+            .map(|(mount, controllers)| {
+                let name = mount.file_name().unwrap_or(std::ffi::OsStr::new("unified"));
+                (destination.join(name), mount.as_path(), controllers)
+            })
+            .collect()
+    }
+
     pub fn is_v2(&self) -> bool {
         matches!(self, Layout::V2 { .. })
     }
@@ -359,14 +375,11 @@ impl Cgroup {
         let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
         match &self.layout {
             Layout::V2 { root } => vec![(destination.to_path_buf(), root.join(relative))],
-            Layout::V1 { hierarchies, unified } => hierarchies
-                .iter()
-                .map(|(mount, _)| mount)
-                .chain(unified.iter())
-                .map(|mount| {
-                    let name = mount.file_name().unwrap_or(std::ffi::OsStr::new("unified"));
-                    (destination.join(name), mount.join(relative))
-                })
+            Layout::V1 { .. } => self
+                .layout
+                .v1_container_mounts(destination)
+                .into_iter()
+                .map(|(inside, hierarchy, _)| (inside, hierarchy.join(relative)))
                 .collect(),
         }
     }

@@ -68,7 +68,7 @@ pub(super) fn stage(config: &mut InitConfig) -> Result<()> {
     for (index, spec_mount) in mounts.iter_mut().enumerate() {
         let options = spec_mount.options().clone().unwrap_or_default();
         let Some(recursive) = idmap_option(&options) else { continue };
-        let bind = options.iter().any(|o| o == "bind" || o == "rbind") || spec_mount.typ().as_deref() == Some("bind");
+        let bind = super::is_bind_mount(spec_mount);
         let destination = spec_mount.destination().display().to_string();
         if !bind {
             return Err(invalid(format!("mount {destination}: idmap and ridmap are only supported on bind mounts")));

@@ -14,6 +14,7 @@ mod process;
 mod rootfs;
 
 pub(crate) use rootfs::create_mount_points;
+pub use rootfs::is_bind_mount;
 
 use std::convert::Infallible;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};

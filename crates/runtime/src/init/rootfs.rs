@@ -5,7 +5,6 @@
 //! (symlinks followed but never above the rootfs), so an image's symlink cannot redirect a mount onto the
 //! host.
 
-use std::ffi::OsStr;
 use std::os::unix::fs::{DirBuilderExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
@@ -172,11 +171,9 @@ fn mount_one(
 ) -> Result<()> {
     let options = parse_options(spec_mount.options().as_deref().unwrap_or_default());
     let typ = spec_mount.typ().clone().unwrap_or_else(|| if options.bind { "bind".into() } else { "none".into() });
-    let bind = options.bind || typ == "bind";
-    let destination = resolve_in_root(rootfs, spec_mount.destination())?;
+    let bind = is_bind_mount(spec_mount);
+    let destination = make_mount_point(rootfs, spec_mount)?;
     let source = spec_mount.source().clone().unwrap_or_else(|| PathBuf::from(&typ));
-    let source_is_dir = !bind || std::fs::metadata(&source).map(|m| m.is_dir()).unwrap_or(true);
-    create_mount_point(&destination, source_is_dir)?;
     let describe = |step: &str| format!("{step} {} ({typ}) on {}", source.display(), destination.display());
 
     if typ == "cgroup" {
@@ -275,13 +272,10 @@ fn mount_cgroup(
             }
             mounted.push(destination.to_path_buf());
         }
-        cgroups::Layout::V1 { hierarchies, unified } => {
+        cgroups::Layout::V1 { .. } => {
             mount(Some("tmpfs"), destination, Some("tmpfs"), fs_flags, Some("mode=755"))
                 .map_err(mount_error(format!("mount tmpfs for cgroups on {}", destination.display())))?;
-            let all = hierarchies.iter().map(|(m, c)| (m, Some(c))).chain(unified.iter().map(|u| (u, None)));
-            for (host_mount, controllers) in all {
-                let name = host_mount.file_name().unwrap_or(OsStr::new("unified"));
-                let target = destination.join(name);
+            for (target, host_mount, controllers) in layout.v1_container_mounts(destination) {
                 std::fs::DirBuilder::new().mode(0o755).create(&target).map_err(RuntimeError::io("create", &target))?;
                 let result = if own_namespace {
                     match controllers {
@@ -340,13 +334,25 @@ pub(crate) fn create_mount_points(spec: &Spec, rootfs: &Path) -> Result<()> {
         if tmpfs.iter().any(|t| destination != *t && destination.starts_with(t)) {
             continue;
         }
-        let options = parse_options(spec_mount.options().as_deref().unwrap_or_default());
-        let bind = options.bind || spec_mount.typ().as_deref() == Some("bind");
-        let directory = !bind
-            || spec_mount.source().as_ref().is_none_or(|s| std::fs::metadata(s).map(|m| m.is_dir()).unwrap_or(true));
-        create_mount_point(&resolve_in_root(rootfs, destination)?, directory)?;
+        make_mount_point(rootfs, spec_mount)?;
     }
     Ok(())
+}
+
+/// Whether a spec mount is a bind mount (`type: bind`, or a `bind`/`rbind` option).
+pub fn is_bind_mount(spec_mount: &Mount) -> bool {
+    spec_mount.typ().as_deref() == Some("bind")
+        || spec_mount.options().iter().flatten().any(|o| o == "bind" || o == "rbind")
+}
+
+/// Makes a spec mount's mount point inside `rootfs` (a file for a bind mount of a file, else a directory)
+/// and returns it, resolved as the container will see it.
+fn make_mount_point(rootfs: &Path, spec_mount: &Mount) -> Result<PathBuf> {
+    let destination = resolve_in_root(rootfs, spec_mount.destination())?;
+    let directory = !is_bind_mount(spec_mount)
+        || spec_mount.source().as_ref().is_none_or(|s| std::fs::metadata(s).map(|m| m.is_dir()).unwrap_or(true));
+    create_mount_point(&destination, directory)?;
+    Ok(destination)
 }
 
 fn create_mount_point(destination: &Path, directory: bool) -> Result<()> {
