@@ -54,9 +54,8 @@ impl DaemonDirs {
         if let Ok(pods) = std::fs::read_dir(self.state().join("pods")) {
             for pod in pods.flatten() {
                 let pod_id = pod.file_name().to_string_lossy().into_owned();
-                if let Ok(layout) = berth_runtime::cgroups::Layout::detect() {
-                    // Deleting the cgroup kills what is left in it first.
-                    let cgroup = berth_runtime::cgroups::Cgroup::new(layout, berth::shim::cgroup_path(&pod_id));
+                // Deleting the cgroup kills what is left in it first.
+                if let Ok(cgroup) = berth::shim::cgroup(&pod_id, false) {
                     let _ = cgroup.delete();
                 }
             }

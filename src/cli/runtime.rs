@@ -22,6 +22,9 @@ pub struct RuntimeArgs {
     /// Format of --log: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
+    /// Cgroups are systemd scopes (linux.cgroupsPath is `slice:prefix:name`), made over D-Bus, as runc's flag.
+    #[arg(long)]
+    systemd_cgroup: bool,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -130,7 +133,7 @@ enum Verb {
 
 /// Runs a verb; returns the process exit code (runc's: 0, 1 on error, the container's status for run/exec).
 pub fn run(args: RuntimeArgs) -> u8 {
-    let runtime = Runtime::new(&args.root);
+    let runtime = Runtime { systemd_cgroup: args.systemd_cgroup, ..Runtime::new(&args.root) };
     match dispatch(&runtime, args.verb) {
         Ok(code) => code,
         Err(err) => {

@@ -306,6 +306,7 @@ impl ContainerManager {
                 let runtime_root = self.layout.runtime_state();
                 let pod_id = pod.id.clone();
                 let pid_namespace = pod.pid_mode == crate::pods::MODE_POD;
+                let systemd_cgroup = self.cgroup_driver == crate::config::CgroupDriver::Systemd;
                 tokio::task::spawn_blocking(move || {
                     crate::shim::launch::start(
                         Path::new("/proc/self/exe"),
@@ -313,6 +314,7 @@ impl ContainerManager {
                         &pod_dir,
                         &runtime_root,
                         pid_namespace,
+                        systemd_cgroup,
                     )?
                     .wait_ready()
                 })

@@ -136,6 +136,8 @@ pub struct PodManager {
     layout: Layout,
     store: Arc<Store>,
     init_binary: PathBuf,
+    /// The systemd cgroup driver: shims live in scopes systemd makes.
+    systemd_cgroup: bool,
     cni: Cni,
     /// The CNI configuration directory, re-read only when it changes (Status asks every few seconds).
     network: std::sync::Mutex<berth_cni::ConfigWatcher>,
@@ -192,6 +194,7 @@ impl PodManager {
             layout: layout.clone(),
             store,
             init_binary: PathBuf::from("/proc/self/exe"),
+            systemd_cgroup: config.cgroup.driver == crate::config::CgroupDriver::Systemd,
             cni,
             network: std::sync::Mutex::new(berth_cni::ConfigWatcher::new(config.cni.conf_dir.as_path())),
             locks: Default::default(),
@@ -408,8 +411,15 @@ impl PodManager {
     }
 
     fn start_shim(&self, spec: &PodSpec, id: &str, dir: &Path) -> Result<crate::shim::launch::Launching, PodError> {
-        crate::shim::launch::start(&self.init_binary, id, dir, &self.layout.runtime_state(), spec.pid_mode == MODE_POD)
-            .map_err(step(id, "start the pod's shim"))
+        crate::shim::launch::start(
+            &self.init_binary,
+            id,
+            dir,
+            &self.layout.runtime_state(),
+            spec.pid_mode == MODE_POD,
+            self.systemd_cgroup,
+        )
+        .map_err(step(id, "start the pod's shim"))
     }
 
     /// The pod's `/etc/hostname`, `/etc/resolv.conf` and `/dev/shm`, then the network (CNI ADD), then
@@ -536,7 +546,11 @@ impl PodManager {
 
     fn teardown_after_del(&self, id: &str, network: Result<(), PodError>) -> Result<Teardown, PodError> {
         let dir = self.pod_dir(id);
-        stop_shim(id).map_err(step(id, "stop the pod's shim"))?;
+        // Whatever is left of the shim (normally gone after Shutdown; one killed with -9 may have left its
+        // PID-namespace holder) is killed with its cgroup, frozen so nothing forks away.
+        crate::shim::cgroup(id, self.systemd_cgroup)
+            .and_then(|cgroup| cgroup.delete())
+            .map_err(step(id, "stop the pod's shim"))?;
         unmount(&dir.join("shm")).map_err(step(id, "unmount the pod's /dev/shm"))?;
         if let Err(err) = network {
             tracing::warn!(
@@ -804,14 +818,6 @@ fn unmount(path: &Path) -> std::io::Result<()> {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
         Err(errno) => Err(errno.into()),
     }
-}
-
-/// Ends whatever is left of the pod's shim (it has normally exited after Shutdown): every process in its
-/// cgroup is killed — a shim killed with -9 may have left its PID-namespace holder — and the cgroup goes.
-fn stop_shim(pod_id: &str) -> Result<(), berth_runtime::RuntimeError> {
-    use berth_runtime::cgroups::{Cgroup, Layout};
-    // Deleting a cgroup kills what is left in it (frozen, so nothing forks away) and waits for it to empty.
-    Cgroup::new(Layout::host()?, crate::shim::cgroup_path(pod_id)).delete()
 }
 
 #[cfg(test)]

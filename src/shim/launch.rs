@@ -10,7 +10,6 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_error_kind::{ErrorKind, Kinded};
-use berth_runtime::cgroups::{Cgroup, Layout};
 
 use super::Bootstrap;
 use super::service::{self, Options};
@@ -52,6 +51,7 @@ pub fn start(
     pod_dir: &Path,
     runtime_root: &Path,
     pid_namespace: bool,
+    systemd_cgroup: bool,
 ) -> Result<Launching, LaunchError> {
     let io = |step| {
         let pod = pod_id.to_owned();
@@ -69,6 +69,9 @@ pub fn start(
     command.arg("__shim").arg(pod_id).arg(pod_dir).arg(runtime_root);
     if pid_namespace {
         command.arg("--pid-namespace");
+    }
+    if systemd_cgroup {
+        command.arg("--systemd-cgroup");
     }
     let child = command
         .stdin(Stdio::null())
@@ -145,14 +148,15 @@ pub fn detach_and_run(options: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let cgroup = match Layout::host() {
-        Ok(layout) => Cgroup::new(layout, super::cgroup_path(&options.pod_id)),
+    let cgroup = match super::cgroup(&options.pod_id, options.systemd_cgroup) {
+        Ok(cgroup) => cgroup,
         Err(err) => {
             report(&format!("cannot find the cgroup hierarchies: {err}"));
             return ExitCode::FAILURE;
         }
     };
-    if let Err(err) = cgroup.create().and_then(|()| cgroup.add_process(std::process::id() as i32)) {
+    let pid = std::process::id() as i32;
+    if let Err(err) = cgroup.create(Some(pid), None).and_then(|()| cgroup.add_process(pid)) {
         report(&format!("cannot enter the shim's cgroup: {}", berth_error_kind::chain(&err)));
         return ExitCode::FAILURE;
     }

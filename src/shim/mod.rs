@@ -22,6 +22,8 @@ mod session;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use berth_runtime::cgroups::{Cgroup, Layout, Scope};
+
 use serde::{Deserialize, Serialize};
 
 /// The shim's socket, in the pod directory.
@@ -92,10 +94,17 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// The shim's cgroup (relative to each hierarchy's root): its own, so that whatever manages the daemon's
-/// cgroup (a service manager stopping berth) never takes the pod's containers with it.
-pub fn cgroup_path(pod_id: &str) -> PathBuf {
-    PathBuf::from(format!("/berth/shim-{pod_id}"))
+/// The shim's cgroup: its own, so that whatever manages the daemon's cgroup (a service manager stopping
+/// berth) never takes the pod's containers with it. Under the systemd driver it is a scope,
+/// `berth-shim-<pod>.scope` in `system.slice` (as CRI-O's conmon scopes are), which systemd knows and
+/// removes once the shim is gone; otherwise `/berth/shim-<pod>` in each hierarchy.
+pub fn cgroup(pod_id: &str, systemd: bool) -> Result<Cgroup, berth_runtime::RuntimeError> {
+    let layout = Layout::host()?;
+    if systemd {
+        Cgroup::of_scope(layout, Scope { unit: format!("berth-shim-{pod_id}.scope"), slice: "system.slice".into() })
+    } else {
+        Ok(Cgroup::new(layout, PathBuf::from(format!("/berth/shim-{pod_id}"))))
+    }
 }
 
 /// Points the given standard descriptors of this process at /dev/null: a detached process must not keep
@@ -117,7 +126,7 @@ pub(crate) fn detach_stdio(fds: &[std::os::fd::RawFd]) {
 pub fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(2).collect();
     let (Some(pod_id), Some(pod_dir), Some(runtime_root)) = (args.first(), args.get(1), args.get(2)) else {
-        eprintln!("usage: berth __shim POD_ID POD_DIR RUNTIME_ROOT [--pid-namespace]");
+        eprintln!("usage: berth __shim POD_ID POD_DIR RUNTIME_ROOT [--pid-namespace] [--systemd-cgroup]");
         return std::process::ExitCode::from(2);
     };
     let options = service::Options {
@@ -125,6 +134,7 @@ pub fn main() -> std::process::ExitCode {
         pod_dir: PathBuf::from(pod_dir),
         runtime_root: PathBuf::from(runtime_root),
         pid_namespace: args.iter().any(|a| a == "--pid-namespace"),
+        systemd_cgroup: args.iter().any(|a| a == "--systemd-cgroup"),
     };
     launch::detach_and_run(options)
 }

@@ -41,6 +41,8 @@ pub struct Options {
     pub pod_dir: PathBuf,
     pub runtime_root: PathBuf,
     pub pid_namespace: bool,
+    /// The systemd cgroup driver: the shim's and its containers' cgroups are scopes systemd makes.
+    pub systemd_cgroup: bool,
 }
 
 /// Who waits for a pid the reaper collects.
@@ -108,7 +110,7 @@ pub async fn run(options: Options) -> Result<(), String> {
     write_durably(&Bootstrap::path(&options.pod_dir), &serde_json::to_vec(&bootstrap).expect("bootstrap serializes"))
         .map_err(|e| format!("cannot write {}: {e}", Bootstrap::path(&options.pod_dir).display()))?;
     let state = Arc::new(ShimState {
-        runtime: Runtime::new(&options.runtime_root),
+        runtime: Runtime { systemd_cgroup: options.systemd_cgroup, ..Runtime::new(&options.runtime_root) },
         options,
         holder,
         containers: Mutex::new(HashMap::new()),

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 
-use crate::cgroups::{Cgroup, Layout, Stats};
+use crate::cgroups::{Cgroup, Layout, Scope, Stats};
 use crate::error::{Result, RuntimeError};
 use crate::state::{
     ContainerState, StateDir, Status, is_same_live_process, now_rfc3339, process_start_time, validate_id,
@@ -49,6 +49,9 @@ pub struct ExecOptions {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     pub root: PathBuf,
+    /// The systemd cgroup driver (runc's `--systemd-cgroup`): a `cgroupsPath` is `slice:prefix:name`, and
+    /// the cgroup a scope unit systemd creates and removes.
+    pub systemd_cgroup: bool,
     /// The executable started as `<init_binary> __init`. `/proc/self/exe` (the default) is the running
     /// binary itself, even if the file on disk has been replaced by an upgrade since.
     pub init_binary: PathBuf,
@@ -56,7 +59,7 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(root: impl Into<PathBuf>) -> Runtime {
-        Runtime { root: root.into(), init_binary: PathBuf::from("/proc/self/exe") }
+        Runtime { root: root.into(), systemd_cgroup: false, init_binary: PathBuf::from("/proc/self/exe") }
     }
 
     pub(crate) fn state_dir(&self, id: &str) -> Result<StateDir> {
@@ -79,7 +82,7 @@ impl Runtime {
         // Started first: its exec and start-up (about a millisecond) overlap the state files and the cgroup
         // below. It waits for its bootstrap, sent only once it is in the cgroup.
         let helper = InitHelper::spawn(&self.init_binary)?;
-        let mut state = opened.first_state(&dir, id)?;
+        let mut state = opened.first_state(&dir, id, self.systemd_cgroup)?;
         let cgroup_path = state.cgroup_path.clone();
         let rootfs = opened.rootfs.clone();
         let spec = opened.spec;
@@ -94,10 +97,13 @@ impl Runtime {
         .map_err(RuntimeError::io("chmod", dir.exec_fifo()))?;
 
         let layout = Layout::host()?;
-        let cgroup = Cgroup::new(layout.clone(), cgroup_path.clone());
-        cgroup.create()?;
+        let cgroup = state.cgroup()?;
+        let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+        // A scope is made with the helper in it: systemd moves it there before it may run anything.
+        let created = cgroup.create(Some(helper.process.id() as i32), resources);
         cleanup.cgroup = Some(cgroup.clone());
-        if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+        created?;
+        if let Some(resources) = resources {
             cgroup.apply(resources)?;
         }
         let config = InitConfig {
@@ -344,7 +350,7 @@ impl Runtime {
             return Err(RuntimeError::WrongState { id: id.into(), status: status.to_string(), action: "kill" });
         }
         if all {
-            return Cgroup::new(Layout::host()?, state.cgroup_path).signal_all(signal);
+            return state.cgroup()?.signal_all(signal);
         }
         match nix::sys::signal::kill(Pid::from_raw(state.pid), signal) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
@@ -377,8 +383,7 @@ impl Runtime {
             if is_same_live_process(state.pid, state.pid_start_time) {
                 let _ = nix::sys::signal::kill(Pid::from_raw(state.pid), Signal::SIGKILL);
             }
-            let cgroup = Cgroup::new(Layout::host()?, state.cgroup_path.clone());
-            cgroup.delete()?;
+            state.cgroup()?.delete()?;
             wait_gone(state.pid, state.pid_start_time);
             if let Ok(spec) = self.spec_of(&dir)
                 && let Some(poststop) = spec.hooks().as_ref().and_then(|h| h.poststop().clone())
@@ -407,7 +412,7 @@ impl Runtime {
         let mut spec = self.spec_of(&dir)?;
         spec.set_process(Some(process));
         let layout = Layout::host()?;
-        let cgroup = Cgroup::new(layout.clone(), state.cgroup_path.clone());
+        let cgroup = state.cgroup()?;
         let config = InitConfig {
             id: id.into(),
             spec: spec.clone(),
@@ -439,18 +444,18 @@ impl Runtime {
     /// Changes the resources of a created or running container.
     pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
         let (state, _) = self.state(id)?;
-        Cgroup::new(Layout::host()?, state.cgroup_path).apply(resources)
+        state.cgroup()?.update(resources)
     }
 
     pub fn stats(&self, id: &str) -> Result<Stats> {
         let (state, _) = self.state(id)?;
-        Cgroup::new(Layout::host()?, state.cgroup_path).stats()
+        state.cgroup()?.stats()
     }
 
     /// The processes in the container's cgroup.
     pub fn ps(&self, id: &str) -> Result<Vec<i32>> {
         let (state, _) = self.state(id)?;
-        Cgroup::new(Layout::host()?, state.cgroup_path).pids()
+        state.cgroup()?.pids()
     }
 
     fn existing(&self, id: &str) -> Result<StateDir> {
@@ -488,8 +493,23 @@ impl OpenedBundle {
     }
 
     /// The container's state while it is being created, written with its spec into `dir`.
-    pub(crate) fn first_state(&self, dir: &StateDir, id: &str) -> Result<ContainerState> {
+    pub(crate) fn first_state(&self, dir: &StateDir, id: &str, systemd_cgroup: bool) -> Result<ContainerState> {
         let spec = &self.spec;
+        let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+        let systemd_scope = if systemd_cgroup {
+            // runc's default under its systemd driver is `system.slice:runc:<id>`.
+            let given = cgroups_path.clone().unwrap_or_else(|| PathBuf::from(format!("system.slice:berth:{id}")));
+            Some(Scope::of_cgroups_path(&given).ok_or_else(|| {
+                invalid(
+                    &self.spec_path,
+                    &format!(
+                        "linux.cgroupsPath {given:?} is not slice:prefix:name, as the systemd cgroup driver needs"
+                    ),
+                )
+            })?)
+        } else {
+            None
+        };
         let state = ContainerState {
             oci_version: OCI_VERSION.into(),
             id: id.into(),
@@ -500,7 +520,11 @@ impl OpenedBundle {
             rootfs: self.rootfs.clone(),
             annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
             created: now_rfc3339(),
-            cgroup_path: Cgroup::path_for(spec.linux().as_ref().and_then(|l| l.cgroups_path().as_deref()), id)?,
+            cgroup_path: match &systemd_scope {
+                Some(scope) => scope.cgroup_path()?,
+                None => Cgroup::path_for(cgroups_path.as_deref(), id)?,
+            },
+            systemd_scope,
         };
         crate::state::write_atomic(&dir.spec_file(), &serde_json::to_vec(spec).expect("spec serializes"))?;
         dir.save(&state)?;

@@ -49,6 +49,8 @@ pub enum RuntimeError {
     },
     #[error("cgroup: {0}")]
     CgroupSetup(String),
+    #[error("systemd unit {unit}: {call}: {message}")]
+    Systemd { unit: String, call: &'static str, message: String },
     #[error("cgroup {path} does not exist")]
     CgroupMissing { path: PathBuf },
     #[error("{hook} hook {path} {reason}")]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::Spec;
 
-use crate::cgroups::{Cgroup, Layout};
+use crate::cgroups::Cgroup;
 use crate::container::{OpenedBundle, Runtime};
 use crate::error::{Result, RuntimeError};
 use crate::state::{ContainerState, StateDir, Status, process_start_time};
@@ -47,13 +47,15 @@ impl Runtime {
         let dir = self.state_dir(id)?;
         let opened = OpenedBundle::open(bundle)?;
         let mut cleanup = self.make_state_dir(&dir, id)?;
-        let mut state = opened.first_state(&dir, id)?;
+        let mut state = opened.first_state(&dir, id, self.systemd_cgroup)?;
         let (spec, rootfs) = (&opened.spec, &opened.rootfs);
-        let cgroup_path = state.cgroup_path.clone();
-        let cgroup = Cgroup::new(Layout::host()?, cgroup_path);
-        cgroup.create()?;
+        let cgroup = state.cgroup()?;
+        let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+        // The restored processes are put into the directories by the restore; a systemd scope is started
+        // around them afterwards.
+        cgroup.create(None, resources)?;
         cleanup.cgroup = Some(cgroup.clone());
-        if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+        if let Some(resources) = resources {
             cgroup.apply(resources)?;
         }
         crate::init::create_mount_points(spec, rootfs)?;
@@ -67,6 +69,7 @@ impl Runtime {
             }
         };
         cleanup.pid = Some(pid);
+        cgroup.adopt(pid, resources)?;
         std::fs::write(dir.restored_marker(), b"").map_err(RuntimeError::io("create", dir.restored_marker()))?;
         state.pid = pid;
         state.pid_start_time = process_start_time(pid).unwrap_or(0);
@@ -78,7 +81,7 @@ impl Runtime {
 
     /// `start` of a restored container: every process of its cgroup continues.
     pub(crate) fn resume_restored(&self, dir: &StateDir, state: &ContainerState) -> Result<()> {
-        Cgroup::new(Layout::host()?, state.cgroup_path.clone()).signal_all(Signal::SIGCONT)?;
+        state.cgroup()?.signal_all(Signal::SIGCONT)?;
         std::fs::remove_file(dir.restored_marker()).map_err(RuntimeError::io("remove", dir.restored_marker()))
     }
 }

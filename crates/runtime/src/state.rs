@@ -55,6 +55,18 @@ pub struct ContainerState {
     pub created: String,
     /// The container's cgroup, relative to each hierarchy's root.
     pub cgroup_path: PathBuf,
+    /// With the systemd cgroup driver, the scope unit that owns the cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_scope: Option<crate::cgroups::Scope>,
+}
+
+impl ContainerState {
+    /// The container's cgroup, with its scope if systemd owns it.
+    pub fn cgroup(&self) -> crate::error::Result<crate::cgroups::Cgroup> {
+        let mut cgroup = crate::cgroups::Cgroup::new(crate::cgroups::Layout::host()?, self.cgroup_path.clone());
+        cgroup.scope = self.systemd_scope.clone();
+        Ok(cgroup)
+    }
 }
 
 impl ContainerState {

@@ -7,8 +7,11 @@
 //! where it looks; resources go to the v1 controllers.
 
 pub mod devices_bpf;
+pub mod systemd;
 mod v1;
 mod v2;
+
+pub use systemd::Scope;
 
 /// Always allowed, whatever the spec's device rules say (as with runc): mknod of any device (creating is
 /// harmless; opening is what the rules guard), the default devices, /dev/console, /dev/ptmx and the
@@ -331,11 +334,18 @@ pub struct Cgroup {
     pub layout: Layout,
     /// Path below each hierarchy's root, starting with `/`.
     pub path: PathBuf,
+    /// With the systemd driver, the scope unit that owns the cgroup: systemd creates and removes it.
+    pub scope: Option<Scope>,
 }
 
 impl Cgroup {
     pub fn new(layout: Layout, path: PathBuf) -> Cgroup {
-        Cgroup { layout, path }
+        Cgroup { layout, path, scope: None }
+    }
+
+    /// The cgroup of a systemd scope: the directories systemd makes for it.
+    pub fn of_scope(layout: Layout, scope: Scope) -> Result<Cgroup> {
+        Ok(Cgroup { layout, path: scope.cgroup_path()?, scope: Some(scope) })
     }
 
     /// The cgroup path for a spec's `linux.cgroupsPath`: cgroupfs paths are used as given (relative ones from
@@ -345,9 +355,9 @@ impl Cgroup {
             return Ok(PathBuf::from(format!("/berth/{id}")));
         };
         let text = given.to_string_lossy();
-        let path = match text.split(':').collect::<Vec<_>>().as_slice() {
-            [slice, prefix, name] if !text.starts_with('/') => expand_systemd(slice, prefix, name)?,
-            _ => Path::new("/").join(given),
+        let path = match Scope::of_cgroups_path(given) {
+            Some(scope) => scope.cgroup_path()?,
+            None => Path::new("/").join(given),
         };
         if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
             return Err(RuntimeError::CgroupSetup(format!("cgroupsPath {text:?} must not contain \"..\"")));
@@ -384,8 +394,20 @@ impl Cgroup {
         }
     }
 
-    /// Creates the cgroup (and missing parents); existing ones are joined as they are.
-    pub fn create(&self) -> Result<()> {
+    /// Creates the cgroup (and missing parents); existing ones are joined as they are. A systemd scope is
+    /// started with `first_process` in it and the limits systemd understands; without a first process
+    /// (a restore, whose processes come later) only the directories are made, and [`Cgroup::adopt`]
+    /// starts the scope.
+    pub fn create(&self, first_process: Option<i32>, resources: Option<&LinuxResources>) -> Result<()> {
+        if let (Some(scope), Some(pid)) = (&self.scope, first_process) {
+            scope.start(pid, resources, self.layout.is_v2())?;
+            if self.layout.is_v2() {
+                // systemd made the directory and enabled the controllers on the way down.
+                return Ok(());
+            }
+        }
+        // On v1 systemd makes directories only in the hierarchies of the controllers it manages (and its
+        // own); the others (cpuset, freezer, ...) are the runtime's, as with runc.
         match &self.layout {
             Layout::V2 { root } => v2::create(root, &self.path),
             Layout::V1 { .. } => {
@@ -400,6 +422,15 @@ impl Cgroup {
         }
     }
 
+    /// Starts the scope of a cgroup made without a first process, with `pid` (and whatever the directories
+    /// already hold) in it.
+    pub fn adopt(&self, pid: i32, resources: Option<&LinuxResources>) -> Result<()> {
+        match &self.scope {
+            Some(scope) => scope.start(pid, resources, self.layout.is_v2()),
+            None => Ok(()),
+        }
+    }
+
     /// Moves a process into the cgroup in every hierarchy.
     pub fn add_process(&self, pid: i32) -> Result<()> {
         for dir in self.directories() {
@@ -408,7 +439,15 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Applies `linux.resources`.
+    /// Changes the limits of a running cgroup: systemd's record of them (a scope's), then the files.
+    pub fn update(&self, resources: &LinuxResources) -> Result<()> {
+        if let Some(scope) = &self.scope {
+            scope.set_limits(resources, self.layout.is_v2())?;
+        }
+        self.apply(resources)
+    }
+
+    /// Applies `linux.resources` to the cgroup files.
     pub fn apply(&self, resources: &LinuxResources) -> Result<()> {
         match &self.layout {
             Layout::V2 { root } => v2::apply(&root.join(self.path.strip_prefix("/").unwrap_or(&self.path)), resources),
@@ -525,8 +564,12 @@ impl Cgroup {
         }
     }
 
-    /// Kills what is left and removes the cgroup in every hierarchy. Missing directories are fine.
+    /// Kills what is left and removes the cgroup in every hierarchy (a scope is stopped first: systemd kills
+    /// and removes what it manages). Missing directories and units are fine.
     pub fn delete(&self) -> Result<()> {
+        if let Some(scope) = &self.scope {
+            scope.stop()?;
+        }
         let _ = self.signal_all(nix::sys::signal::Signal::SIGKILL);
         for dir in self.directories().into_iter().rev() {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -545,32 +588,6 @@ impl Cgroup {
         }
         Ok(())
     }
-}
-
-/// `kubepods-burstable-pod12.slice` → `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12.slice`,
-/// plus `<prefix>-<name>.scope` (systemd.slice(5): dashes in a slice name denote its parents).
-fn expand_systemd(slice: &str, prefix: &str, name: &str) -> Result<PathBuf> {
-    let slice = if slice.is_empty() { "system.slice" } else { slice };
-    let Some(stem) = slice.strip_suffix(".slice") else {
-        return Err(RuntimeError::CgroupSetup(format!("systemd cgroup parent {slice:?} is not a .slice")));
-    };
-    let mut path = PathBuf::from("/");
-    if stem != "-" {
-        let mut parent = String::new();
-        for part in stem.split('-') {
-            if part.is_empty() {
-                return Err(RuntimeError::CgroupSetup(format!("invalid systemd slice name {slice:?}")));
-            }
-            if !parent.is_empty() {
-                parent.push('-');
-            }
-            parent.push_str(part);
-            path.push(format!("{parent}.slice"));
-        }
-    }
-    let unit = if prefix.is_empty() { format!("{name}.scope") } else { format!("{prefix}-{name}.scope") };
-    path.push(unit);
-    Ok(path)
 }
 
 pub(crate) fn cgroup_error(path: &Path, step: impl Into<String>, source: std::io::Error) -> RuntimeError {
