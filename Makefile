@@ -4,7 +4,7 @@ CARGO ?= cargo
 # `make run CONFIG=path` uses that file; by default berth reads /etc/berth/config.toml if it exists.
 CONFIG ?=
 
-.PHONY: all deps build release run test lint fmt-check clippy unit e2e conformance bench clean
+.PHONY: all deps build release run install test lint fmt-check clippy unit e2e conformance bench clean
 
 all: build
 
@@ -22,6 +22,12 @@ release:
 # Build and start the daemon with the defaults (socket /run/berth/berth.sock); Ctrl-C stops it cleanly.
 run: deps release
 	./target/release/berth serve $(if $(CONFIG),--config $(CONFIG))
+
+# Installs the release build, its systemd unit and a configuration file on this node (hack/install.sh says
+# what goes where; DESTDIR, PREFIX, UNIT_DIR and CONFIG_DIR move it). BINARY=path installs another build.
+BINARY ?=
+install: $(if $(BINARY),,release)
+	bash hack/install.sh $(or $(BINARY),target/release/berth)
 
 # Everything CI runs: style, lints, unit tests, then end-to-end tests against the real binary and registry.
 test: deps lint

@@ -1,55 +1,99 @@
 #!/usr/bin/env bash
-# hack/systemd-node.sh — boot a real systemd as PID 1 of private namespaces (a "systemd node") for tests.
-# (header: see below, filled in later)
+# hack/systemd-node.sh — boot a real systemd as PID 1 of private namespaces (a "systemd node") for e2e tests.
+#
+# Usage: hack/systemd-node.sh start DIR          -> one line: node NAME running|degraded, PID 1's host pid, cgroup, ms
+#        hack/systemd-node.sh exec DIR CMD [ARG...] -> runs CMD inside the node; its exit status is passed through
+#        hack/systemd-node.sh stop DIR           -> powers the node off, removes its cgroups and DIR; idempotent
+#
+# What: `start` runs Debian's /lib/systemd/systemd (252) as PID 1 of new pid, mount, cgroup, UTS, IPC and network
+#       namespaces, under the cgroup /berth-systemd-node-NAME (NAME = DIR's basename) of every hierarchy mounted
+#       under /sys/fs/cgroup, which its cgroup namespace makes its root: systemd runs in its hybrid mode like the host
+#       (v1 controllers + cgroup2 at /sys/fs/cgroup/unified for its own tracking), and the slices/scopes it creates
+#       appear on the host as /sys/fs/cgroup/HIER/berth-systemd-node-NAME/SLICE/UNIT. It boots berth-node.target:
+#       systemd-journald (volatile storage) and dbus-daemon (the system bus at /run/dbus/system_bus_socket works)
+#       behind basic.target, nothing else: every other unit the vendor sysinit/sockets/timers/paths/local-fs/basic
+#       targets pull in is masked, no generator runs, and the host's /etc/systemd/system (its enabled units) is
+#       hidden. `start` returns once `systemctl is-system-running` says running or degraded, or fails (exit 1) with
+#       the console's last lines after BERTH_SYSTEMD_NODE_TIMEOUT (20) s, leaving DIR for inspection.
+#       `exec` runs CMD with nsenter in all the node's namespaces, in the node's root cgroup, cwd /, with the caller's
+#       stdio and environment (minus NOTIFY_SOCKET, DBUS_*_BUS_ADDRESS, XDG_RUNTIME_DIR).
+#       `stop` sends SIGRTMIN+4 (poweroff), SIGKILLs PID 1 after BERTH_SYSTEMD_NODE_STOP_TIMEOUT (15) s, kills what is
+#       left in the node's cgroups, removes them in every hierarchy, then removes DIR. Nothing is mounted on the host
+#       (all mounts live in the node's mount namespace), so nothing needs unmounting; stopping twice exits 0.
+# Why:  berth's systemd cgroup driver needs a real systemd PID 1 (D-Bus API, transient scopes in slices, sd_notify)
+#       and CI machines do not boot with systemd; a node per test keeps tests apart and leaves the host as it was.
+# Files in DIR: pid (host pid + start time of PID 1), console.log (PID 1's /dev/console, a pty, via script(1):
+#       systemd's log and, through journald's ForwardToConsole, every unit's output; CRLF line ends), cgroup,
+#       hostname, machine-id, and system/, which is the node's /etc/systemd/system: a unit file written there from
+#       the host is seen by `exec DIR systemctl daemon-reload`.
+# Inside the node: the host's root filesystem, shared (writes to /var, /work, ... are real), except a private tmpfs
+#       /run, /tmp and /dev/shm, a private /dev (a copy of the host's device nodes, without consoles, kmsg, mem),
+#       own /proc, a read-only /sys (own netns), own cgroupfs mounts, and the per-node /etc/machine-id, /etc/hostname
+#       and /etc/systemd/system above. DIR itself is bind-mounted at the same path, so a file or unix socket under DIR
+#       (unit files, configs, berth's CRI socket) has the same path inside and on the host. Only loopback exists.
+#       PID 1's sockets (/run/systemd/private, /run/systemd/notify, /run/dbus/system_bus_socket) are reachable from
+#       the host as /proc/PID/root/run/... (PID: first word of DIR/pid). /proc/sys is the host kernel's (writable).
+# Needs root and a cgroup v1/hybrid host; installs systemd, dbus, util-linux and bsdutils with apt-get if missing.
 set -euo pipefail
 
 SELF=$(realpath "${BASH_SOURCE[0]}")
 PROG=systemd-node
 SYSTEMD_BIN=${BERTH_SYSTEMD_NODE_SYSTEMD:-/lib/systemd/systemd}
+LOG_LEVEL=${BERTH_SYSTEMD_NODE_LOG_LEVEL:-info}
 START_TIMEOUT=${BERTH_SYSTEMD_NODE_TIMEOUT:-20}
 STOP_TIMEOUT=${BERTH_SYSTEMD_NODE_STOP_TIMEOUT:-15}
 TARGET_UNIT=berth-node.target
-# Units of the vendor *.target.wants directories that the node keeps; every other one is masked (see mask_units).
+# Units of the vendor *.target.wants directories that the node keeps; every other one is masked.
 KEEP_UNITS=(systemd-journald.service systemd-journald.socket systemd-journald-dev-log.socket dbus.socket)
-PACKAGES=(systemd dbus util-linux iproute2)
+PACKAGES=(systemd dbus util-linux bsdutils)
 
-die() { echo "$PROG: $*" >&2; exit 1; }
+die() {
+  echo "$PROG: $*" >&2
+  exit 1
+}
 
 usage() {
   echo "usage: $0 start DIR | exec DIR CMD [ARG...] | stop DIR" >&2
   exit 2
 }
 
+now_ms() {
+  local t=${EPOCHREALTIME//[^0-9]/}
+  echo $((t / 1000))
+}
+
 # cgroup_mounts: one line "MOUNTPOINT FSTYPE SUPEROPTIONS" per cgroup hierarchy mounted under /sys/fs/cgroup.
 cgroup_mounts() {
   awk '{ for (i = 7; $i != "-"; i++) {}
-         if (($(i + 1) == "cgroup" || $(i + 1) == "cgroup2") && ($5 == "/sys/fs/cgroup" || index($5, "/sys/fs/cgroup/") == 1))
+         if (($(i + 1) == "cgroup" || $(i + 1) == "cgroup2") && index($5 "/", "/sys/fs/cgroup/") == 1)
            print $5, $(i + 1), $(i + 3) }' /proc/self/mountinfo
 }
 
-# proc_start PID: the start time (clock ticks since boot) of PID, which tells a process from a later one that reused its pid.
+# proc_start PID: prints PID's start time (clock ticks after boot; tells it from a later process with the same pid),
+# fails when PID is gone or a zombie (an orphan may wait a while for the host's init to reap it).
 proc_start() {
   local stat
   stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
   stat=${stat##*) }
   # shellcheck disable=SC2086
   set -- $stat
+  [[ $1 != Z && $1 != X ]] || return 1
   echo "${20}"
 }
 
-# node_pid DIR: prints the host pid of the node's PID 1 if it is still that process, fails otherwise.
-node_pid() {
+# running FILE: prints the pid recorded in FILE ("PID START") if that very process is still alive.
+running() {
   local pid start
-  { read -r pid start <"$1/pid"; } 2>/dev/null || return 1
+  { read -r pid start <"$1"; } 2>/dev/null || return 1
   [[ -n $pid && -n $start && "$(proc_start "$pid")" == "$start" ]] || return 1
   echo "$pid"
 }
 
-node_name() { # DIR -> sanitised basename
+node_name() {
   local n
   n=$(basename "$1")
   n=${n//[^A-Za-z0-9_.-]/_}
-  [[ $n != . && $n != .. && -n $n ]] || die "cannot derive a node name from $1"
+  [[ -n $n && $n != . && $n != .. ]] || die "cannot derive a node name from $1"
   echo "$n"
 }
 
@@ -60,8 +104,8 @@ ensure_packages() {
     [[ $status == "install ok installed" ]] || missing+=("$pkg")
   done
   [[ ${#missing[@]} -eq 0 ]] && return 0
-  log="${TMPDIR:-/tmp}/berth-systemd-node.$$.log"
   echo "$PROG: installing ${missing[*]}" >&2
+  log="${TMPDIR:-/tmp}/berth-systemd-node.$$.log"
   export DEBIAN_FRONTEND=noninteractive
   if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
     tail -n 25 "$log" >&2
@@ -70,13 +114,13 @@ ensure_packages() {
   rm -f "$log"
 }
 
-# --- inside the node, before systemd -------------------------------------------------------------------------
+# --- inside the node, before systemd ----------------------------------------------------------------------------
 
-# __init DIR CGROUP: PID 1 of the new pid/mount/uts/ipc/net namespaces, still in the host's cgroup namespace.
+# __init DIR CGROUP: PID 1 of the new pid/mount/uts/ipc/net namespaces, still in the host's cgroup namespace and
+# with the host's /proc mounted: records its host pid, joins the node's cgroups, then unshares the cgroup namespace.
 node_init() {
-  local dir=$1 cg=$2 mp _fs _opts pid rest
-  # /proc is still the host's here, so this reads our host pid.
-  read -r pid rest </proc/self/stat
+  local dir=$1 cg=$2 mp _fs _opts pid _rest
+  read -r pid _rest </proc/self/stat
   echo "$pid $(proc_start "$pid")" >"$dir/pid"
   while read -r mp _fs _opts; do
     echo 0 >"$mp/$cg/cgroup.procs"
@@ -84,26 +128,20 @@ node_init() {
   exec unshare --cgroup -- "$SELF" __init2 "$dir"
 }
 
-# __init2 DIR: same process, now in its own cgroup namespace rooted at the node's cgroups: mounts, config, exec systemd.
+# __init2 DIR: the same process in its own cgroup namespace: builds the node's mounts and config, then execs systemd.
 node_init2() {
-  local dir=$1 mp fs opts sub gen unit t console
+  local dir=$1 mp fs opts t sub unit gen console
   local -a hier
   mapfile -t hier < <(cgroup_mounts)
   cd "$dir"
   mount --make-rprivate /
   mount -t proc -o nosuid,nodev,noexec proc /proc
-  mount --bind /proc/sys /proc/sys
-  mount --bind /proc/sys/net /proc/sys/net
-  mount -o remount,bind,ro,nosuid,nodev,noexec /proc/sys
-  if [[ -e /proc/sysrq-trigger ]]; then
-    mount --bind /proc/sysrq-trigger /proc/sysrq-trigger
-    mount -o remount,bind,ro /proc/sysrq-trigger
-  fi
   mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys
+  # The node's cgroupfs: the host's hierarchies, mounted again from inside the cgroup namespace (so their root is
+  # the node's cgroup), on a tmpfs that is then made read-only, as systemd-nspawn does.
   mount -t tmpfs -o nosuid,nodev,noexec,mode=755 tmpfs /sys/fs/cgroup
   for t in "${hier[@]}"; do
     read -r mp fs opts <<<"$t"
-    [[ $mp != /sys/fs/cgroup ]] || die "cgroup2-only hosts are not supported"
     opts=${opts#rw}
     opts=${opts#,}
     mkdir -p "$mp"
@@ -112,15 +150,15 @@ node_init2() {
   mount -o remount,ro,nosuid,nodev,noexec /sys/fs/cgroup
   mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
   mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
-  # DIR may now be hidden (under /tmp or /run): bind it back from our working directory, which still is DIR.
+  # DIR may be hidden now (under /tmp or /run): bind it back from our working directory, which still is the old DIR.
   mkdir -p "$dir"
   mount --no-canonicalize --bind . "$dir"
-  # A private /dev: a copy of the host's device nodes (minus consoles, kmsg, mem) on a tmpfs, with its own devpts,
-  # /dev/shm and mqueue. /dev/console is a null device, so nothing reaches the host's console.
+  # A private /dev: the host's device nodes copied to a tmpfs (minus consoles, kmsg and memory devices), its own
+  # devpts, /dev/shm and mqueue; /dev/console is script(1)'s pty (our stdin), which becomes DIR/console.log.
   mkdir /run/.dev
   mount -t tmpfs -o nosuid,mode=755 tmpfs /run/.dev
   cp -a --one-file-system /dev/. /run/.dev/
-  rm -rf /run/.dev/{console,kmsg,mem,kmem,port,core,tty[0-9]*,vcs*,ttyS*,shm,pts,mqueue,hugepages,ptmx}
+  rm -rf /run/.dev/{console,kmsg,mem,kmem,port,core,tty[0-9]*,ttyS*,vcs*,shm,pts,mqueue,hugepages,ptmx}
   if console=$(tty); then
     touch /run/.dev/console
     mount --bind "$console" /run/.dev/console
@@ -135,8 +173,11 @@ node_init2() {
   mount -t devpts -o newinstance,nosuid,noexec,mode=620,ptmxmode=0666,gid=5 devpts /dev/pts
   mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /dev/shm
   mount -t mqueue -o nosuid,nodev,noexec mqueue /dev/mqueue
+  # Per-node files over the host's /etc, so that nothing systemd writes there persists or reaches the host.
+  [[ -f /etc/machine-id ]] || die "the host has no /etc/machine-id (systemd-machine-id-setup creates one)"
   mount --bind "$dir/machine-id" /etc/machine-id
-  mount --bind "$dir/hostname" /etc/hostname
+  [[ -f /etc/hostname ]] && mount --bind "$dir/hostname" /etc/hostname
+  mkdir -p /etc/systemd/system
   mount --bind "$dir/system" /etc/systemd/system
   hostname -F "$dir/hostname"
 
@@ -145,7 +186,7 @@ node_init2() {
 [Unit]
 Description=berth systemd node
 Requires=basic.target
-Wants=dbus.socket dbus.service systemd-journald.service
+Wants=systemd-journald.service dbus.socket dbus.service
 After=basic.target dbus.socket dbus.service
 AllowIsolate=yes
 EOF
@@ -158,71 +199,83 @@ EOF
   cat >/run/systemd/journald.conf.d/berth-node.conf <<'EOF'
 [Journal]
 Storage=volatile
+RuntimeMaxUse=32M
 ReadKMsg=no
-ForwardToConsole=no
+ForwardToConsole=yes
+TTYPath=/dev/console
+MaxLevelConsole=debug
 ForwardToWall=no
-RuntimeMaxUse=16M
 EOF
   # No generator runs: they would turn the host's /etc/fstab, init scripts and consoles into units.
   for gen in /usr/lib/systemd/system-generators/* /usr/local/lib/systemd/system-generators/* /etc/systemd/system-generators/*; do
     [[ -e $gen ]] && ln -sfn /dev/null "/run/systemd/system-generators/${gen##*/}"
   done
-  # Mask what the vendor targets pull in (tmpfiles, sysusers, sysctl, remount-fs, random-seed, utmp, ...): those
-  # would act on the host's shared filesystem and kernel. The host's own /etc/systemd/system is hidden already.
+  # Mask what the vendor targets pull in (tmpfiles, sysusers, sysctl, remount-fs, random-seed, utmp, binfmt, ...):
+  # those would act on the host's shared filesystem and kernel. The host's own /etc/systemd/system is hidden above.
   for t in sysinit sockets timers paths local-fs basic slices; do
     for sub in /usr/lib/systemd/system/"$t".target.wants/* /usr/local/lib/systemd/system/"$t".target.wants/*; do
       [[ -e $sub || -L $sub ]] || continue
       unit=${sub##*/}
-      [[ " ${KEEP_UNITS[*]} " == *" $unit "* ]] && continue
-      ln -sfn /dev/null "/run/systemd/system/$unit"
+      [[ " ${KEEP_UNITS[*]} " == *" $unit "* ]] || ln -sfn /dev/null "/run/systemd/system/$unit"
     done
   done
-  exec env -i container=berth-node TERM=dumb "$SYSTEMD_BIN" --unit=$TARGET_UNIT --log-target=console --log-color=no --show-status=no
+  # Like the kernel gives a booting PID 1: a hard RLIMIT_NOFILE of fs.nr_open, so DefaultLimitNOFILE=1024:524288 holds.
+  ulimit -Hn "$(cat /proc/sys/fs/nr_open)" 2>/dev/null || true
+  exec env -i container=berth-node TERM=dumb "$SYSTEMD_BIN" --unit=$TARGET_UNIT --log-target=journal-or-kmsg \
+    --log-level="$LOG_LEVEL" --log-color=no --show-status=no
 }
 
-# --- host side -------------------------------------------------------------------------------------------------
+# --- host side --------------------------------------------------------------------------------------------------
 
+# cgroup_setup CGROUP: creates the node's cgroup in every hierarchy (removing an empty leftover of a killed node).
 cgroup_setup() {
   local cg=$1 mp _fs _opts f
   while read -r mp _fs _opts; do
-    [[ $mp != /sys/fs/cgroup ]] || die "cgroup2-only hosts are not supported"
-    mkdir -p "$mp/$cg"
+    [[ $mp != /sys/fs/cgroup ]] || die "cgroup2-only hosts are not supported (the node needs the hybrid layout)"
+    if [[ -d $mp/$cg ]] && [[ -n "$(find "$mp/$cg" -name cgroup.procs -exec cat {} + 2>/dev/null)" ]]; then
+      die "cgroup $mp/$cg is in use (another node with the name ${cg#berth-systemd-node-}?)"
+    fi
+  done < <(cgroup_mounts)
+  cgroup_remove "$cg"
+  while read -r mp _fs _opts; do
+    mkdir "$mp/$cg"
     # A v1 cpuset cgroup takes no task before it has cpus and mems.
     for f in cpuset.cpus cpuset.mems; do
-      if [[ -f $mp/$f && -f $mp/$cg/$f && -z "$(cat "$mp/$cg/$f")" ]]; then
+      if [[ -f $mp/$cg/$f && -z "$(cat "$mp/$cg/$f")" ]]; then
         cat "$mp/$f" >"$mp/$cg/$f"
       fi
     done
   done < <(cgroup_mounts)
 }
 
-# cgroup_remove CGROUP: kill whatever is left in the node's cgroups and remove them in every hierarchy.
+# cgroup_remove CGROUP: kills whatever is left in the node's cgroups and removes them in every hierarchy.
 cgroup_remove() {
   local cg=$1 mp _fs _opts d pid i left
-  for i in $(seq 50); do
-    left=0
+  for ((i = 0; i < 50; i++)); do
+    left=()
     while read -r mp _fs _opts; do
       d=$mp/$cg
       [[ -d $d ]] || continue
       while read -r pid; do
-        kill -KILL "$pid" 2>/dev/null || true
+        [[ $pid == 0 ]] || kill -KILL "$pid" 2>/dev/null || true
       done < <(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null)
       find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
-      [[ -d $d ]] && left=1
+      [[ -d $d ]] && left+=("$d")
     done < <(cgroup_mounts)
-    [[ $left == 0 ]] && return 0
+    [[ ${#left[@]} -eq 0 ]] && return 0
     sleep 0.1
   done
-  die "could not remove cgroup $cg in: $(for d in /sys/fs/cgroup/*/"$cg"; do [[ -d $d ]] && echo "$d"; done)"
+  die "could not remove ${left[*]}"
 }
 
-# enter PID CMD...: run CMD in all the namespaces of the node whose PID 1 is PID. nsenter itself stays outside (in
-# the caller's cgroup: a process of the host's pid namespace in the node's cgroups would show up as pid 0 there and
-# confuse systemd); its child moves into the node's root cgroups first, as seen from inside, so that systemd can
-# take it into a scope (systemd-run --scope) and it is killed with the node.
+# enter PID CMD...: runs CMD in all the namespaces of the node whose PID 1 is PID. nsenter itself stays in the
+# caller's cgroup (a process of the host's pid namespace in the node's cgroups shows up as pid 0 in cgroup.procs,
+# which systemd fails on); its child first joins the node's root cgroups, as seen from inside, so that systemd can
+# move it into a scope (systemd-run --scope) and it dies with the node.
 enter() {
   local pid=$1
   shift
+  unset NOTIFY_SOCKET DBUS_SYSTEM_BUS_ADDRESS DBUS_SESSION_BUS_ADDRESS XDG_RUNTIME_DIR
   # shellcheck disable=SC2016
   exec nsenter --target "$pid" --mount --uts --ipc --net --pid --cgroup --wd=/ -- /bin/sh -c \
     'for f in /sys/fs/cgroup/*/cgroup.procs; do echo 0 >"$f" || exit 125; done; exec "$@"' systemd-node-exec "$@"
@@ -233,78 +286,76 @@ cmd_exec() {
   dir=$(realpath -m "$1")
   shift
   [[ $# -gt 0 ]] || usage
-  pid=$(node_pid "$dir") || die "no node running in $dir"
+  pid=$(running "$dir/pid") || die "no node is running in $dir"
   enter "$pid" "$@"
 }
 
 cmd_start() {
-  local dir name cg t0 pid state i failed
+  local dir name cg host t0 deadline cmd state failed pid file_max
   dir=$(realpath -m "$1")
   name=$(node_name "$dir")
   cg=berth-systemd-node-$name
   [[ $(id -u) == 0 ]] || die "must run as root"
-  if node_pid "$dir" >/dev/null; then die "a node is already running in $dir"; fi
+  if running "$dir/pid" >/dev/null; then die "a node is already running in $dir"; fi
   ensure_packages
   [[ -x $SYSTEMD_BIN ]] || die "$SYSTEMD_BIN not found"
-  t0=$(date +%s%N)
+  t0=$(now_ms)
   mkdir -p "$dir/system"
-  rm -f "$dir/pid" "$dir/console.log"
+  rm -f "$dir/pid" "$dir/script.pid" "$dir/console.log"
   echo "$cg" >"$dir/cgroup"
-  local host=berth-node-${name,,}
+  host=berth-node-${name,,}
   host=${host//[^a-z0-9-]/-}
   echo "${host:0:63}" >"$dir/hostname"
   tr -d - </proc/sys/kernel/random/uuid >"$dir/machine-id"
   cgroup_setup "$cg"
-  # script(1) gives the node a pty as /dev/console (systemd only logs to a tty) and copies it to console.log.
-  local cmd
+  file_max=$(cat /proc/sys/fs/file-max)
+  # script(1) gives the node a pty for /dev/console (systemd logs only to a tty) and copies it to console.log.
   cmd=$(printf '%q ' unshare --mount --propagation private --pid --fork --kill-child --uts --ipc --net -- \
     "$SELF" __init "$dir" "$cg")
   setsid script --quiet --flush --return --command "$cmd" "$dir/console.log" </dev/null >/dev/null 2>&1 &
-  echo "$!" >"$dir/unshare.pid"
+  echo "$! $(proc_start $! || echo 0)" >"$dir/script.pid"
+
+  deadline=$((t0 + START_TIMEOUT * 1000))
   state=
-  for ((i = 0; i < START_TIMEOUT * 10; i++)); do
-    if ! kill -0 "$(cat "$dir/unshare.pid")" 2>/dev/null; then
-      break
-    fi
-    if pid=$(node_pid "$dir"); then
+  while (($(now_ms) < deadline)); do
+    running "$dir/script.pid" >/dev/null || break
+    if pid=$(running "$dir/pid"); then
       state=$("$SELF" exec "$dir" systemctl is-system-running 2>/dev/null || true)
-      case $state in
-        running | degraded) break ;;
-      esac
+      [[ $state == running || $state == degraded || $state == maintenance || $state == stopping ]] && break
     fi
-    sleep 0.1
+    sleep 0.05
   done
   if [[ $state != running && $state != degraded ]]; then
     echo "$PROG: node $name did not come up (state: ${state:-none}); last lines of $dir/console.log:" >&2
-    tail -n 30 "$dir/console.log" | tr -d '\r' >&2 || true
+    tail -n 30 "$dir/console.log" 2>/dev/null | tr -d '\r' >&2 || true
     stop_node "$dir" "$cg"
     exit 1
   fi
+  # systemd raises the kernel-wide fs.file-max to LONG_MAX when it starts; put the host's value back.
+  if [[ $file_max != 9223372036854775807 && $(cat /proc/sys/fs/file-max) != "$file_max" ]]; then
+    echo "$file_max" >/proc/sys/fs/file-max
+  fi
   failed=
   if [[ $state == degraded ]]; then
-    failed=$("$SELF" exec "$dir" systemctl list-units --failed --plain --no-legend 2>/dev/null | awk '{print $1}' | paste -sd, -)
+    failed=$("$SELF" exec "$dir" systemctl list-units --failed --plain --no-legend | awk '{print $1}' | paste -sd, -)
   fi
-  echo "$PROG: node $name $state${failed:+ (failed: $failed)}, PID 1 is host pid $pid, cgroup /$cg, up in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+  echo "$PROG: node $name $state${failed:+ (failed: $failed)}, PID 1 is host pid $pid, cgroup /$cg, up in $(($(now_ms) - t0)) ms"
 }
 
-# stop_node DIR CGROUP: power off (then kill) the node and remove its cgroups; leaves DIR.
+# stop_node DIR CGROUP: powers off (or kills) the node, waits for it and removes its cgroups; leaves DIR.
 stop_node() {
-  local dir=$1 cg=$2 pid upid i
-  if pid=$(node_pid "$dir"); then
+  local dir=$1 cg=$2 pid deadline
+  if pid=$(running "$dir/pid"); then
     kill -s RTMIN+4 "$pid" 2>/dev/null || true
-    for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
-      [[ "$(proc_start "$pid")" == "$(cut -d' ' -f2 "$dir/pid")" ]] || break
-      sleep 0.1
-    done
+    deadline=$(($(now_ms) + STOP_TIMEOUT * 1000))
+    while running "$dir/pid" >/dev/null && (($(now_ms) < deadline)); do sleep 0.05; done
+    # SIGKILL to PID 1 of a pid namespace kills every process in it.
     kill -KILL "$pid" 2>/dev/null || true
   fi
-  if [[ -f $dir/unshare.pid ]]; then
-    upid=$(cat "$dir/unshare.pid")
-    for ((i = 0; i < 50; i++)); do
-      kill -0 "$upid" 2>/dev/null || break
-      [[ $i == 20 ]] && kill -KILL "$upid" 2>/dev/null
-      sleep 0.1
-    done
+  if pid=$(running "$dir/script.pid"); then
+    deadline=$(($(now_ms) + 3000))
+    while running "$dir/script.pid" >/dev/null && (($(now_ms) < deadline)); do sleep 0.05; done
+    kill -KILL "$pid" 2>/dev/null || true
   fi
   cgroup_remove "$cg"
 }
@@ -314,17 +365,27 @@ cmd_stop() {
   dir=$(realpath -m "$1")
   if [[ -f $dir/cgroup ]]; then cg=$(cat "$dir/cgroup"); else cg=berth-systemd-node-$(node_name "$dir"); fi
   stop_node "$dir" "$cg"
-  if [[ -d $dir ]]; then
-    if findmnt -rn -o TARGET | grep -qF "$dir"; then die "something is mounted under $dir on the host; not removing it"; fi
-    rm -rf --one-file-system "$dir"
+  [[ -e $dir ]] || return 0
+  if findmnt -rn -o TARGET | awk -v d="$dir" '$0 == d || index($0, d "/") == 1 { found = 1 } END { exit !found }'; then
+    die "something is mounted at or under $dir on the host; not removing it"
   fi
+  rm -rf --one-file-system "$dir"
 }
 
 [[ $# -ge 2 ]] || usage
 case $1 in
-  start) [[ $# -eq 2 ]] || usage; cmd_start "$2" ;;
-  stop) [[ $# -eq 2 ]] || usage; cmd_stop "$2" ;;
-  exec) shift; cmd_exec "$@" ;;
+  start)
+    [[ $# -eq 2 ]] || usage
+    cmd_start "$2"
+    ;;
+  stop)
+    [[ $# -eq 2 ]] || usage
+    cmd_stop "$2"
+    ;;
+  exec)
+    shift
+    cmd_exec "$@"
+    ;;
   __init) node_init "$2" "$3" ;;
   __init2) node_init2 "$2" ;;
   *) usage ;;

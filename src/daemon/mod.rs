@@ -199,6 +199,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         version = %crate::version::RUNTIME_VERSION,
         "berth is serving CRI"
     );
+    // Under a systemd unit of Type=notify, kubelet is ordered after berth only once this is sent.
+    if let Err(err) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %err, "cannot tell systemd that berth is ready (NOTIFY_SOCKET)");
+    }
 
     let received = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
@@ -217,6 +221,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         grace_seconds = grace.as_secs(),
         "stopping: no new RPCs; waiting for those in flight"
     );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = stop_accepting.send(());
     let outcome = tokio::time::timeout(grace, &mut server).await;
     socket_file.remove();
