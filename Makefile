@@ -4,7 +4,7 @@ CARGO ?= cargo
 # `make run CONFIG=path` uses that file; by default berth reads /etc/berth/config.toml if it exists.
 CONFIG ?=
 
-.PHONY: all deps build release run install test lint fmt-check clippy unit e2e conformance bench clean
+.PHONY: all deps build release run install image chart-check test lint fmt-check clippy unit e2e conformance bench clean
 
 all: build
 
@@ -28,6 +28,16 @@ run: deps release
 BINARY ?=
 install: $(if $(BINARY),,release)
 	bash hack/install.sh $(or $(BINARY),target/release/berth)
+
+# berth's OCI image without Docker, reproducibly (hack/image.py): target/image/berth-oci (an OCI layout tagged
+# with the workspace version) and target/image/berth-oci.tar; prints the manifest digest last. Builds the release
+# binary first unless BINARY is given (`make image BINARY=path` packs that file as it is).
+image: $(if $(BINARY),,release)
+	python3 hack/image.py --binary $(or $(BINARY),target/release/berth)
+
+# Lints and renders charts/berth with the real helm (hack/helm.sh installs it) and checks the DaemonSet.
+chart-check:
+	bash hack/chart-check.sh
 
 # Everything CI runs: style, lints, unit tests, then end-to-end tests against the real binary and registry.
 test: deps lint

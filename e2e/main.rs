@@ -32,4 +32,5 @@ mod runtime_service;
 mod stats;
 mod streaming;
 mod streaming_cli;
+mod systemd;
 mod userns;

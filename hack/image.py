@@ -78,6 +78,12 @@ def log(msg):
     print(f"image: {msg}", file=sys.stderr, flush=True)
 
 
+def shown(path):
+    """path relative to the working directory when below it, else absolute: for messages."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def canonical_json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
@@ -287,6 +293,7 @@ def write_archive(layout, archive, mtime):
                     info.size = os.path.getsize(path)
                     with open(path, "rb") as f:
                         tar.addfile(info, f)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, archive)
     except BaseException:
         if os.path.exists(tmp):
@@ -322,12 +329,14 @@ def smoke_test(layer_tar, binary_bytes, expected_version_output):
             cp /{BINARY_PATH} /host/bin/.berth.new
             chmod 0755 /host/bin/.berth.new
             mv -f /host/bin/.berth.new /host/bin/berth
-            test -x /host/bin/berth
-            nsenter --help >/dev/null 2>&1
+            nsenter --help
         """)
-        with open(os.path.join(root, "host", "bin", "berth"), "rb") as f:
+        installed = os.path.join(root, "host", "bin", "berth")
+        with open(installed, "rb") as f:
             if f.read() != binary_bytes:
                 raise ImageError("smoke test: the binary the install steps copied differs from the one packed")
+        if os.stat(installed).st_mode & 0o777 != 0o755:
+            raise ImageError(f"smoke test: the installed binary has mode {os.stat(installed).st_mode & 0o777:o}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -372,6 +381,18 @@ def build(args):
     layer = build_layer(binary, args.busybox, libraries, mtime)
     layer_tar = layer.tar_bytes()
     layer_gz = gzip_bytes(layer_tar)
+    log(f"berth {version} (revision {revision or 'none'}) for linux/{arch} from {binary}")
+    log(f"layer {sha256_digest(layer_gz)}: {len(layer_gz)} bytes gzip, {len(layer_tar)} bytes tar; "
+        f"{'libraries ' + ' '.join(libraries) if libraries else 'static binary, no libraries'}; "
+        f"busybox with {' '.join(APPLETS)}")
+
+    if args.smoke_test and os.geteuid() == 0:
+        with open(binary, "rb") as f:
+            smoke_test(layer_tar, f.read(), version_output)
+        log("smoke test passed in a chroot of the layer: berth --version, the install container's"
+            " mkdir/cp/chmod/mv with /bin/sh, nsenter")
+    elif args.smoke_test:
+        log("smoke test skipped: chroot needs root")
 
     labels = {"org.opencontainers.image.title": "berth", "org.opencontainers.image.version": version}
     if meta["description"]:
@@ -436,18 +457,7 @@ def build(args):
     archive = out + ".tar"
     write_archive(out, archive, mtime)
 
-    log(f"berth {version} (revision {revision or 'none'}) for linux/{arch} from {binary}")
-    log(f"layer {layer_digest}: {len(layer_gz)} bytes gzip, {len(layer_tar)} bytes tar; "
-        f"{'libraries ' + ' '.join(libraries) if libraries else 'static binary, no libraries'}; "
-        f"busybox with {' '.join(APPLETS)}")
-    if args.smoke_test and os.geteuid() == 0:
-        with open(binary, "rb") as f:
-            smoke_test(layer_tar, f.read(), version_output)
-        log("smoke test passed in a chroot of the layer: berth --version, the install container's"
-            " mkdir/cp/chmod/mv with /bin/sh, nsenter")
-    elif args.smoke_test:
-        log("smoke test skipped: chroot needs root")
-    log(f"wrote {os.path.relpath(out)} (oci:{os.path.relpath(out)}:{version}) and {os.path.relpath(archive)}"
+    log(f"wrote {shown(out)} (oci:{shown(out)}:{version}) and {shown(archive)}"
         f" ({os.path.getsize(archive)} bytes); manifest digest:")
     print(manifest_digest, flush=True)
 

@@ -1,39 +1,48 @@
 #!/usr/bin/env bash
 # hack/systemd-node.sh — boot a real systemd as PID 1 of private namespaces (a "systemd node") for e2e tests.
 #
-# Usage: hack/systemd-node.sh start DIR          -> one line: node NAME running|degraded, PID 1's host pid, cgroup, ms
-#        hack/systemd-node.sh exec DIR CMD [ARG...] -> runs CMD inside the node; its exit status is passed through
-#        hack/systemd-node.sh stop DIR           -> powers the node off, removes its cgroups and DIR; idempotent
+# Usage: hack/systemd-node.sh start DIR   -> "systemd-node: node NAME running|degraded[ (failed: UNITS)], PID 1 is
+#                                             host pid N, cgroup /berth-systemd-node-NAME, up in MS ms"; exit 1 if not
+#        hack/systemd-node.sh exec DIR CMD [ARG...] -> CMD's own output and exit status (125: could not join cgroups)
+#        hack/systemd-node.sh stop DIR    -> no output; exit 0, also when nothing runs or DIR is gone
 #
 # What: `start` runs Debian's /lib/systemd/systemd (252) as PID 1 of new pid, mount, cgroup, UTS, IPC and network
-#       namespaces, under the cgroup /berth-systemd-node-NAME (NAME = DIR's basename) of every hierarchy mounted
-#       under /sys/fs/cgroup, which its cgroup namespace makes its root: systemd runs in its hybrid mode like the host
-#       (v1 controllers + cgroup2 at /sys/fs/cgroup/unified for its own tracking), and the slices/scopes it creates
-#       appear on the host as /sys/fs/cgroup/HIER/berth-systemd-node-NAME/SLICE/UNIT. It boots berth-node.target:
-#       systemd-journald (volatile storage) and dbus-daemon (the system bus at /run/dbus/system_bus_socket works)
-#       behind basic.target, nothing else: every other unit the vendor sysinit/sockets/timers/paths/local-fs/basic
-#       targets pull in is masked, no generator runs, and the host's /etc/systemd/system (its enabled units) is
-#       hidden. `start` returns once `systemctl is-system-running` says running or degraded, or fails (exit 1) with
-#       the console's last lines after BERTH_SYSTEMD_NODE_TIMEOUT (20) s, leaving DIR for inspection.
-#       `exec` runs CMD with nsenter in all the node's namespaces, in the node's root cgroup, cwd /, with the caller's
-#       stdio and environment (minus NOTIFY_SOCKET, DBUS_*_BUS_ADDRESS, XDG_RUNTIME_DIR).
-#       `stop` sends SIGRTMIN+4 (poweroff), SIGKILLs PID 1 after BERTH_SYSTEMD_NODE_STOP_TIMEOUT (15) s, kills what is
-#       left in the node's cgroups, removes them in every hierarchy, then removes DIR. Nothing is mounted on the host
-#       (all mounts live in the node's mount namespace), so nothing needs unmounting; stopping twice exits 0.
-# Why:  berth's systemd cgroup driver needs a real systemd PID 1 (D-Bus API, transient scopes in slices, sd_notify)
-#       and CI machines do not boot with systemd; a node per test keeps tests apart and leaves the host as it was.
-# Files in DIR: pid (host pid + start time of PID 1), console.log (PID 1's /dev/console, a pty, via script(1):
-#       systemd's log and, through journald's ForwardToConsole, every unit's output; CRLF line ends), cgroup,
-#       hostname, machine-id, and system/, which is the node's /etc/systemd/system: a unit file written there from
-#       the host is seen by `exec DIR systemctl daemon-reload`.
-# Inside the node: the host's root filesystem, shared (writes to /var, /work, ... are real), except a private tmpfs
-#       /run, /tmp and /dev/shm, a private /dev (a copy of the host's device nodes, without consoles, kmsg, mem),
-#       own /proc, a read-only /sys (own netns), own cgroupfs mounts, and the per-node /etc/machine-id, /etc/hostname
-#       and /etc/systemd/system above. DIR itself is bind-mounted at the same path, so a file or unix socket under DIR
-#       (unit files, configs, berth's CRI socket) has the same path inside and on the host. Only loopback exists.
-#       PID 1's sockets (/run/systemd/private, /run/systemd/notify, /run/dbus/system_bus_socket) are reachable from
-#       the host as /proc/PID/root/run/... (PID: first word of DIR/pid). /proc/sys is the host kernel's (writable).
-# Needs root and a cgroup v1/hybrid host; installs systemd, dbus, util-linux and bsdutils with apt-get if missing.
+#       namespaces, in the cgroup /berth-systemd-node-NAME (NAME: DIR's basename) of every hierarchy under
+#       /sys/fs/cgroup, which its cgroup namespace makes its root. systemd runs in hybrid mode like the host (v1
+#       controllers, cgroup2 at /sys/fs/cgroup/unified for its own tracking); a unit's cgroup /SLICE/UNIT inside is
+#       /sys/fs/cgroup/HIER/berth-systemd-node-NAME/SLICE/UNIT on the host. It boots berth-node.target: journald
+#       (volatile) and dbus-daemon (the system bus, /run/dbus/system_bus_socket) behind basic.target, nothing else:
+#       every other unit of the vendor sysinit/sockets/timers/paths/local-fs/basic/slices wants is masked, as is every
+#       D-Bus-activatable service (logind, hostnamed, timedated, PackageKit, ...), no generator runs and the host's
+#       /etc/systemd/system (its enabled units) is hidden. `start` returns when `systemctl is-system-running` says
+#       running or degraded (typically 0.4-0.9 s), else fails after BERTH_SYSTEMD_NODE_TIMEOUT (20) s with the
+#       console's last lines, cleaning up all but DIR. systemd raises the kernel's fs.file-max; `start` restores it.
+#       `exec` runs CMD with nsenter in all the node's namespaces and its root cgroup, cwd /, with the caller's stdio
+#       and environment (minus NOTIFY_SOCKET, DBUS_*_BUS_ADDRESS, XDG_RUNTIME_DIR). Killing `exec` kills nsenter
+#       only; CMD lives on inside the node.
+#       `stop` sends PID 1 SIGRTMIN+4 (poweroff; 0.2-0.4 s), SIGKILLs it after BERTH_SYSTEMD_NODE_STOP_TIMEOUT (15) s,
+#       kills whatever is left in the node's cgroups, removes them in every hierarchy and removes DIR (only if it holds
+#       the `cgroup` file `start` wrote, or is empty). Nothing is ever mounted in the host's mount namespace.
+# Why:  berth's systemd cgroup driver needs a real systemd PID 1 (D-Bus API, transient scopes in slices, sd_notify),
+#       CI machines do not boot with systemd, and a node per test keeps tests apart and leaves the host as it was.
+# DIR:  pid (PID 1's host pid and start time), script.pid, cgroup, hostname, machine-id, console.log (the node's
+#       /dev/console, a pty copied by script(1): systemd's messages and, via journald's ForwardToConsole, all units'
+#       output; CRLF line ends), and system/, which is the node's /etc/systemd/system: write berth.service there from
+#       the host, then `exec DIR systemctl daemon-reload`; units linked into system/berth-node.target.wants/ before
+#       `start` start at boot. DIR is also bind-mounted at its own path inside, so a file or unix socket under DIR
+#       (configs, berth's CRI socket, state) has the same path on both sides.
+# Node: the host's root filesystem, shared (writes to /var, /usr, the checkout are real), with a private tmpfs /run,
+#       /tmp and /dev/shm, a private /dev (copies of the host's device nodes minus consoles, kmsg and mem; own devpts
+#       and mqueue), its own /proc, a read-only /sys, and per-node /etc/machine-id, /etc/hostname (berth-node-NAME) and
+#       /etc/systemd/system. /proc/sys is the host kernel's, writable (it stays fully visible so that user-namespaced
+#       containers can mount proc). The network namespace has only lo (127.0.0.1), so TCP ports inside (e.g. berth's
+#       streaming server) are reachable only from inside. From the host, the system bus works at
+#       /proc/PID/root/run/dbus/system_bus_socket, but /run/systemd/private does not (systemd refuses a peer outside
+#       its pid namespace); inside, both do. On this host cpu and cpuacct are separate v1 hierarchies while systemd
+#       assumes them co-mounted: it creates no cpuacct cgroups (CPUUsageNSec stays unset); cpuset it never manages.
+# Knobs: BERTH_SYSTEMD_NODE_TIMEOUT, BERTH_SYSTEMD_NODE_STOP_TIMEOUT, BERTH_SYSTEMD_NODE_LOG_LEVEL (systemd's,
+#       default info), BERTH_SYSTEMD_NODE_SYSTEMD (the binary). Needs root and a v1/hybrid cgroup layout with a
+#       name=systemd hierarchy; installs systemd, dbus, util-linux and bsdutils (script) with apt-get if missing.
 set -euo pipefail
 
 SELF=$(realpath "${BASH_SOURCE[0]}")
@@ -117,22 +126,26 @@ ensure_packages() {
 # --- inside the node, before systemd ----------------------------------------------------------------------------
 
 # __init DIR CGROUP: PID 1 of the new pid/mount/uts/ipc/net namespaces, still in the host's cgroup namespace and
-# with the host's /proc mounted: records its host pid, joins the node's cgroups, then unshares the cgroup namespace.
+# with the host's /proc mounted: learns its host pid, joins the node's cgroups, then unshares the cgroup namespace.
 node_init() {
   local dir=$1 cg=$2 mp _fs _opts pid _rest
   read -r pid _rest </proc/self/stat
-  echo "$pid $(proc_start "$pid")" >"$dir/pid"
   while read -r mp _fs _opts; do
     echo 0 >"$mp/$cg/cgroup.procs"
   done < <(cgroup_mounts)
-  exec unshare --cgroup -- "$SELF" __init2 "$dir"
+  exec unshare --cgroup -- "$SELF" __init2 "$dir" "$pid $(proc_start "$pid")"
 }
 
-# __init2 DIR: the same process in its own cgroup namespace: builds the node's mounts and config, then execs systemd.
+# __init2 DIR "HOSTPID START": the same process in its own cgroup namespace: builds the node's mounts and config,
+# writes DIR/pid and execs systemd.
 node_init2() {
-  local dir=$1 mp fs opts t sub unit gen console
-  local -a hier
+  local dir=$1 pidline=$2 mp fs opts t sub unit gen console link
+  local -a hier links=()
   mapfile -t hier < <(cgroup_mounts)
+  # Symlinks such as cpu -> cpu,cpuacct on hosts that co-mount controllers: recreated below, before the tmpfs is ro.
+  for link in /sys/fs/cgroup/*; do
+    [[ -L $link ]] && links+=("$link $(readlink "$link")")
+  done
   cd "$dir"
   mount --make-rprivate /
   mount -t proc -o nosuid,nodev,noexec proc /proc
@@ -146,6 +159,9 @@ node_init2() {
     opts=${opts#,}
     mkdir -p "$mp"
     mount -t "$fs" -o "nosuid,nodev,noexec${opts:+,$opts}" "$fs" "$mp"
+  done
+  for t in ${links[@]+"${links[@]}"}; do
+    ln -s "${t#* }" "${t%% *}"
   done
   mount -o remount,ro,nosuid,nodev,noexec /sys/fs/cgroup
   mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
@@ -219,8 +235,21 @@ EOF
       [[ " ${KEEP_UNITS[*]} " == *" $unit "* ]] || ln -sfn /dev/null "/run/systemd/system/$unit"
     done
   done
+  # Nor does D-Bus activation start anything: logind would create /var/lib/systemd/linger on the shared disk,
+  # timedated/timesyncd would set the host's clock, localed write /etc, PackageKit install packages.
+  for sub in /usr/share/dbus-1/system-services/*.service /usr/local/share/dbus-1/system-services/*.service; do
+    [[ -f $sub ]] || continue
+    unit=$(sed -n 's/^SystemdService=//p' "$sub")
+    [[ -n $unit && $unit != dbus.service ]] || continue
+    ln -sfn /dev/null "/run/systemd/system/$unit"
+    if [[ -L /usr/lib/systemd/system/$unit ]]; then
+      t=$(readlink "/usr/lib/systemd/system/$unit")
+      ln -sfn /dev/null "/run/systemd/system/${t##*/}"
+    fi
+  done
   # Like the kernel gives a booting PID 1: a hard RLIMIT_NOFILE of fs.nr_open, so DefaultLimitNOFILE=1024:524288 holds.
   ulimit -Hn "$(cat /proc/sys/fs/nr_open)" 2>/dev/null || true
+  echo "$pidline" >"$dir/pid"
   exec env -i container=berth-node TERM=dumb "$SYSTEMD_BIN" --unit=$TARGET_UNIT --log-target=journal-or-kmsg \
     --log-level="$LOG_LEVEL" --log-color=no --show-status=no
 }
@@ -230,6 +259,8 @@ EOF
 # cgroup_setup CGROUP: creates the node's cgroup in every hierarchy (removing an empty leftover of a killed node).
 cgroup_setup() {
   local cg=$1 mp _fs _opts f
+  [[ $(cgroup_mounts) == *[\ ,]name=systemd* ]] ||
+    die "no name=systemd cgroup hierarchy under /sys/fs/cgroup (the node needs the host's v1/hybrid layout)"
   while read -r mp _fs _opts; do
     [[ $mp != /sys/fs/cgroup ]] || die "cgroup2-only hosts are not supported (the node needs the hybrid layout)"
     if [[ -d $mp/$cg ]] && [[ -n "$(find "$mp/$cg" -name cgroup.procs -exec cat {} + 2>/dev/null)" ]]; then
@@ -337,7 +368,7 @@ cmd_start() {
   fi
   failed=
   if [[ $state == degraded ]]; then
-    failed=$("$SELF" exec "$dir" systemctl list-units --failed --plain --no-legend | awk '{print $1}' | paste -sd, -)
+    failed=$("$SELF" exec "$dir" systemctl list-units --failed --plain --no-legend | awk '{print $1}' | paste -sd, -) || true
   fi
   echo "$PROG: node $name $state${failed:+ (failed: $failed)}, PID 1 is host pid $pid, cgroup /$cg, up in $(($(now_ms) - t0)) ms"
 }
@@ -350,12 +381,12 @@ stop_node() {
     deadline=$(($(now_ms) + STOP_TIMEOUT * 1000))
     while running "$dir/pid" >/dev/null && (($(now_ms) < deadline)); do sleep 0.05; done
     # SIGKILL to PID 1 of a pid namespace kills every process in it.
-    kill -KILL "$pid" 2>/dev/null || true
+    if running "$dir/pid" >/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
   fi
   if pid=$(running "$dir/script.pid"); then
     deadline=$(($(now_ms) + 3000))
     while running "$dir/script.pid" >/dev/null && (($(now_ms) < deadline)); do sleep 0.05; done
-    kill -KILL "$pid" 2>/dev/null || true
+    if running "$dir/script.pid" >/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
   fi
   cgroup_remove "$cg"
 }
@@ -366,6 +397,10 @@ cmd_stop() {
   if [[ -f $dir/cgroup ]]; then cg=$(cat "$dir/cgroup"); else cg=berth-systemd-node-$(node_name "$dir"); fi
   stop_node "$dir" "$cg"
   [[ -e $dir ]] || return 0
+  # Only a directory `start` made (it has the cgroup file) or an empty one is removed.
+  if [[ ! -f $dir/cgroup && -n "$(ls -A "$dir" 2>/dev/null)" ]] || [[ $dir == / ]]; then
+    die "$dir does not look like a node directory; not removing it"
+  fi
   if findmnt -rn -o TARGET | awk -v d="$dir" '$0 == d || index($0, d "/") == 1 { found = 1 } END { exit !found }'; then
     die "something is mounted at or under $dir on the host; not removing it"
   fi
@@ -387,6 +422,6 @@ case $1 in
     cmd_exec "$@"
     ;;
   __init) node_init "$2" "$3" ;;
-  __init2) node_init2 "$2" ;;
+  __init2) node_init2 "$2" "$3" ;;
   *) usage ;;
 esac

@@ -439,12 +439,15 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Changes the limits of a running cgroup: systemd's record of them (a scope's), then the files.
+    /// Changes the limits of a running cgroup: the files, then systemd's record of them (a scope's). Files
+    /// first, in the order the kernel accepts (v1: a memory limit raised above the memory+swap limit must
+    /// wait for it); systemd then writes values already in place.
     pub fn update(&self, resources: &LinuxResources) -> Result<()> {
-        if let Some(scope) = &self.scope {
-            scope.set_limits(resources, self.layout.is_v2())?;
+        self.apply(resources)?;
+        match &self.scope {
+            Some(scope) => scope.set_limits(resources, self.layout.is_v2()),
+            None => Ok(()),
         }
-        self.apply(resources)
     }
 
     /// Applies `linux.resources` to the cgroup files.

@@ -9,9 +9,11 @@
 //! caller then writes every limit to the cgroup files as well, as runc does, so controllers systemd does
 //! not manage (cpuset, hugetlb, the devices rules, ...) are set too.
 //!
-//! systemd is reached on its private socket (`/run/systemd/private`, peer to peer, what systemctl uses as
-//! root; no bus broker needed) or else on the system bus. Each call waits for its job's `JobRemoved`
-//! signal, so the cgroup exists (or is gone) when the call returns.
+//! systemd is reached on the system bus (`DBUS_SYSTEM_BUS_ADDRESS`, else `/run/dbus/system_bus_socket`), as
+//! runc and kubelet reach it. Not on its private socket: systemd sends messages there with a well-known
+//! name as sender, which zbus 5 takes for a broken message (a panic in its reader, so every call would
+//! hang). Each call waits for its job's `JobRemoved` signal, so the cgroup exists (or is gone) when the
+//! call returns.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -24,7 +26,6 @@ use zbus::zvariant::{OwnedObjectPath, Value};
 
 use crate::error::{Result, RuntimeError};
 
-const PRIVATE_SOCKET: &str = "/run/systemd/private";
 const DESTINATION: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
@@ -236,8 +237,6 @@ static CONNECTION: Mutex<Option<Connection>> = Mutex::new(None);
 #[derive(Clone)]
 struct Connection {
     inner: zbus::Connection,
-    /// Peer to peer with PID 1: messages carry no destination, and there is no bus to add matches to.
-    direct: bool,
 }
 
 fn connection() -> std::result::Result<Connection, Failure> {
@@ -251,21 +250,10 @@ fn connection() -> std::result::Result<Connection, Failure> {
 }
 
 async fn connect() -> std::result::Result<Connection, Failure> {
-    let private = match std::os::unix::net::UnixStream::connect(PRIVATE_SOCKET) {
-        Ok(stream) => zbus::connection::Builder::unix_stream(stream).p2p().build().await.map_err(Failure::from),
-        Err(err) => Err(Failure::Other(format!("connect {PRIVATE_SOCKET}: {err}"))),
-    };
-    let connection = match private {
-        Ok(inner) => Connection { inner, direct: true },
-        Err(Failure::Other(private_error) | Failure::Broken(private_error) | Failure::Method(_, private_error)) => {
-            let inner = zbus::Connection::system().await.map_err(|bus_error| {
-                Failure::Other(format!(
-                    "systemd cannot be reached (private socket: {private_error}; system bus: {bus_error})"
-                ))
-            })?;
-            Connection { inner, direct: false }
-        }
-    };
+    let inner = zbus::Connection::system()
+        .await
+        .map_err(|err| Failure::Other(format!("systemd cannot be reached over the system bus: {err}")))?;
+    let connection = Connection { inner };
     // systemd sends JobRemoved only to clients that subscribed.
     connection.call("Subscribe", &()).await?;
     Ok(connection)
@@ -276,8 +264,7 @@ impl Connection {
     where
         B: serde::Serialize + zbus::zvariant::DynamicType,
     {
-        let destination = (!self.direct).then_some(DESTINATION);
-        Ok(self.inner.call_method(destination, MANAGER_PATH, Some(MANAGER), method, body).await?)
+        Ok(self.inner.call_method(Some(DESTINATION), MANAGER_PATH, Some(MANAGER), method, body).await?)
     }
 }
 
