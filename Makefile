@@ -4,7 +4,7 @@ CARGO ?= cargo
 # `make run CONFIG=path` uses that file; by default berth reads /etc/berth/config.toml if it exists.
 CONFIG ?=
 
-.PHONY: all deps build release run install image chart-check test lint fmt-check clippy unit e2e conformance bench clean
+.PHONY: all deps build release run install image image-check chart-check test lint fmt-check clippy unit e2e conformance bench clean
 
 all: build
 
@@ -35,12 +35,17 @@ install: $(if $(BINARY),,release)
 image: $(if $(BINARY),,release)
 	python3 hack/image.py --binary $(or $(BINARY),target/release/berth)
 
+# The image twice from the release build (same digest, same archive), pushed to a private registry and pulled
+# by berth itself (hack/image-check.sh).
+image-check: release
+	bash hack/image-check.sh
+
 # Lints and renders charts/berth with the real helm (hack/helm.sh installs it) and checks the DaemonSet.
 chart-check:
 	bash hack/chart-check.sh
 
-# Everything CI runs: style, lints, unit tests, then end-to-end tests against the real binary and registry.
-test: deps lint
+# Style, lints (the chart's too), unit tests, then end-to-end tests against the real binary and registry.
+test: deps lint chart-check
 	bash hack/test.sh
 
 lint: fmt-check clippy

@@ -298,3 +298,37 @@ async fn berth_under_systemd_makes_scopes_that_survive_a_daemon_kill_and_go_with
     let last = journal.lines().rev().find(|line| line.contains("berth.service: ")).unwrap_or_default();
     assert!(last.contains("Deactivated successfully"), "berth.service did not stop cleanly: {journal}");
 }
+
+#[tokio::test]
+async fn without_a_reachable_systemd_the_systemd_driver_fails_clearly_and_leaves_nothing() {
+    let dirs = crate::support::DaemonDirs::new();
+    dirs.write_config("[cgroup]\ndriver = \"systemd\"\n");
+    let mut command = dirs.serve_command();
+    let no_bus = dirs.path().join("no-bus");
+    command.env("DBUS_SYSTEM_BUS_ADDRESS", format!("unix:path={}", no_bus.display()));
+    let daemon = crate::support::Daemon::spawn_command(&dirs, command);
+    let mut client = daemon.client().await;
+    let mut config = cri::pod_config("nobus", &dirs.path().join("logs"), cri::node_network());
+    config.linux.as_mut().unwrap().cgroup_parent = "kubepods-besteffort-podnobus.slice".into();
+    let refused = client
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config), ..Default::default() })
+        .await
+        .expect_err("RunPodSandbox without systemd");
+    let message = refused.message();
+    for part in ["berth-shim-", ".scope", "StartTransientUnit", "system bus", no_bus.to_str().unwrap()] {
+        assert!(message.contains(part), "the error names {part:?}: {refused:?}");
+    }
+    let pods = client.runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert!(pods.is_empty(), "{pods:?}");
+    let pod_dirs: Vec<_> = std::fs::read_dir(dirs.state().join("pods")).into_iter().flatten().flatten().collect();
+    assert!(pod_dirs.is_empty(), "pod directories left: {pod_dirs:?}");
+    let scopes: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .flat_map(|hierarchy| std::fs::read_dir(hierarchy.path().join("system.slice")).into_iter().flatten().flatten())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("berth-shim-"))
+        .map(|entry| entry.path())
+        .collect();
+    assert!(scopes.is_empty(), "scope directories left: {scopes:?}");
+}

@@ -568,10 +568,14 @@ impl Cgroup {
     }
 
     /// Kills what is left and removes the cgroup in every hierarchy (a scope is stopped first: systemd kills
-    /// and removes what it manages). Missing directories and units are fine.
+    /// and removes what it manages). Missing directories and units are fine. A scope systemd cannot stop
+    /// (unreachable, so it never made one either) still has its processes killed and its directories
+    /// removed: a cgroup must never outlive its container because D-Bus failed.
     pub fn delete(&self) -> Result<()> {
-        if let Some(scope) = &self.scope {
-            scope.stop()?;
+        if let Some(scope) = &self.scope
+            && let Err(err) = scope.stop()
+        {
+            tracing::warn!(error = %err, "removing the scope's cgroup directories without systemd");
         }
         let _ = self.signal_all(nix::sys::signal::Signal::SIGKILL);
         for dir in self.directories().into_iter().rev() {

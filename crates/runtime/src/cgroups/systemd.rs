@@ -250,9 +250,11 @@ fn connection() -> std::result::Result<Connection, Failure> {
 }
 
 async fn connect() -> std::result::Result<Connection, Failure> {
-    let inner = zbus::Connection::system()
-        .await
-        .map_err(|err| Failure::Other(format!("systemd cannot be reached over the system bus: {err}")))?;
+    let inner = zbus::Connection::system().await.map_err(|err| {
+        let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+            .unwrap_or_else(|_| "unix:path=/run/dbus/system_bus_socket".to_owned());
+        Failure::Other(format!("systemd cannot be reached over the system bus ({address}): {err}"))
+    })?;
     let connection = Connection { inner };
     // systemd sends JobRemoved only to clients that subscribed.
     connection.call("Subscribe", &()).await?;
