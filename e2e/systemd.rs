@@ -221,6 +221,10 @@ async fn berth_under_systemd_makes_scopes_that_survive_a_daemon_kill_and_go_with
         ..Default::default()
     });
     let id = run_container(&mut client, &pod, &pod_config, container).await;
+    let second = cri::container_config("second", &busybox, &["sleep", "100000"]);
+    let second = run_container(&mut client, &pod, &pod_config, second).await;
+    let second_scope = format!("berth-{second}.scope");
+    assert_eq!(node.property(&second_scope, "ActiveState"), "active");
 
     let scope = format!("berth-{id}.scope");
     let shim_scope = format!("berth-shim-{pod}.scope");
@@ -231,6 +235,8 @@ async fn berth_under_systemd_makes_scopes_that_survive_a_daemon_kill_and_go_with
     assert_eq!(node.property(&scope, "CPUQuotaPerSecUSec"), "200ms");
     assert_eq!(node.property(&shim_scope, "ActiveState"), "active");
     assert_eq!(node.property(&shim_scope, "Slice"), "system.slice");
+    assert_eq!(node.property(&scope, "Description"), format!("berth container {id}"));
+    assert_eq!(node.property(&shim_scope, "Description"), format!("berth shim of pod {pod}"));
     let scope_path = format!("/kubepods.slice/kubepods-burstable.slice/{slice}/{scope}");
     assert_eq!(node.property(&scope, "ControlGroup"), scope_path);
     // The limits are in the cgroup files, as the host sees them.
@@ -277,8 +283,11 @@ async fn berth_under_systemd_makes_scopes_that_survive_a_daemon_kill_and_go_with
     assert_eq!(node.property("berth.service", "ActiveState"), "active");
     assert_ne!(node.property("berth.service", "MainPID"), main_pid);
     let mut client = connect(&socket).await;
-    let state = cri::status(&mut client, &id).await.state;
-    assert_eq!(state, ContainerState::ContainerRunning as i32, "the container after the daemon's restart");
+    for container in [&id, &second] {
+        let state = cri::status(&mut client, container).await.state;
+        assert_eq!(state, ContainerState::ContainerRunning as i32, "container {container} after the daemon's restart");
+    }
+    assert_eq!(node.property(&second_scope, "ActiveState"), "active");
     assert_eq!(procs(&memory), container_pids, "the same process, in the same scope");
     assert_eq!(node.property(&scope, "ActiveState"), "active");
     let (code, out) = cri::exec_out(&mut client, &id, &["cat", "/proc/self/cgroup"]).await;

@@ -144,10 +144,19 @@ impl Scope {
         Ok(path)
     }
 
+    /// What `systemctl status` shows: whose scope it is.
+    fn description(&self) -> String {
+        let name = self.unit.trim_end_matches(".scope");
+        match name.strip_prefix("berth-shim-") {
+            Some(pod) => format!("berth shim of pod {pod}"),
+            None => format!("berth container {}", name.strip_prefix("berth-").unwrap_or(name)),
+        }
+    }
+
     fn base_properties(&self, pid: i32, v2: bool) -> Vec<(&'static str, Value<'static>)> {
         let io_accounting = if v2 { "IOAccounting" } else { "BlockIOAccounting" };
         vec![
-            ("Description", Value::from(format!("berth container scope {}", self.unit))),
+            ("Description", Value::from(self.description())),
             ("Slice", Value::from(self.slice.clone())),
             ("PIDs", Value::from(vec![pid as u32])),
             ("Delegate", Value::from(true)),
