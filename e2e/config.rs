@@ -98,3 +98,49 @@ fn the_default_config_is_complete_and_checks_clean() {
     assert_eq!(effective["daemon"]["socket"].as_str(), Some("/run/berth/berth.sock"));
     assert_eq!(effective["cgroup"]["driver"].as_str(), Some("cgroupfs"));
 }
+
+/// The config `write_config` writes, with more keys in its `[daemon]` table.
+fn with_daemon_keys(dirs: &DaemonDirs, keys: &str) {
+    let config = dirs.write_config("");
+    let text = std::fs::read_to_string(&config).unwrap().replacen("[daemon]\n", &format!("[daemon]\n{keys}\n"), 1);
+    std::fs::write(&config, text).unwrap();
+}
+
+#[test]
+fn a_socket_directory_every_user_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dirs = DaemonDirs::new();
+    let open = dirs.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = open.join("berth.sock");
+    with_daemon_keys(&dirs, "");
+    let config = dirs.config_path();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("socket = {:?}", dirs.socket()), &format!("socket = {socket:?}"));
+    std::fs::write(&config, text).unwrap();
+    let output = dirs.serve_command().output().unwrap();
+    assert_clean_failure(
+        &output,
+        &format!("the socket's directory {} (mode 0777) may be written by every user", open.display()),
+    );
+    assert!(!socket.exists(), "no socket is bound in such a directory");
+}
+
+#[test]
+fn the_socket_gets_the_configured_owner_group_and_mode() {
+    use std::os::unix::fs::MetadataExt;
+    let dirs = DaemonDirs::new();
+    with_daemon_keys(&dirs, "socket_owner = \"nobody\"\nsocket_group = \"65534\"\nsocket_mode = \"0640\"");
+    let daemon = crate::support::Daemon::start_in(&dirs);
+    let meta = std::fs::metadata(dirs.socket()).unwrap();
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (65534, 65534, 0o640));
+    drop(daemon);
+
+    let dirs = DaemonDirs::new();
+    with_daemon_keys(&dirs, "socket_group = \"no-such-group-here\"");
+    let output = dirs.serve_command().output().unwrap();
+    assert_clean_failure(&output, "daemon.socket_group \"no-such-group-here\": no such group on this node");
+    assert!(!dirs.socket().exists());
+}

@@ -45,6 +45,10 @@ pub struct DaemonConfig {
     pub root: AbsolutePath,
     pub state: AbsolutePath,
     pub socket: AbsolutePath,
+    /// The socket's owner and group (a name or a numeric id; empty: the daemon's own) and mode.
+    pub socket_owner: String,
+    pub socket_group: String,
+    pub socket_mode: values::SocketMode,
     pub shutdown_grace_seconds: values::GraceSeconds,
 }
 
@@ -54,6 +58,9 @@ impl Default for DaemonConfig {
             root: AbsolutePath::fixed("/var/lib/berth"),
             state: AbsolutePath::fixed("/run/berth"),
             socket: AbsolutePath::fixed("/run/berth/berth.sock"),
+            socket_owner: String::new(),
+            socket_group: String::new(),
+            socket_mode: values::SocketMode(0o660),
             shutdown_grace_seconds: values::GraceSeconds(10),
         }
     }
@@ -500,6 +507,12 @@ mod tests {
             ),
             ("[streaming]\naddress = \"localhost\"\n", "streaming.address: invalid socket address"),
             ("[daemon]\nshutdown_grace_seconds = 0\n", "daemon.shutdown_grace_seconds: must be between 1 and 600"),
+            (
+                "[daemon]\nsocket_mode = \"0666\"\n",
+                ":2: daemon.socket_mode: \"0666\" lets every user of the node connect",
+            ),
+            ("[daemon]\nsocket_mode = \"rw-rw----\"\n", "daemon.socket_mode: must be permission bits in octal"),
+            ("[daemon]\nsocket_mode = \"01660\"\n", "daemon.socket_mode: must be permission bits in octal"),
             ("[streaming]\ntls_cert = \"/a\"\n", "tls_cert and tls_key must be set together"),
             ("[streaming]\nidle_timeout_seconds = 0\n", "idle_timeout_seconds must be at least 1"),
             ("[streaming]\nmax_sessions_per_container = 0\n", "max_sessions_per_container must be at least 1"),

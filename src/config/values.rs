@@ -66,6 +66,33 @@ impl<'de> Deserialize<'de> for RegistryUrl {
     }
 }
 
+/// The CRI socket's permission bits, written in octal ("0660"). Whoever can connect to the socket can run
+/// privileged containers, so bits that let every user of the node connect (others' write) are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketMode(pub u32);
+
+impl Serialize for SocketMode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for SocketMode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let mode =
+            u32::from_str_radix(&text, 8).ok().filter(|&mode| mode <= 0o777 && !text.is_empty()).ok_or_else(|| {
+                serde::de::Error::custom(format!("must be permission bits in octal such as \"0660\", got {text:?}"))
+            })?;
+        if mode & 0o002 != 0 {
+            return Err(serde::de::Error::custom(format!(
+                "{text:?} lets every user of the node connect, and so run privileged containers; give a group access with socket_group instead"
+            )));
+        }
+        Ok(SocketMode(mode))
+    }
+}
+
 /// Seconds to wait for in-flight RPCs at shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(transparent)]

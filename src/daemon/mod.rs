@@ -87,6 +87,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // The socket check comes first: "a daemon is serving this socket" is the clearest answer when an operator
     // starts a second one. The lock then closes the race between two daemons starting at once.
     socket::check_not_served(&layout.socket)?;
+    socket::check_directory(&layout.socket)?;
+    let socket_access =
+        socket::Access::resolve(&config.daemon.socket_owner, &config.daemon.socket_group, config.daemon.socket_mode.0)?;
     let _lock = lock::StateLock::acquire(&layout.lock())?;
     let store = Arc::new(Store::open(&layout.database())?);
 
@@ -176,7 +179,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|source| ServeError::Signal { signal: "SIGINT", source })?;
 
-    let (listener, socket_file) = socket::bind(&layout.socket)?;
+    let (listener, socket_file) = socket::bind(&layout.socket, socket_access)?;
     let incoming =
         tokio_stream::StreamExt::map(tokio_stream::wrappers::UnixListenerStream::new(listener), |accepted| {
             accepted.map(authority::AuthorityFix::new)

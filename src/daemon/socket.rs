@@ -1,13 +1,11 @@
-//! The CRI socket: refusing one a live daemon serves, replacing one a crash left behind, binding with the
-//! right mode, and removing it at exit only if it is still ours.
+//! The CRI socket: refusing one a live daemon serves, replacing one a crash left behind, refusing a
+//! directory others may write to, binding with the configured owner, group and mode, and removing it at exit
+//! only if it is still ours. Whoever can connect to the socket can run privileged containers on the node.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use berth_error_kind::{ErrorKind, Kinded};
-
-/// The socket's mode: kubelet runs as root; a group may be given access by the operator.
-pub const SOCKET_MODE: u32 = 0o660;
 
 /// The longest path a unix socket address can hold (sun_path is 108 bytes with the trailing NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -20,6 +18,13 @@ pub enum SocketError {
     NotASocket { path: PathBuf },
     #[error("socket path {path} is {length} bytes long; unix sockets allow at most {MAX_SOCKET_PATH}")]
     TooLong { path: PathBuf, length: usize },
+    #[error(
+        "the socket's directory {path} (mode {mode:04o}) may be written by every user, who could put their own \
+         socket in berth's place; remove the others' write bit (chmod o-w) or choose another daemon.socket"
+    )]
+    UnsafeDirectory { path: PathBuf, mode: u32 },
+    #[error("daemon.socket_{what} {name:?}: no such {what} on this node")]
+    UnknownId { what: &'static str, name: String },
     #[error("cannot {step} socket {path}")]
     Io {
         step: &'static str,
@@ -33,7 +38,10 @@ impl Kinded for SocketError {
     fn kind(&self) -> ErrorKind {
         match self {
             SocketError::InUse { .. } => ErrorKind::Unavailable,
-            SocketError::NotASocket { .. } | SocketError::TooLong { .. } => ErrorKind::InvalidArgument,
+            SocketError::NotASocket { .. }
+            | SocketError::TooLong { .. }
+            | SocketError::UnsafeDirectory { .. }
+            | SocketError::UnknownId { .. } => ErrorKind::InvalidArgument,
             SocketError::Io { source, .. } => ErrorKind::of_io(source),
         }
     }
@@ -74,15 +82,83 @@ pub struct SocketFile {
     inode: u64,
 }
 
-/// Binds `path` with [`SOCKET_MODE`].
-pub fn bind(path: &Path) -> Result<(tokio::net::UnixListener, SocketFile), SocketError> {
+/// Who may connect: the socket's owner and group (None: the daemon's) and its mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    pub mode: u32,
+}
+
+impl Access {
+    /// Resolves the configured names (or numeric ids) on this node.
+    pub fn resolve(owner: &str, group: &str, mode: u32) -> Result<Access, SocketError> {
+        let unknown = |what, name: &str| SocketError::UnknownId { what, name: name.to_owned() };
+        let owner = match owner {
+            "" => None,
+            name => Some(match name.parse::<u32>() {
+                Ok(uid) => uid,
+                Err(_) => nix::unistd::User::from_name(name)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| unknown("owner", name))?
+                    .uid
+                    .as_raw(),
+            }),
+        };
+        let group = match group {
+            "" => None,
+            name => Some(match name.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => nix::unistd::Group::from_name(name)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| unknown("group", name))?
+                    .gid
+                    .as_raw(),
+            }),
+        };
+        Ok(Access { owner, group, mode })
+    }
+}
+
+/// Refuses a socket directory every user may write to, and an ancestor every user may write to without
+/// the sticky bit (which keeps them from renaming what is not theirs, as in /tmp): either lets anyone put
+/// their own socket where kubelet connects.
+pub fn check_directory(socket: &Path) -> Result<(), SocketError> {
+    let Some(dir) = socket.parent() else { return Ok(()) };
+    for (depth, ancestor) in dir.ancestors().enumerate() {
+        let meta = std::fs::metadata(ancestor).map_err(|source| SocketError::Io {
+            step: "inspect the directory of",
+            path: ancestor.to_owned(),
+            source,
+        })?;
+        let mode = meta.mode() & 0o7777;
+        let sticky = mode & 0o1000 != 0;
+        if mode & 0o002 != 0 && (depth == 0 || !sticky) {
+            return Err(SocketError::UnsafeDirectory { path: ancestor.to_owned(), mode });
+        }
+    }
+    Ok(())
+}
+
+/// Binds `path`, then gives it the owner, group and mode of `access` (a socket nobody else could reach
+/// until then: the mode bind gives it has no write bit for others).
+pub fn bind(path: &Path, access: Access) -> Result<(tokio::net::UnixListener, SocketFile), SocketError> {
     let io = |step: &'static str| move |source| SocketError::Io { step, path: path.to_owned(), source };
     let listener = tokio::net::UnixListener::bind(path).map_err(io("bind"))?;
-    let set_mode = std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE));
-    let inode = set_mode.and_then(|()| std::fs::metadata(path)).map(|meta| meta.ino()).map_err(|source| {
-        let _ = std::fs::remove_file(path);
-        io("set the mode of")(source)
-    })?;
+    let owned = match (access.owner, access.group) {
+        (None, None) => Ok(()),
+        (owner, group) => std::os::unix::fs::chown(path, owner, group),
+    };
+    let inode = owned
+        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode)))
+        .and_then(|()| std::fs::metadata(path))
+        .map(|meta| meta.ino())
+        .map_err(|source| {
+            let _ = std::fs::remove_file(path);
+            io("set the owner and mode of")(source)
+        })?;
     Ok((listener, SocketFile { path: path.to_owned(), inode }))
 }
 
