@@ -51,7 +51,25 @@ impl Session {
 
     /// Over TLS, trusting only the CA certificate `ca` (a PEM file).
     async fn open_tls(url: &str, ca: &std::path::Path) -> Session {
-        Session::open_with(url, Some(ca)).await
+        Session::try_open_tls(url, ca, None).await.expect("WebSocket handshake")
+    }
+
+    /// Over TLS, presenting `client` (certificate and key PEM files) if given; the handshake's error if the
+    /// server refuses.
+    async fn try_open_tls(
+        url: &str,
+        ca: &std::path::Path,
+        client: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Session, String> {
+        let ws_url = url.replacen("https://", "wss://", 1);
+        let mut request = ws_url.into_client_request().unwrap();
+        request.headers_mut().insert("sec-websocket-protocol", "v5.channel.k8s.io".parse().unwrap());
+        let tcp = tokio::net::TcpStream::connect(request.uri().authority().unwrap().to_string()).await.unwrap();
+        let tls = tls_connect(tcp, ca, client).await.map_err(|e| format!("TLS: {e}"))?;
+        let io: Box<dyn Io> = Box::new(tls);
+        let handshake = tokio::time::timeout(Duration::from_secs(15), tokio_tungstenite::client_async(request, io));
+        let (socket, _) = handshake.await.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())?;
+        Ok(Session { socket })
     }
 
     async fn open_with(url: &str, ca: Option<&std::path::Path>) -> Session {
@@ -61,7 +79,7 @@ impl Session {
         let tcp = tokio::net::TcpStream::connect(request.uri().authority().unwrap().to_string()).await.unwrap();
         let io: Box<dyn Io> = match ca {
             None => Box::new(tcp),
-            Some(ca) => Box::new(tls_connect(tcp, ca).await),
+            Some(ca) => Box::new(tls_connect(tcp, ca, None).await.expect("TLS handshake")),
         };
         let (socket, response) = tokio_tungstenite::client_async(request, io).await.expect("WebSocket handshake");
         assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), "v5.channel.k8s.io");
@@ -126,20 +144,28 @@ impl Session {
 async fn tls_connect(
     tcp: tokio::net::TcpStream,
     ca: &std::path::Path,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    let config =
+    let builder =
         rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
+            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key).unwrap()).unwrap()
+        }
+    };
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.expect("TLS handshake")
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await
 }
 
 fn exit_code_of(status: &serde_json::Value) -> i64 {
@@ -452,6 +478,42 @@ async fn the_streaming_server_serves_https_when_given_a_certificate() {
     let tcp = tokio::net::TcpStream::connect(request.uri().authority().unwrap().to_string()).await.unwrap();
     let plain = tokio::time::timeout(Duration::from_secs(15), tokio_tungstenite::client_async(request, tcp)).await;
     assert!(!matches!(plain, Ok(Ok(_))), "a plain-text client got a session on the TLS port");
+    rig.end().await;
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_clients_with_a_certificate_it_signed_get_a_session() {
+    let certs = tempfile::Builder::new().prefix("berth-streaming-mtls.").tempdir().unwrap();
+    crate::support::tls::make_server_certificate(certs.path());
+    crate::support::tls::make_client_certificate(certs.path());
+    let other = tempfile::Builder::new().prefix("berth-streaming-other-ca.").tempdir().unwrap();
+    crate::support::tls::make_server_certificate(other.path());
+    crate::support::tls::make_client_certificate(other.path());
+    let path = |name: &str| certs.path().join(name);
+    let config = format!(
+        "[streaming]\ntls_cert = {:?}\ntls_key = {:?}\ntls_client_ca = {:?}\n",
+        path("server.crt"),
+        path("server.key"),
+        path("ca.crt")
+    );
+    let mut rig = rig_with("exec-mtls", &config).await;
+    let id = rig.container("main", &["sleep", "3600"], |_| {}).await;
+
+    let url = rig.exec_url(&id, &["echo", "with", "a", "client", "certificate"], false, false).await;
+    let client = (path("client.crt"), path("client.key"));
+    let session = Session::try_open_tls(&url, &path("ca.crt"), Some((&client.0, &client.1))).await;
+    let transcript = session.expect("a client with a certificate the CA signed").finish().await;
+    assert_eq!(transcript.stdout, "with a client certificate\n");
+
+    // No certificate, or one another CA signed: the TLS handshake fails, so no request is ever read.
+    let url = rig.exec_url(&id, &["echo", "anonymous"], false, false).await;
+    let refused = Session::try_open_tls(&url, &path("ca.crt"), None).await;
+    assert!(refused.is_err(), "a client without a certificate got a session");
+    let (other_cert, other_key) = (other.path().join("client.crt"), other.path().join("client.key"));
+    let url = rig.exec_url(&id, &["echo", "stranger"], false, false).await;
+    let refused = Session::try_open_tls(&url, &path("ca.crt"), Some((&other_cert, &other_key))).await;
+    assert!(refused.is_err(), "a client with another CA's certificate got a session");
+    assert!(!host_process_with("echo anonymous") && !host_process_with("echo stranger"));
     rig.end().await;
 }
 

@@ -1,5 +1,5 @@
-//! Certificates for TLS tests, made with the host's openssl: a throwaway CA and a server certificate for
-//! 127.0.0.1 signed by it.
+//! Certificates for TLS tests, made with the host's openssl: a throwaway CA, a server certificate for
+//! 127.0.0.1 and a client certificate signed by it.
 
 use std::path::Path;
 use std::process::Command;
@@ -54,5 +54,41 @@ pub fn make_server_certificate(dir: &Path) {
         "2",
         "-extfile",
         "server.ext",
+    ]));
+}
+
+/// Writes `client.crt`/`client.key` (a client certificate, two days) signed by the CA
+/// [`make_server_certificate`] wrote into `dir`.
+pub fn make_client_certificate(dir: &Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(Command::new("openssl").current_dir(dir).arg("req").args(ec).args([
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=kubelet streaming proxy",
+    ]));
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    run(Command::new("openssl").current_dir(dir).args([
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
     ]));
 }

@@ -128,6 +128,9 @@ pub struct StreamingConfig {
     pub tls_cert: Option<AbsolutePath>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<AbsolutePath>,
+    /// Require a client certificate signed by a CA in this file (kubelet's streaming proxy presents one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<AbsolutePath>,
     /// An exec, attach or port-forward session in which nothing moved for this long is closed (kubelet's
     /// streaming idle timeout is 4 hours too).
     pub idle_timeout_seconds: u64,
@@ -141,6 +144,7 @@ impl Default for StreamingConfig {
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
             idle_timeout_seconds: 4 * 60 * 60,
             max_sessions_per_container: 16,
         }
@@ -154,15 +158,29 @@ struct StreamingConfigFields {
     address: SocketAddr,
     tls_cert: Option<AbsolutePath>,
     tls_key: Option<AbsolutePath>,
+    tls_client_ca: Option<AbsolutePath>,
     idle_timeout_seconds: u64,
     max_sessions_per_container: usize,
 }
 
 impl Default for StreamingConfigFields {
     fn default() -> Self {
-        let StreamingConfig { address, tls_cert, tls_key, idle_timeout_seconds, max_sessions_per_container } =
-            StreamingConfig::default();
-        StreamingConfigFields { address, tls_cert, tls_key, idle_timeout_seconds, max_sessions_per_container }
+        let StreamingConfig {
+            address,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            idle_timeout_seconds,
+            max_sessions_per_container,
+        } = StreamingConfig::default();
+        StreamingConfigFields {
+            address,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            idle_timeout_seconds,
+            max_sessions_per_container,
+        }
     }
 }
 
@@ -171,6 +189,9 @@ impl TryFrom<StreamingConfigFields> for StreamingConfig {
     fn try_from(fields: StreamingConfigFields) -> Result<Self, String> {
         if fields.tls_cert.is_some() != fields.tls_key.is_some() {
             return Err("tls_cert and tls_key must be set together".into());
+        }
+        if fields.tls_client_ca.is_some() && fields.tls_cert.is_none() {
+            return Err("tls_client_ca needs tls_cert and tls_key: client certificates are asked for over TLS".into());
         }
         if fields.idle_timeout_seconds == 0 {
             return Err("idle_timeout_seconds must be at least 1".into());
@@ -182,6 +203,7 @@ impl TryFrom<StreamingConfigFields> for StreamingConfig {
             address: fields.address,
             tls_cert: fields.tls_cert,
             tls_key: fields.tls_key,
+            tls_client_ca: fields.tls_client_ca,
             idle_timeout_seconds: fields.idle_timeout_seconds,
             max_sessions_per_container: fields.max_sessions_per_container,
         })
@@ -514,6 +536,7 @@ mod tests {
             ("[daemon]\nsocket_mode = \"rw-rw----\"\n", "daemon.socket_mode: must be permission bits in octal"),
             ("[daemon]\nsocket_mode = \"01660\"\n", "daemon.socket_mode: must be permission bits in octal"),
             ("[streaming]\ntls_cert = \"/a\"\n", "tls_cert and tls_key must be set together"),
+            ("[streaming]\ntls_client_ca = \"/ca.crt\"\n", "tls_client_ca needs tls_cert and tls_key"),
             ("[streaming]\nidle_timeout_seconds = 0\n", "idle_timeout_seconds must be at least 1"),
             ("[streaming]\nmax_sessions_per_container = 0\n", "max_sessions_per_container must be at least 1"),
             (

@@ -126,8 +126,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // daemon before kubelet can see it.
     let tls = match (&config.streaming.tls_cert, &config.streaming.tls_key) {
         (Some(cert), Some(key)) => Some(
-            berth_streaming::tls::server_config(cert.as_ref(), key.as_ref())
-                .map_err(|err| ServeError::Streaming(berth_error_kind::chain(&err)))?,
+            berth_streaming::tls::server_config(
+                cert.as_ref(),
+                key.as_ref(),
+                config.streaming.tls_client_ca.as_ref().map(|ca| ca.as_path()),
+            )
+            .map_err(|err| ServeError::Streaming(berth_error_kind::chain(&err)))?,
         ),
         _ => None,
     };
