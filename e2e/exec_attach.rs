@@ -49,6 +49,16 @@ impl Session {
         Session::open_with(url, None).await
     }
 
+    /// Over plain HTTP; the handshake's error if the server refuses.
+    async fn try_open(url: &str) -> Result<Session, String> {
+        let mut request = url.replacen("http://", "ws://", 1).into_client_request().unwrap();
+        request.headers_mut().insert("sec-websocket-protocol", "v5.channel.k8s.io".parse().unwrap());
+        let tcp = tokio::net::TcpStream::connect(request.uri().authority().unwrap().to_string()).await.unwrap();
+        let io: Box<dyn Io> = Box::new(tcp);
+        let (socket, _) = tokio_tungstenite::client_async(request, io).await.map_err(|e| e.to_string())?;
+        Ok(Session { socket })
+    }
+
     /// Over TLS, trusting only the CA certificate `ca` (a PEM file).
     async fn open_tls(url: &str, ca: &std::path::Path) -> Session {
         Session::try_open_tls(url, ca, None).await.expect("WebSocket handshake")
@@ -514,6 +524,35 @@ async fn with_a_client_ca_only_clients_with_a_certificate_it_signed_get_a_sessio
     let refused = Session::try_open_tls(&url, &path("ca.crt"), Some((&other_cert, &other_key))).await;
     assert!(refused.is_err(), "a client with another CA's certificate got a session");
     assert!(!host_process_with("echo anonymous") && !host_process_with("echo stranger"));
+    rig.end().await;
+}
+
+#[tokio::test]
+async fn a_streaming_url_serves_only_the_one_session_it_was_issued_for() {
+    let mut rig = rig_with("exec-misuse", "").await;
+    let id = rig.container("main", &["sleep", "3600"], |_| {}).await;
+    let upgrade = [("Upgrade", "websocket"), ("Sec-WebSocket-Protocol", "v5.channel.k8s.io")];
+    // An exec URL taken to the attach or port-forward endpoint: refused, and used up by the try.
+    for other in ["attach", "portforward"] {
+        let url = rig.exec_url(&id, &["echo", "misused"], false, false).await;
+        let (base, token) = url.rsplit_once("/exec/").expect("an exec URL");
+        let address = base.trim_start_matches("http://").to_owned();
+        let path = format!("/{other}/{token}");
+        let response =
+            tokio::task::spawn_blocking(move || crate::support::http::get(&address, &path, &upgrade)).await.unwrap();
+        assert_eq!(response.status, 404, "an exec token on /{other}/");
+        let again = tokio::time::timeout(Duration::from_secs(15), Session::try_open(&url)).await.unwrap();
+        assert!(again.is_err(), "the token still worked on /exec/ after a try on /{other}/");
+    }
+    // A made-up token, and a token's prefix.
+    let url = rig.exec_url(&id, &["echo", "guessed"], false, false).await;
+    let (base, token) = url.rsplit_once("/exec/").unwrap();
+    for guess in
+        [format!("{base}/exec/{}", "A".repeat(token.len())), format!("{base}/exec/{}", &token[..token.len() / 2])]
+    {
+        assert!(Session::try_open(&guess).await.is_err(), "{guess} got a session");
+    }
+    assert!(!host_process_with("echo misused") && !host_process_with("echo guessed"));
     rig.end().await;
 }
 
