@@ -28,7 +28,16 @@ struct SystemdNode {
 impl SystemdNode {
     fn start() -> SystemdNode {
         let dir = tempfile::Builder::new().prefix("berth-sdnode.").tempdir().unwrap();
-        let output = output_via_files(Command::new("bash").arg(script()).arg("start").arg(dir.path()));
+        // The node's /tmp is its own: the checkout and the binary under test (often under /tmp) are shared.
+        let binary_dir = Path::new(berth_bin()).parent().unwrap().to_owned();
+        let mut shared = vec![repo_root()];
+        if !binary_dir.starts_with(repo_root()) {
+            shared.push(binary_dir);
+        }
+        let shared = std::env::join_paths(&shared).unwrap();
+        let output = output_via_files(
+            Command::new("bash").arg(script()).arg("start").arg(dir.path()).env("BERTH_SYSTEMD_NODE_SHARE", shared),
+        );
         let cgroup = std::fs::read_to_string(dir.path().join("cgroup")).unwrap_or_default();
         let cgroup = format!("/{}", cgroup.trim().trim_start_matches('/'));
         let node = SystemdNode { dir, cgroup };

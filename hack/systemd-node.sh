@@ -40,6 +40,8 @@
 #       /proc/PID/root/run/dbus/system_bus_socket, but /run/systemd/private does not (systemd refuses a peer outside
 #       its pid namespace); inside, both do. On this host cpu and cpuacct are separate v1 hierarchies while systemd
 #       assumes them co-mounted: it creates no cpuacct cgroups (CPUUsageNSec stays unset); cpuset it never manages.
+# Share: BERTH_SYSTEMD_NODE_SHARE=PATH[:PATH...] at `start` binds those host directories at their own paths inside
+#       too (the node's /tmp and /run are its own, so a checkout or a build under them is otherwise not there).
 # Knobs: BERTH_SYSTEMD_NODE_TIMEOUT, BERTH_SYSTEMD_NODE_STOP_TIMEOUT, BERTH_SYSTEMD_NODE_LOG_LEVEL (systemd's,
 #       default info), BERTH_SYSTEMD_NODE_SYSTEMD (the binary). Needs root and a v1/hybrid cgroup layout with a
 #       name=systemd hierarchy; installs systemd, dbus, util-linux and bsdutils (script) with apt-get if missing.
@@ -164,11 +166,29 @@ node_init2() {
     ln -s "${t#* }" "${t%% *}"
   done
   mount -o remount,ro,nosuid,nodev,noexec /sys/fs/cgroup
+  # Host directories the caller shares (BERTH_SYSTEMD_NODE_SHARE, colon-separated; e.g. a checkout under /tmp):
+  # opened now, bound back at their own paths once /run and /tmp are the node's.
+  local share fd i
+  local -a shares=() share_fds=() share_paths=()
+  IFS=: read -r -a shares <<<"${BERTH_SYSTEMD_NODE_SHARE:-}"
+  for share in ${shares[@]+"${shares[@]}"}; do
+    [[ -n $share ]] || continue
+    [[ $share == /* && -d $share ]] || die "BERTH_SYSTEMD_NODE_SHARE: $share is not an absolute path of a directory"
+    exec {fd}<"$share"
+    share_fds+=("$fd")
+    share_paths+=("$share")
+  done
   mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run
   mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
   # DIR may be hidden now (under /tmp or /run): bind it back from our working directory, which still is the old DIR.
   mkdir -p "$dir"
   mount --no-canonicalize --bind . "$dir"
+  for i in "${!share_paths[@]}"; do
+    mkdir -p "${share_paths[$i]}"
+    mount --no-canonicalize --bind "/proc/self/fd/${share_fds[$i]}" "${share_paths[$i]}"
+    fd=${share_fds[$i]}
+    exec {fd}<&-
+  done
   # A private /dev: the host's device nodes copied to a tmpfs (minus consoles, kmsg and memory devices), its own
   # devpts, /dev/shm and mqueue; /dev/console is script(1)'s pty (our stdin), which becomes DIR/console.log.
   mkdir /run/.dev
