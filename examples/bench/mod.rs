@@ -15,10 +15,13 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> f64 {
 
 /// The Linux part of a pod's config: the pod's cgroup, `$BENCH_CGROUP_PARENT/pod<uid>` (cgroupfs), as kubelet
 /// gives one to every pod (`/kubepods/besteffort/pod<uid>`); the scripts set a parent per run so that they
-/// can remove its cgroups afterwards. Without the variable, none (the runtime's default).
+/// can remove its cgroups afterwards. With `BENCH_CGROUP_SLICE` instead (systemd driver), the slice kubelet's
+/// systemd driver names: `$BENCH_CGROUP_SLICE-pod<uid, dashes as underscores>.slice`. Without either, none
+/// (the runtime's default).
 pub fn linux_config(uid: &str) -> LinuxPodSandboxConfig {
-    let cgroup_parent = match std::env::var("BENCH_CGROUP_PARENT") {
-        Ok(parent) if !parent.is_empty() => format!("{}/pod{uid}", parent.trim_end_matches('/')),
+    let cgroup_parent = match (std::env::var("BENCH_CGROUP_PARENT"), std::env::var("BENCH_CGROUP_SLICE")) {
+        (Ok(parent), _) if !parent.is_empty() => format!("{}/pod{uid}", parent.trim_end_matches('/')),
+        (_, Ok(slice)) if !slice.is_empty() => format!("{slice}-pod{}.slice", uid.replace('-', "_")),
         _ => String::new(),
     };
     LinuxPodSandboxConfig { cgroup_parent, ..Default::default() }
