@@ -11,11 +11,13 @@ pub fn run(command: &mut Command) {
     assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
+/// EC P-256 keys without a passphrase, for every certificate here.
+const EC_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
 /// Writes `ca.crt`/`ca.key` and `server.crt`/`server.key` (valid for IP 127.0.0.1, two days) into `dir`.
 pub fn make_server_certificate(dir: &Path) {
     require_tool("openssl");
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(Command::new("openssl").current_dir(dir).args(["req", "-x509"]).args(ec).args([
+    run(Command::new("openssl").current_dir(dir).args(["req", "-x509"]).args(EC_KEY).args([
         "-keyout",
         "ca.key",
         "-out",
@@ -25,70 +27,50 @@ pub fn make_server_certificate(dir: &Path) {
         "-subj",
         "/CN=berth test CA",
     ]));
-    run(Command::new("openssl").current_dir(dir).arg("req").args(ec).args([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
+    sign(
+        dir,
+        "server",
         "/CN=127.0.0.1",
-    ]));
-    std::fs::write(
-        dir.join("server.ext"),
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(Command::new("openssl").current_dir(dir).args([
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ]));
+    );
 }
 
 /// Writes `client.crt`/`client.key` (a client certificate, two days) signed by the CA
 /// [`make_server_certificate`] wrote into `dir`.
 pub fn make_client_certificate(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(Command::new("openssl").current_dir(dir).arg("req").args(ec).args([
-        "-keyout",
-        "client.key",
-        "-out",
-        "client.csr",
-        "-subj",
+    sign(
+        dir,
+        "client",
         "/CN=kubelet streaming proxy",
-    ]));
-    std::fs::write(
-        dir.join("client.ext"),
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
+    );
+}
+
+/// A key and a certificate `<name>.key`/`<name>.crt` for `subject` with the `extensions`, signed by the CA in `dir`.
+fn sign(dir: &Path, name: &str, subject: &str, extensions: &str) {
+    let (key, csr, ext, crt) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"), format!("{name}.crt"));
+    run(Command::new("openssl")
+        .current_dir(dir)
+        .arg("req")
+        .args(EC_KEY)
+        .args(["-keyout", &key, "-out", &csr, "-subj", subject]));
+    std::fs::write(dir.join(&ext), extensions).unwrap();
     run(Command::new("openssl").current_dir(dir).args([
         "x509",
         "-req",
         "-in",
-        "client.csr",
+        &csr,
         "-CA",
         "ca.crt",
         "-CAkey",
         "ca.key",
         "-CAcreateserial",
         "-out",
-        "client.crt",
+        &crt,
         "-days",
         "2",
         "-extfile",
-        "client.ext",
+        &ext,
     ]));
 }

@@ -93,32 +93,28 @@ pub struct Access {
 impl Access {
     /// Resolves the configured names (or numeric ids) on this node.
     pub fn resolve(owner: &str, group: &str, mode: u32) -> Result<Access, SocketError> {
-        let unknown = |what, name: &str| SocketError::UnknownId { what, name: name.to_owned() };
-        let owner = match owner {
-            "" => None,
-            name => Some(match name.parse::<u32>() {
-                Ok(uid) => uid,
-                Err(_) => nix::unistd::User::from_name(name)
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| unknown("owner", name))?
-                    .uid
-                    .as_raw(),
-            }),
-        };
-        let group = match group {
-            "" => None,
-            name => Some(match name.parse::<u32>() {
-                Ok(gid) => gid,
-                Err(_) => nix::unistd::Group::from_name(name)
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| unknown("group", name))?
-                    .gid
-                    .as_raw(),
-            }),
-        };
+        let owner = resolve_id("owner", owner, |name| {
+            nix::unistd::User::from_name(name).ok().flatten().map(|user| user.uid.as_raw())
+        })?;
+        let group = resolve_id("group", group, |name| {
+            nix::unistd::Group::from_name(name).ok().flatten().map(|group| group.gid.as_raw())
+        })?;
         Ok(Access { owner, group, mode })
+    }
+}
+
+/// An id as configured: empty is None (the daemon's own), digits are the id, anything else a name to look up.
+fn resolve_id(
+    what: &'static str,
+    name: &str,
+    look_up: impl FnOnce(&str) -> Option<u32>,
+) -> Result<Option<u32>, SocketError> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    match name.parse::<u32>() {
+        Ok(id) => Ok(Some(id)),
+        Err(_) => look_up(name).map(Some).ok_or_else(|| SocketError::UnknownId { what, name: name.to_owned() }),
     }
 }
 

@@ -288,7 +288,6 @@ where
     match async_io::block_on(connection.call(method, body)) {
         Err(Failure::Broken(message)) => {
             tracing::debug!(unit, method, %message, "the connection to systemd broke; connecting again");
-            forget_connection();
             async_io::block_on(connection_again()?.call(method, body))
         }
         result => result,
