@@ -12,7 +12,8 @@
 #       make the TLS + basic-auth test registry. containerd (with ctr and containerd-shim-runc-v2) drives
 #       `berth runtime` as its runc in an e2e test, and is the peer of the idle-RSS benchmark. jq, curl, gcc,
 #       make, binutils, dpkg-dev, bzip2 and xz-utils build the conformance kit's images and run its scripts;
-#       util-linux-extra gives ipcmk, which critest's HostIpc specs run on the host.
+#       util-linux-extra gives ipcmk, which critest's HostIpc specs run on the host. zstd compresses the
+#       layer seeds of the fuzz targets.
 # Idempotent: a second run installs nothing and only prints "all N packages present".
 # Side effect guard: Debian's docker-registry package tries to start its service (port 5000) on install. A
 #       policy-rc.d answering 101 ("action forbidden") is in place during the install so no daemon is left
@@ -46,6 +47,8 @@ PACKAGES=(
   bzip2
   xz-utils
   util-linux-extra
+  # the fuzz targets' seed corpora (hack/fuzz-seeds.py compresses layer seeds with zstd)
+  zstd
 )
 
 missing=()
