@@ -10,7 +10,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(reference) = text.parse::<Reference>() else { return };
     let printed = reference.to_string();
-    let again: Reference = printed.parse().unwrap_or_else(|e| panic!("{text:?} printed as {printed:?}, which fails: {e}"));
+    let again: Reference =
+        printed.parse().unwrap_or_else(|e| panic!("{text:?} printed as {printed:?}, which fails: {e}"));
     assert_eq!(again, reference, "{text:?} printed as {printed:?} parses to something else");
     assert!(reference.name().starts_with(&reference.registry));
     let _ = (reference.tagged(), reference.target());

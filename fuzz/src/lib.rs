@@ -51,7 +51,14 @@ fn walk(root: &Path, dir: &Path, found: &mut BTreeMap<PathBuf, String>) {
         };
         found.insert(
             relative,
-            format!("mode {:o} uid {} gid {} size {} nlink {} {content}", meta.mode(), meta.uid(), meta.gid(), meta.size(), meta.nlink()),
+            format!(
+                "mode {:o} uid {} gid {} size {} nlink {} {content}",
+                meta.mode(),
+                meta.uid(),
+                meta.gid(),
+                meta.size(),
+                meta.nlink()
+            ),
         );
         if meta.is_dir() {
             walk(root, &path, found);
