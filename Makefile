@@ -4,7 +4,7 @@ CARGO ?= cargo
 # `make run CONFIG=path` uses that file; by default berth reads /etc/berth/config.toml if it exists.
 CONFIG ?=
 
-.PHONY: all deps build release run install image image-check chart-check test lint fmt-check clippy unit e2e conformance bench clean
+.PHONY: all deps build release run install image image-check chart-check test lint fmt-check clippy unit e2e fuzz fuzz-check conformance bench clean
 
 all: build
 
@@ -52,6 +52,7 @@ lint: fmt-check clippy
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -61,6 +62,16 @@ unit:
 
 e2e:
 	bash hack/test.sh --test e2e
+
+# The fuzz targets (fuzz/README.md), FUZZ_SECONDS each (600 by default); needs root and the nightly toolchain.
+FUZZ_SECONDS ?= 600
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash hack/fuzz.sh
+
+# What CI runs: the fuzz crate's lints, then every target for 15 s on its seeds (a crash fails the run).
+fuzz-check:
+	$(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
+	bash hack/fuzz.sh -t 15
 
 # The real clients judge the release build: critest's full suite over SPDY and over WebSocket, the kubelet
 # suite (e2e/kubelet), then Kubernetes' node e2e suite (about 25 minutes; `hack/conformance.sh critest

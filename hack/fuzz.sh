@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # hack/fuzz.sh — run berth's fuzz targets (fuzz/fuzz_targets, cargo-fuzz + libFuzzer) for a bounded time.
 #
-# Usage: hack/fuzz.sh [-t SECONDS] [TARGET...]     (default: every target, FUZZ_SECONDS or 60 s each)
+# Usage: hack/fuzz.sh [-t SECONDS] [TARGET...]     (default: every target, FUZZ_SECONDS or 60 s each,
+#                                                   FUZZ_JOBS (1) at a time)
 #
 # What: installs cargo-fuzz (pinned, from crates.io) if it is missing, builds every target once on the nightly
 #       toolchain with AddressSanitizer and coverage, writes the seed corpora (hack/fuzz-seeds.py) and runs
-#       the targets one after another, each on its seeds plus the corpus earlier runs grew in
+#       the targets, FUZZ_JOBS at a time, each on its seeds plus the corpus earlier runs grew in
 #       target/fuzz/corpus/<target>. Prints one line per target (runs, execs/s, coverage, corpus size) and
 #       writes them to target/fuzz/report.txt. A crash or a timeout fails the run: the input is kept in
 #       target/fuzz/artifacts/<target>/ and `cargo +nightly fuzz run <target> <file>` (in fuzz/) replays it.
@@ -47,13 +48,10 @@ mkdir -p "$work/seeds" "$work/logs" "$work/corpus" "$work/artifacts"
 python3 hack/fuzz-seeds.py "$work/seeds"
 (cd fuzz && cargo +nightly fuzz build --release 2>&1 | grep -v '^\s*Compiling' >&2)
 
-report="$work/report.txt"
-: > "$report"
-failed=()
-for target in "${targets[@]}"; do
+# run_target TARGET: one target's run; its report line goes to $work/logs/TARGET.line.
+run_target() {
+  local target=$1 log="$work/logs/$1.log" status=0 runs speed cov corpus line
   mkdir -p "$work/corpus/$target" "$work/artifacts/$target" "$work/seeds/$target"
-  log="$work/logs/$target.log"
-  status=0
   # -timeout: one input may take 30 s (a session the server must end, a layer on the 64 MiB tmpfs).
   (cd fuzz && cargo +nightly fuzz run --release "$target" "../$work/corpus/$target" "../$work/seeds/$target" -- \
     -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
@@ -66,14 +64,37 @@ for target in "${targets[@]}"; do
     "${speed:-?}" "${cov:-cov: ?}" "$corpus")
   if [[ $status != 0 ]]; then
     line="$line  FAILED (exit $status)"
-    failed+=("$target")
-    echo "---- $target: last lines of $log" >&2
-    grep -v '^#[0-9]' "$log" | tail -40 >&2
-    ls "$work/artifacts/$target" >&2
+    {
+      echo "---- $target: last lines of $log"
+      grep -v '^#[0-9]' "$log" | tail -40
+      ls "$work/artifacts/$target"
+    } >&2
   fi
-  echo "$line" | tee -a "$report"
+  echo "$line" > "$work/logs/$target.line"
+  echo "$line"
+  return "$status"
+}
+
+# FUZZ_JOBS targets at a time (default 1: each target has a core to itself, and its execs/s mean something).
+jobs=${FUZZ_JOBS:-1}
+running=0
+for target in "${targets[@]}"; do
+  if ((running >= jobs)); then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  run_target "$target" &
+  running=$((running + 1))
 done
+wait
+
+report="$work/report.txt"
+failed=()
+for target in "${targets[@]}"; do
+  cat "$work/logs/$target.line"
+  if grep -q FAILED "$work/logs/$target.line"; then failed+=("$target"); fi
+done > "$report"
 if [[ ${#failed[@]} -gt 0 ]]; then
   fail "${failed[*]} failed; inputs in $work/artifacts/"
 fi
-echo "fuzz: ${#targets[@]} targets, ${seconds} s each, no crash (report: $report)"
+echo "fuzz: ${#targets[@]} targets, ${seconds} s each, ${jobs} at a time, no crash (report: $report)"

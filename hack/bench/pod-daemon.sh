@@ -49,8 +49,9 @@ start_bench_daemon() {
 }
 
 # write_bench_config BRIDGE: berth's $work/config.toml (root on the ext4, state on the tmpfs, the registry at
-# $registry insecure, JSON logs) and its CNI configuration, the repo's bridge conflist with the bridge renamed
-# and host-local's leases under $work, not in the host's /var/lib/cni/networks/berth.
+# $registry insecure, JSON logs, then $BENCH_EXTRA_CONFIG) and its CNI configuration, the repo's bridge
+# conflist with the bridge renamed and host-local's leases under $work, not in the host's
+# /var/lib/cni/networks/berth.
 write_bench_config() {
   mkdir -p "$work/cni"
   sed -e "s/\"berth0\"/\"$1\"/" -e "s|\"ipam\": {|\"ipam\": { \"dataDir\": \"$work/leases\",|" \
@@ -67,6 +68,8 @@ insecure = true
 [log]
 format = "json"
 TOML
+  # BENCH_EXTRA_CONFIG: more TOML for the run (the soak turns the metrics endpoint on).
+  if [[ -n ${BENCH_EXTRA_CONFIG:-} ]]; then printf '%s\n' "$BENCH_EXTRA_CONFIG" >> "$work/config.toml"; fi
 }
 
 stop_bench_daemon() {

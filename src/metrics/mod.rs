@@ -78,6 +78,7 @@ pub struct DaemonMetrics {
     cni_operation_duration: HistogramFamily<CniOperationLabels>,
     shims: Gauge,
     shim_restarts: Counter,
+    runtime_tasks: Gauge,
 }
 
 impl std::fmt::Debug for DaemonMetrics {
@@ -158,6 +159,12 @@ impl DaemonMetrics {
             "New shims started for pods whose shim had died, so their next container could run",
             shim_restarts.clone(),
         );
+        let runtime_tasks = Gauge::default();
+        registry.register(
+            "runtime_tasks",
+            "Tasks alive in the daemon's async runtime (tokio), read at each scrape: one per connection, session, watch and request in flight",
+            runtime_tasks.clone(),
+        );
         DaemonMetrics {
             registry,
             rpc_requests,
@@ -172,6 +179,7 @@ impl DaemonMetrics {
             cni_operation_duration,
             shims,
             shim_restarts,
+            runtime_tasks,
         }
     }
 
@@ -207,6 +215,11 @@ impl DaemonMetrics {
     /// The shims alive, counted at each scrape.
     pub fn set_shims(&self, alive: i64) {
         self.shims.set(alive);
+    }
+
+    /// The tasks alive in the daemon's tokio runtime, read at each scrape.
+    pub fn set_runtime_tasks(&self, alive: usize) {
+        self.runtime_tasks.set(i64::try_from(alive).unwrap_or(i64::MAX));
     }
 
     /// The daemon started a new shim for a pod whose shim had died.
@@ -313,6 +326,7 @@ mod tests {
         metrics.cni_operation(berth_cni::Command::Del, false, Duration::from_millis(80));
         metrics.set_shims(4);
         metrics.shim_restarted();
+        metrics.set_runtime_tasks(17);
         let text = metrics.encode();
         let plugin = "berth_cni_plugin_duration_seconds_count{network=\"net\",plugin=\"bridge\",command=\"ADD\"";
         assert!(text.contains(&format!("{plugin},result=\"ok\"}} 1")), "{text}");
@@ -323,5 +337,6 @@ mod tests {
         );
         assert!(text.contains("berth_shims 4"), "{text}");
         assert!(text.contains("berth_shim_restarts_total 1"), "{text}");
+        assert!(text.contains("berth_runtime_tasks 17"), "{text}");
     }
 }

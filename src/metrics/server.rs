@@ -104,6 +104,7 @@ async fn handle(
         }
         Err(err) => tracing::warn!(error = %crate::error::chain(&err), "metrics: cannot count pods and containers"),
     }
+    super::global().set_runtime_tasks(tokio::runtime::Handle::current().metrics().num_alive_tasks());
     Ok(reply(StatusCode::OK, CONTENT_TYPE, super::global().encode()))
 }
 
