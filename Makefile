@@ -56,6 +56,7 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p berth --lib --features failpoints -- -D warnings
 
 unit:
 	$(CARGO) nextest run --workspace --lib --bins

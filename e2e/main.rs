@@ -14,6 +14,7 @@ mod compat;
 mod config;
 mod containers;
 mod exec_attach;
+mod faults;
 mod image_volumes;
 mod images;
 mod images_faults;

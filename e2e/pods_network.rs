@@ -102,7 +102,7 @@ fn veths(netns: &TestNetns) -> Vec<String> {
 /// iptables rules that belong to pods: ones naming the pod's id, portmap's per-pod `CNI-DN-*` chains, or
 /// any address of the test subnets (bridge's ipMasq chain and rules; the top-level chains portmap keeps,
 /// such as `CNI-HOSTPORT-MASQ`, name none).
-fn pod_rules(netns: &TestNetns, pod_id: &str) -> Vec<String> {
+pub(crate) fn pod_rules(netns: &TestNetns, pod_id: &str) -> Vec<String> {
     netns
         .iptables()
         .lines()
@@ -150,7 +150,7 @@ async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> Result<Strin
         .map(|r| r.into_inner().pod_sandbox_id)
 }
 
-async fn pod_ip(client: &mut Client, pod: &str) -> String {
+pub(crate) async fn pod_ip(client: &mut Client, pod: &str) -> String {
     client
         .runtime
         .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: false })
@@ -177,7 +177,7 @@ async fn exec(client: &mut Client, id: &str, cmd: &[&str]) -> ExecSyncResponse {
         .into_inner()
 }
 
-async fn listed_pods(client: &mut Client) -> Vec<PodSandbox> {
+pub(crate) async fn listed_pods(client: &mut Client) -> Vec<PodSandbox> {
     client.runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items
 }
 
@@ -201,7 +201,7 @@ fn http_get(netns: &TestNetns, url: &str) -> String {
 
 /// Asserts the network left no trace of any pod: no veth, lease, cache entry, pod rule, pod directory or
 /// mount. `pods` are (id, IP) of the pods the test made.
-fn assert_no_pod_network_left(netns: &TestNetns, dirs: &DaemonDirs, pods: &[(&str, &str)]) {
+pub(crate) fn assert_no_pod_network_left(netns: &TestNetns, dirs: &DaemonDirs, pods: &[(&str, &str)]) {
     assert_eq!(veths(netns), Vec::<String>::new(), "veth left");
     assert_eq!(leases(dirs), Vec::<String>::new(), "IP lease left");
     assert_eq!(cached(dirs), Vec::<String>::new(), "CNI cache entry left");

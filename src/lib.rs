@@ -13,6 +13,7 @@ pub mod cri;
 pub mod daemon;
 pub mod disk_usage;
 pub mod error;
+pub mod failpoints;
 pub mod images;
 pub mod layout;
 pub mod logging;

@@ -67,7 +67,7 @@ pub async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> String {
         .pod_sandbox_id
 }
 
-fn create_request(pod: &str, pod_config: &PodSandboxConfig, config: ContainerConfig) -> CreateContainerRequest {
+pub fn create_request(pod: &str, pod_config: &PodSandboxConfig, config: ContainerConfig) -> CreateContainerRequest {
     CreateContainerRequest {
         pod_sandbox_id: pod.into(),
         config: Some(config),

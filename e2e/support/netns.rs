@@ -75,6 +75,11 @@ impl TestNetns {
 
     /// Starts a daemon on `dirs` (config already written) inside the namespace.
     pub fn start_daemon(&self, dirs: &DaemonDirs) -> Daemon {
+        self.start_daemon_with_env(dirs, &[])
+    }
+
+    /// [`TestNetns::start_daemon`] with more environment (the fault tests' `BERTH_CRASH_AT`).
+    pub fn start_daemon_with_env(&self, dirs: &DaemonDirs, env: &[(&str, &str)]) -> Daemon {
         let serve = dirs.serve_command();
         let mut command = Command::new("nsenter");
         command
@@ -82,7 +87,8 @@ impl TestNetns {
             .arg("--")
             .arg(serve.get_program())
             .args(serve.get_args())
-            .env_remove("BERTH_LOG");
+            .env_remove("BERTH_LOG")
+            .envs(env.iter().copied());
         Daemon::spawn_command(dirs, command)
     }
 

@@ -141,9 +141,28 @@ remove_bench_cgroups() {
   done
 }
 
+# The shims of a run cut short (pods never removed) and what runs in their cgroups, berth's
+# /berth/shim-<pod> in every hierarchy (outside the run's cgroup parent), which go too.
+remove_bench_shims() {
+  [[ -n ${work:-} ]] || return 0
+  local pid pod dir
+  for pid in $(pgrep -f -- "__shim [0-9a-f]+ $work/" || true); do
+    pod=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | awk '{print $3}') || continue
+    for dir in "/sys/fs/cgroup/berth/shim-$pod" /sys/fs/cgroup/*/berth/shim-"$pod"; do
+      if [[ -f $dir/cgroup.procs ]]; then xargs -r kill -9 < "$dir/cgroup.procs" 2>/dev/null || true; fi
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do [[ -d /proc/$pid ]] || break; sleep 0.05; done
+    for dir in "/sys/fs/cgroup/berth/shim-$pod" /sys/fs/cgroup/*/berth/shim-"$pod"; do
+      if [[ -d $dir ]]; then rmdir "$dir" 2>/dev/null || true; fi
+    done
+  done
+}
+
 bench_daemon_cleanup() {
   stop_bench_daemon
   if declare -F stop_containerd >/dev/null; then stop_containerd; fi
+  remove_bench_shims
   remove_bench_cgroups
   hack/registry.sh stop "$work/registry" >/dev/null 2>&1 || true
   remove_bench_work

@@ -457,8 +457,10 @@ impl ContainerManager {
         };
         // Intent first: a crash from here on leaves a record that start-up or Remove finishes.
         self.store.put(&record)?;
+        crate::failpoints::crash_point!("create-container-after-intent");
         match self.make(&pod, &request, &image_record, restore.as_ref(), &mut record).await {
             Ok(()) => {
+                crate::failpoints::crash_point!("create-container-before-created");
                 record.state = ContainerRecordState::Created;
                 self.store.put(&record)?;
                 tracing::info!(container_id = %id, pod_sandbox_id = %pod.id, name = %record.name, "container created");

@@ -80,6 +80,7 @@ const HEAP_TRIM_PERIOD: Duration = Duration::from_secs(10);
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
+    crate::failpoints::arm_from_env();
     let layout = Layout::new(&config);
     for (key, path, mode) in layout.directories() {
         create_dir(key, &path, mode)?;

@@ -336,8 +336,10 @@ impl PodManager {
         // Intent first: a crash from here on leaves a record that Remove (or start-up) can finish.
         self.store.put(&record)?;
         clock.lap("intent");
+        crate::failpoints::crash_point!("run-pod-sandbox-after-intent");
         match self.make(&spec, &mut record, &dir, &mut clock) {
             Ok(plugins) => {
+                crate::failpoints::crash_point!("run-pod-sandbox-before-ready");
                 record.state = PodState::Ready;
                 self.store.put(&record)?;
                 clock.lap("ready");
@@ -470,6 +472,7 @@ impl PodManager {
             plugins = attached.timings.in_plugins;
             record.ips = attached.result.pod_ips("eth0").iter().map(|ip| ip.to_string()).collect();
             clock.lap("cni");
+            crate::failpoints::crash_point!("run-pod-sandbox-after-cni-add");
         }
         let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
         for ip in &record.ips {
@@ -546,6 +549,7 @@ impl PodManager {
 
     fn teardown_after_del(&self, id: &str, network: Result<(), PodError>) -> Result<Teardown, PodError> {
         let dir = self.pod_dir(id);
+        crate::failpoints::crash_point!("pod-teardown-after-cni-del");
         // Whatever is left of the shim (normally gone after Shutdown; one killed with -9 may have left its
         // PID-namespace holder) is killed with its cgroup, frozen so nothing forks away.
         crate::shim::cgroup(id, self.systemd_cgroup)
@@ -583,6 +587,7 @@ impl PodManager {
                 record.state = PodState::NotReady;
                 manager.store.put(&record)?;
             }
+            crate::failpoints::crash_point!("stop-pod-sandbox-after-not-ready");
             if let Err(err) = manager.release_network(&record) {
                 tracing::warn!(
                     pod_sandbox_id = %record.id,
@@ -604,6 +609,7 @@ impl PodManager {
             .exclusive(key.clone(), move |manager| {
                 let Some(record) = manager.find(&id)? else { return Ok(()) };
                 let outcome = manager.teardown(&record)?;
+                crate::failpoints::crash_point!("remove-pod-sandbox-before-forget");
                 manager.store.delete::<PodRecord>(&record.id)?;
                 tracing::info!(pod_sandbox_id = %record.id, network_kept = outcome == Teardown::NetworkKept, "pod sandbox removed");
                 Ok(())

@@ -9,6 +9,7 @@ pub async fn handle(context: &Context, request: RemovePodSandboxRequest) -> Resu
     record_id("pod_sandbox_id", &request.pod_sandbox_id);
     if let Some(pod) = context.pods.find(&request.pod_sandbox_id)? {
         context.containers.remove_pod(&pod.id).await?;
+        crate::failpoints::crash_point!("remove-pod-sandbox-after-containers");
     }
     context.pods.remove(request.pod_sandbox_id).await?;
     Ok(RemovePodSandboxResponse {})

@@ -9,6 +9,7 @@ pub async fn handle(context: &Context, request: StopPodSandboxRequest) -> Result
     record_id("pod_sandbox_id", &request.pod_sandbox_id);
     if let Some(pod) = context.pods.find(&request.pod_sandbox_id)? {
         context.containers.stop_pod(&pod.id).await?;
+        crate::failpoints::crash_point!("stop-pod-sandbox-after-containers");
     }
     context.pods.stop(request.pod_sandbox_id).await?;
     Ok(StopPodSandboxResponse {})

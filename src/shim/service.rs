@@ -81,6 +81,8 @@ struct Service(Arc<ShimState>);
 
 /// Serves until Shutdown. Errors before "ready" reach the daemon through stdout.
 pub async fn run(options: Options) -> Result<(), String> {
+    // The shim inherits the daemon's environment, so a test arms its crash points as the daemon's.
+    crate::failpoints::arm_from_env();
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
         .map_err(|e| format!("cannot watch SIGCHLD: {e}"))?;
     // Unix socket paths are limited to 107 bytes and a pod directory under a long state path can exceed
@@ -431,6 +433,7 @@ impl Service {
             },
         );
         tracing::info!(container_id = id, pid = created.pid, "container created");
+        crate::failpoints::crash_point!("shim-create-before-reply");
         Ok(state)
     }
 }
@@ -464,6 +467,7 @@ impl Shim for Service {
             container.state.status = pb::Status::Running as i32;
         }
         tracing::info!(container_id = %id, "container started");
+        crate::failpoints::crash_point!("shim-start-before-reply");
         Ok(Response::new(container.state.clone()))
     }
 
@@ -527,6 +531,7 @@ impl Shim for Service {
             pid_file: None,
         };
         let pid = self.0.runtime.exec(&request.id, process, options).map_err(runtime_status)?;
+        crate::failpoints::crash_point!("shim-exec-after-spawn");
         let exited = self.0.exec_exit(pid);
         let collect = |fd: OwnedFd| {
             let buffer = Arc::new(Mutex::new(Vec::new()));

@@ -1,0 +1,459 @@
+//! The daemon killed between each intent it records and the fact that follows, in RunPodSandbox,
+//! CreateContainer, StopPodSandbox and RemovePodSandbox, and a pod's shim killed inside Create, Start and an
+//! exec: a `failpoints` build (src/failpoints.rs; `make test` builds the daemon under test with it) raises
+//! SIGKILL at the crash point `BERTH_CRASH_AT` names. For every point: the RPC fails (a dead shim's with
+//! Unavailable, naming the shim), the daemon restarted without the point finishes or undoes what the crash
+//! interrupted before it serves, kubelet's retry succeeds, and once the pod is removed the host holds
+//! nothing of it: no mount, pinned namespace, cgroup, process, veth, IP lease, CNI cache entry, iptables
+//! rule or state entry.
+//!
+//! Each test runs its daemons in a network namespace of its own ([`TestNetns`]), with Debian's bridge
+//! chain, and gives its pods a cgroup parent of its own, as kubelet does, so its census is exact.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use berth::cli::client::Client;
+use berth::cri::v1::*;
+use nix::sys::signal::Signal;
+
+use crate::pods_network::{
+    assert_no_pod_network_left, listed_pods, pod_config, pod_ip, pod_rules, require_plugins, write_bridge_conflist,
+    write_daemon_config,
+};
+use crate::support::cri::{container_config, create_request, exec_out, start, stop_and_remove_pod};
+use crate::support::netns::TestNetns;
+use crate::support::registry::TestRegistry;
+use crate::support::{Daemon, DaemonDirs};
+
+/// Fails (never skips) a run whose daemon has no crash points.
+fn require_failpoints() {
+    if !cfg!(feature = "failpoints") {
+        panic!(
+            "the fault-injection tests need the daemon built with `--features berth/failpoints` (hack/test.sh, \
+             which `make test` runs, builds it so)"
+        );
+    }
+}
+
+/// A node for one test: its network namespace, directories, daemon, image and pod cgroup parent.
+struct Node {
+    netns: TestNetns,
+    dirs: DaemonDirs,
+    daemon: Option<Daemon>,
+    image: String,
+    /// Under every cgroup hierarchy's root; the pods' `pod<uid>` cgroups (kubelet's) go below it.
+    cgroup_parent: String,
+}
+
+impl Node {
+    async fn new(name: &str, bridge: &str, subnet: &str) -> Node {
+        require_failpoints();
+        require_plugins();
+        let registry = TestRegistry::get();
+        let image = registry.image("busybox").reference.clone();
+        let netns = TestNetns::new();
+        let dirs = DaemonDirs::new();
+        write_daemon_config(&dirs, Some(&registry));
+        write_bridge_conflist(&dirs, bridge, subnet);
+        let daemon = netns.start_daemon_with_images(&dirs, &[&image]).await;
+        let cgroup_parent = format!("berth-e2e-faults-{name}-{}", std::process::id());
+        Node { netns, dirs, daemon: Some(daemon), image, cgroup_parent }
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("a daemon")
+    }
+
+    async fn client(&self) -> Client {
+        self.daemon().client().await
+    }
+
+    /// Stops the running daemon (SIGTERM; pods and containers outlive it) and starts one with `env`.
+    async fn restart(&mut self, env: &[(&str, &str)]) {
+        if let Some(mut daemon) = self.daemon.take() {
+            if daemon.child.try_wait().unwrap().is_none() {
+                let status = daemon.stop(Signal::SIGTERM).await;
+                assert!(status.success(), "the daemon exited with {status}:\n{}", daemon.log_text());
+            }
+        }
+        self.daemon = Some(self.netns.start_daemon_with_env(&self.dirs, env));
+    }
+
+    /// A daemon armed to kill itself at `point`.
+    async fn restart_armed(&mut self, point: &str) {
+        self.restart(&[("BERTH_CRASH_AT", point)]).await;
+    }
+
+    /// Waits (up to 20 s) for the armed daemon to die at `point`, and checks that SIGKILL ended it.
+    async fn assert_crashed(&mut self, point: &str) {
+        let daemon = self.daemon.as_mut().expect("a daemon");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                assert_eq!(
+                    status.signal(),
+                    Some(Signal::SIGKILL as i32),
+                    "{point}: the daemon ended with {status}, not at its crash point:\n{}",
+                    daemon.log_text()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{point}: the daemon never reached its crash point:\n{}",
+                daemon.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A pod config as kubelet sends it, with its cgroup under this node's parent.
+    fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        let mut config = pod_config(name, &self.dirs.path().join("logs"));
+        let uid = config.metadata.as_ref().unwrap().uid.clone();
+        config.linux = Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{}/pod{uid}", self.cgroup_parent),
+            ..Default::default()
+        });
+        config
+    }
+
+    fn container_config(&self) -> ContainerConfig {
+        container_config("sleeper", &self.image, &["sleep", "1000"])
+    }
+
+    /// The cgroup directories of this node's hierarchy in every mounted hierarchy: the parent itself first.
+    fn cgroup_roots(&self) -> Vec<PathBuf> {
+        let mut roots = vec![PathBuf::from("/sys/fs/cgroup").join(&self.cgroup_parent)];
+        for entry in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            roots.push(entry.path().join(&self.cgroup_parent));
+        }
+        roots.into_iter().filter(|root| root.is_dir()).collect()
+    }
+
+    /// Everything the node's pods could have left, after the last one was removed (see the module doc).
+    /// A process killed with its cgroup may still be exiting for a moment: the census is retried for 5 s.
+    fn assert_nothing_left(&self, point: &str) {
+        assert_no_pod_network_left(&self.netns, &self.dirs, &[]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{point}: left behind after the pod was removed:\n{}", left.join("\n"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What [`Node::assert_nothing_left`] looks for. The pods' ids are the ones the daemons logged: the pods
+    /// a crash interrupted were never returned.
+    fn leftovers(&self) -> Vec<String> {
+        let ids = ids_in_logs(&self.dirs);
+        let mut left = crate::containers::leftovers(&self.dirs, &ids);
+        for id in &ids {
+            left.extend(pod_rules(&self.netns, id).into_iter().map(|rule| format!("iptables rule: {rule}")));
+        }
+        // The pod<uid> level is kubelet's; the sandbox's and containers' cgroups below it are berth's.
+        for root in self.cgroup_roots() {
+            for pod in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                for entry in std::fs::read_dir(pod.path()).into_iter().flatten().flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        left.push(format!("cgroup: {}", entry.path().display()));
+                    }
+                }
+            }
+        }
+        let daemon = self.daemon().pid().as_raw();
+        let test_dir = self.dirs.path().display().to_string();
+        for pid in processes() {
+            if pid == daemon {
+                continue;
+            }
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                .replace('\0', " ");
+            if cgroup.contains(&self.cgroup_parent) || cmdline.contains(&test_dir) {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                left.push(format!("process {pid}: {cmdline} (stat: {})", stat.trim_end()));
+            }
+        }
+        left
+    }
+}
+
+impl Drop for Node {
+    /// The pods' `pod<uid>` cgroups and the parent (kubelet removes its own), deepest first.
+    fn drop(&mut self) {
+        drop(self.daemon.take());
+        for root in self.cgroup_roots() {
+            let mut dirs = vec![root.clone()];
+            let mut index = 0;
+            while index < dirs.len() {
+                let children: Vec<PathBuf> = std::fs::read_dir(&dirs[index])
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect();
+                dirs.extend(children);
+                index += 1;
+            }
+            for dir in dirs.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+/// Live (not zombie) process ids.
+fn processes() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+        .collect()
+}
+
+/// The pod and container ids the daemons of `dirs` logged (64 hex digits that are not a `sha256:` digest).
+fn ids_in_logs(dirs: &DaemonDirs) -> Vec<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dirs.path()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("daemon-") && name.ends_with(".log")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let bytes = text.as_bytes();
+        let mut start = 0;
+        while start < bytes.len() {
+            let end = start + bytes[start..].iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            if end - start == 64 && !text[..start].ends_with("sha256:") {
+                ids.insert(text[start..end].to_ascii_lowercase());
+            }
+            start = end + 1;
+        }
+    }
+    ids.into_iter().collect()
+}
+
+async fn run_pod(client: &mut Client, config: &PodSandboxConfig) -> Result<String, tonic::Status> {
+    client
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() })
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+async fn create_container(
+    client: &mut Client,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> Result<String, tonic::Status> {
+    client.runtime.create_container(create_request(pod, pod_config, config)).await.map(|r| r.into_inner().container_id)
+}
+
+async fn containers_of(client: &mut Client, pod: &str) -> Vec<Container> {
+    let filter = ContainerFilter { pod_sandbox_id: pod.into(), ..Default::default() };
+    client
+        .runtime
+        .list_containers(ListContainersRequest { filter: Some(filter) })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+}
+
+/// A container in the pod that runs and answers an exec: the pod works.
+async fn assert_pod_works(client: &mut Client, node: &Node, pod: &str, config: &PodSandboxConfig, point: &str) {
+    let id = create_container(client, pod, config, node.container_config())
+        .await
+        .unwrap_or_else(|e| panic!("{point}: CreateContainer in the retried pod: {e}"));
+    start(client, &id).await;
+    assert_eq!(exec_out(client, &id, &["echo", "alive"]).await, (0, "alive\n".into()), "{point}");
+    assert!(pod_ip(client, pod).await.starts_with("10.99."), "{point}: the pod has no IP");
+}
+
+#[tokio::test]
+async fn a_crash_inside_run_pod_sandbox_is_undone_at_start_up_and_the_retry_succeeds() {
+    let mut node = Node::new("run", "berthflt1", "10.99.61.0/24").await;
+    for (n, point) in ["run-pod-sandbox-after-intent", "run-pod-sandbox-after-cni-add", "run-pod-sandbox-before-ready"]
+        .iter()
+        .enumerate()
+    {
+        let config = node.pod_config(&format!("crash-run-{n}"));
+        node.restart_armed(point).await;
+        let mut client = node.client().await;
+        let err = run_pod(&mut client, &config).await.expect_err("RunPodSandbox through a crash");
+        drop(client);
+        node.assert_crashed(point).await;
+        assert!(
+            matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal),
+            "{point}: {err:?}"
+        );
+
+        node.restart(&[]).await;
+        let mut client = node.client().await;
+        assert_eq!(listed_pods(&mut client).await, Vec::new(), "{point}: the half-made sandbox is listed");
+        // kubelet's retry: the same config again.
+        let pod = run_pod(&mut client, &config).await.unwrap_or_else(|e| panic!("{point}: the retry: {e}"));
+        assert_pod_works(&mut client, &node, &pod, &config, point).await;
+        stop_and_remove_pod(&mut client, &pod).await;
+        node.assert_nothing_left(point);
+    }
+}
+
+#[tokio::test]
+async fn a_crash_inside_create_container_is_undone_at_start_up_and_the_retry_succeeds() {
+    let mut node = Node::new("create", "berthflt2", "10.99.62.0/24").await;
+    for (n, point) in ["create-container-after-intent", "create-container-before-created"].iter().enumerate() {
+        let config = node.pod_config(&format!("crash-create-{n}"));
+        node.restart(&[]).await;
+        let mut client = node.client().await;
+        let pod = run_pod(&mut client, &config).await.expect("RunPodSandbox");
+        drop(client);
+
+        node.restart_armed(point).await;
+        let mut client = node.client().await;
+        let err = create_container(&mut client, &pod, &config, node.container_config())
+            .await
+            .expect_err("CreateContainer through a crash");
+        drop(client);
+        node.assert_crashed(point).await;
+        assert!(
+            matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal),
+            "{point}: {err:?}"
+        );
+
+        node.restart(&[]).await;
+        let mut client = node.client().await;
+        assert_eq!(containers_of(&mut client, &pod).await, Vec::new(), "{point}: the half-made container is listed");
+        // kubelet's retry: the same container (name and attempt) again, in the same pod.
+        assert_pod_works(&mut client, &node, &pod, &config, point).await;
+        stop_and_remove_pod(&mut client, &pod).await;
+        node.assert_nothing_left(point);
+    }
+}
+
+#[tokio::test]
+async fn a_crash_inside_stop_or_remove_pod_sandbox_is_finished_by_the_retry() {
+    let mut node = Node::new("stop", "berthflt3", "10.99.63.0/24").await;
+    let points = [
+        ("stop-pod-sandbox-after-containers", false),
+        ("stop-pod-sandbox-after-not-ready", false),
+        ("remove-pod-sandbox-after-containers", true),
+        ("pod-teardown-after-cni-del", true),
+        ("remove-pod-sandbox-before-forget", true),
+    ];
+    for (n, (point, stopped_first)) in points.iter().enumerate() {
+        let config = node.pod_config(&format!("crash-stop-{n}"));
+        node.restart(&[]).await;
+        let mut client = node.client().await;
+        let pod = run_pod(&mut client, &config).await.expect("RunPodSandbox");
+        assert_pod_works(&mut client, &node, &pod, &config, point).await;
+        drop(client);
+
+        node.restart_armed(point).await;
+        let mut client = node.client().await;
+        let request = if *stopped_first {
+            client
+                .runtime
+                .stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() })
+                .await
+                .expect("StopPodSandbox");
+            "RemovePodSandbox"
+        } else {
+            "StopPodSandbox"
+        };
+        let err = if *stopped_first {
+            client.runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.map(drop)
+        } else {
+            client.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.map(drop)
+        }
+        .expect_err(&format!("{request} through a crash"));
+        drop(client);
+        node.assert_crashed(point).await;
+        assert!(
+            matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal),
+            "{point}: {err:?}"
+        );
+
+        node.restart(&[]).await;
+        let mut client = node.client().await;
+        // kubelet's retry: StopPodSandbox and RemovePodSandbox again, both idempotent.
+        stop_and_remove_pod(&mut client, &pod).await;
+        assert_eq!(listed_pods(&mut client).await, Vec::new(), "{point}: the pod is still listed");
+        node.assert_nothing_left(point);
+    }
+}
+
+#[tokio::test]
+async fn a_shim_killed_inside_create_start_or_exec_fails_the_rpc_and_the_retry_succeeds() {
+    let mut node = Node::new("shim", "berthflt4", "10.99.64.0/24").await;
+    for (n, point) in
+        ["shim-create-before-reply", "shim-start-before-reply", "shim-exec-after-spawn"].iter().enumerate()
+    {
+        let config = node.pod_config(&format!("shim-{n}"));
+        // The pod's shim inherits the armed daemon's environment.
+        node.restart_armed(point).await;
+        let mut client = node.client().await;
+        let pod = run_pod(&mut client, &config).await.expect("RunPodSandbox");
+        let mut container = node.container_config();
+        let err = match *point {
+            "shim-create-before-reply" => {
+                create_container(&mut client, &pod, &config, container.clone()).await.map(drop)
+            }
+            "shim-start-before-reply" => {
+                let id =
+                    create_container(&mut client, &pod, &config, container.clone()).await.expect("CreateContainer");
+                client.runtime.start_container(StartContainerRequest { container_id: id }).await.map(drop)
+            }
+            _ => {
+                let id =
+                    create_container(&mut client, &pod, &config, container.clone()).await.expect("CreateContainer");
+                start(&mut client, &id).await;
+                let exec = ExecSyncRequest { container_id: id, cmd: vec!["echo".into(), "lost".into()], timeout: 10 };
+                client.runtime.exec_sync(exec).await.map(drop)
+            }
+        }
+        .expect_err("an RPC whose shim dies in the middle");
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{point}: {err:?}");
+        assert!(err.message().contains("shim"), "{point}: the error does not say the pod's shim failed: {err:?}");
+        assert!(node.daemon.as_mut().unwrap().child.try_wait().unwrap().is_none(), "{point}: the daemon died too");
+        drop(client);
+
+        // Disarmed (the daemon's environment is the shims'), as the fault is gone.
+        node.restart(&[]).await;
+        let mut client = node.client().await;
+        // kubelet's retry: what is left of the container is removed, the next attempt created and started in a
+        // new shim.
+        for left in containers_of(&mut client, &pod).await {
+            assert_ne!(
+                left.state,
+                ContainerState::ContainerRunning as i32,
+                "{point}: a container of the dead shim runs"
+            );
+            client
+                .runtime
+                .remove_container(RemoveContainerRequest { container_id: left.id })
+                .await
+                .expect("RemoveContainer");
+        }
+        container.metadata.as_mut().unwrap().attempt = 1;
+        let id = create_container(&mut client, &pod, &config, container)
+            .await
+            .unwrap_or_else(|e| panic!("{point}: the retried CreateContainer: {e}"));
+        start(&mut client, &id).await;
+        assert_eq!(exec_out(&mut client, &id, &["echo", "alive"]).await, (0, "alive\n".into()), "{point}");
+        stop_and_remove_pod(&mut client, &pod).await;
+        node.assert_nothing_left(point);
+    }
+}
