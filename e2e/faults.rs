@@ -457,3 +457,79 @@ async fn a_shim_killed_inside_create_start_or_exec_fails_the_rpc_and_the_retry_s
         node.assert_nothing_left(point);
     }
 }
+
+/// Unmounts a test's tmpfs however the test ends.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[tokio::test]
+async fn a_full_log_disk_drops_output_without_blocking_the_container_until_kubelet_frees_it() {
+    let mut node = Node::new("logs", "berthflt5", "10.99.65.0/24").await;
+    node.restart(&[]).await;
+    // The pod's log directory on a 64 KiB filesystem; the container writes about 300 KiB.
+    let logs = node.dirs.path().join("small-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    nix::mount::mount(Some("tmpfs"), &logs, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=64k,mode=0755"))
+        .expect("mount a 64 KiB tmpfs for the pod's logs");
+    let unmount = Unmount(logs.clone());
+    let mut config = node.pod_config("full-logs");
+    config.log_directory = logs.display().to_string();
+    let mut client = node.client().await;
+    let pod = run_pod(&mut client, &config).await.expect("RunPodSandbox");
+    let script = "i=0; while [ $i -lt 5000 ]; do echo \"line $i of a container whose log disk is full\"; i=$((i+1)); \
+                  done; touch /tmp/finished; exec sleep 1000";
+    let container = container_config("writer", &node.image, &["sh", "-c", script]);
+    let id = create_container(&mut client, &pod, &config, container).await.expect("CreateContainer");
+    start(&mut client, &id).await;
+
+    // The container is never blocked on its output: it gets through all of it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exec_out(&mut client, &id, &["test", "-f", "/tmp/finished"]).await.0 != 0 {
+        assert!(Instant::now() < deadline, "the container did not get through its output on a full log disk");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What was written is whole records: no line cut where the disk filled.
+    let log_path = logs.join("writer/0.log");
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(text.len() > 32 * 1024, "the log holds only {} bytes", text.len());
+    assert!(text.ends_with('\n'), "the log ends mid-record: {:?}", &text[text.len().saturating_sub(100)..]);
+    for line in text.lines() {
+        let fields: Vec<&str> = line.splitn(4, ' ').collect();
+        assert!(
+            fields.len() == 4 && fields[1] == "stdout" && fields[2] == "F" && fields[3].starts_with("line "),
+            "a broken record in the log: {line:?}"
+        );
+    }
+
+    // kubelet rotates: the full file goes, the container's log is reopened, and output is written again.
+    std::fs::remove_file(&log_path).unwrap();
+    client
+        .runtime
+        .reopen_container_log(ReopenContainerLogRequest { container_id: id.clone() })
+        .await
+        .expect("ReopenContainerLog");
+    // The container's process (the pod's PID namespace is shared, so not PID 1) writes one more line.
+    let (code, out) = exec_out(&mut client, &id, &["sh", "-c", "echo written again > /proc/$(pidof sleep)/fd/1"]).await;
+    assert_eq!(code, 0, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.ends_with(" stdout F written again\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no output after the rotation: {text:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Said once (at most once a minute), not once per dropped record.
+    let shim_log = std::fs::read_to_string(node.dirs.state().join("pods").join(&pod).join("shim.log")).unwrap();
+    assert_eq!(shim_log.matches("cannot write the container log").count(), 1, "{shim_log}");
+
+    stop_and_remove_pod(&mut client, &pod).await;
+    drop(unmount);
+    node.assert_nothing_left("full log disk");
+}

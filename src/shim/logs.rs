@@ -33,8 +33,20 @@ impl Stream {
 #[derive(Debug)]
 pub struct LogFile {
     path: PathBuf,
-    file: Mutex<Option<File>>,
+    state: Mutex<State>,
 }
+
+#[derive(Debug)]
+struct State {
+    file: Option<File>,
+    /// Bytes of output dropped since the last warning.
+    dropped: u64,
+    /// When a dropped write was last warned about.
+    warned: Option<std::time::Instant>,
+}
+
+/// A log disk that stays full is warned about at most this often.
+const WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn open(path: &Path) -> std::io::Result<File> {
     if let Some(parent) = path.parent() {
@@ -46,13 +58,16 @@ fn open(path: &Path) -> std::io::Result<File> {
 impl LogFile {
     /// Opens (creating or appending to) the log at `path`.
     pub fn open(path: &Path) -> std::io::Result<LogFile> {
-        Ok(LogFile { path: path.to_owned(), file: Mutex::new(Some(open(path)?)) })
+        Ok(LogFile {
+            path: path.to_owned(),
+            state: Mutex::new(State { file: Some(open(path)?), dropped: 0, warned: None }),
+        })
     }
 
     /// Opens the path again: after kubelet renamed the old file, new lines go to a fresh one.
     pub fn reopen(&self) -> std::io::Result<()> {
         let file = open(&self.path)?;
-        *self.file.lock().expect("log lock") = Some(file);
+        self.state.lock().expect("log lock").file = Some(file);
         Ok(())
     }
 
@@ -61,18 +76,49 @@ impl LogFile {
     }
 
     /// Appends already formatted records in one write, so lines of stdout and stderr never interleave
-    /// mid-record. A failing write (disk full) drops the output rather than stopping the container.
+    /// mid-record. A failing write (disk full) drops the output rather than stopping the container (the
+    /// copier keeps reading, so the container never blocks on a full pipe), as containerd and CRI-O do. A
+    /// nearly full disk takes small records and refuses large ones in turn, so the warning comes at most once
+    /// a minute, with what was dropped since the last one.
     fn append(&self, records: &[u8]) {
         if records.is_empty() {
             return;
         }
-        let mut guard = self.file.lock().expect("log lock");
-        if let Some(file) = guard.as_mut()
-            && let Err(err) = file.write_all(records)
-        {
-            tracing::warn!(path = %self.path.display(), error = %err, "cannot write the container log");
+        let mut state = self.state.lock().expect("log lock");
+        let State { file: Some(file), dropped, warned } = &mut *state else { return };
+        if let Err(err) = write_whole(file, records) {
+            *dropped += records.len() as u64;
+            if warned.is_none_or(|at| at.elapsed() >= WARN_INTERVAL) {
+                tracing::warn!(path = %self.path.display(), error = %err, dropped_bytes = *dropped, "cannot write the container log; output that does not fit is dropped (said at most once a minute)");
+                *warned = Some(std::time::Instant::now());
+                *dropped = 0;
+            }
         }
     }
+}
+
+/// Writes `records` whole or not at all: when a write stops short and the rest fails (the disk filled
+/// mid-record), the piece already written is cut off again, so kubelet never reads a record without its
+/// newline, glued to the next one.
+fn write_whole(file: &mut File, records: &[u8]) -> std::io::Result<()> {
+    let mut written = 0;
+    while written < records.len() {
+        let failed = match file.write(&records[written..]) {
+            Ok(0) => std::io::Error::from(std::io::ErrorKind::WriteZero),
+            Ok(n) => {
+                written += n;
+                continue;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => err,
+        };
+        if written > 0 {
+            // Appending under the lock: the file ends with the piece this call wrote.
+            let _ = file.metadata().and_then(|meta| file.set_len(meta.len().saturating_sub(written as u64)));
+        }
+        return Err(failed);
+    }
+    Ok(())
 }
 
 /// Turns one stream's raw output into CRI records, keeping an unfinished line between reads.
@@ -171,6 +217,20 @@ mod tests {
             record(&mut out, "T", Stream::Stdout, 'P', &pending);
         }
         String::from_utf8(out).unwrap().lines().map(|l| l.chars().take(40).collect()).collect()
+    }
+
+    #[test]
+    fn a_full_disk_drops_the_output_and_counts_it() {
+        // /dev/full fails every write with ENOSPC.
+        let log = LogFile::open(Path::new("/dev/full")).unwrap();
+        let mut writer = LineWriter::new(Stream::Stdout);
+        writer.feed(b"one\ntwo\n", &log);
+        writer.feed(b"three\n", &log);
+        let state = log.state.lock().unwrap();
+        assert!(state.warned.is_some(), "no warning");
+        // The first write (two records) was warned about; the second was dropped since: a timestamp of 30
+        // bytes, " stdout F ", the text and a newline.
+        assert_eq!(state.dropped, 30 + 10 + 5 + 1, "dropped {} bytes", state.dropped);
     }
 
     #[test]
