@@ -86,8 +86,13 @@ impl Node {
         self.restart(&[("BERTH_CRASH_AT", point)]).await;
     }
 
-    /// Waits (up to 20 s) for the armed daemon to die at `point`, and checks that SIGKILL ended it.
-    async fn assert_crashed(&mut self, point: &str) {
+    /// Waits (up to 20 s) for the armed daemon to die at `point`, and checks that SIGKILL ended it and that
+    /// the RPC it was serving failed as a broken connection does.
+    async fn assert_crashed(&mut self, point: &str, err: &tonic::Status) {
+        assert!(
+            matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal),
+            "{point}: {err:?}"
+        );
         let daemon = self.daemon.as_mut().expect("a daemon");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -294,11 +299,7 @@ async fn a_crash_inside_run_pod_sandbox_is_undone_at_start_up_and_the_retry_succ
         let mut client = node.client().await;
         let err = run_pod(&mut client, &config).await.expect_err("RunPodSandbox through a crash");
         drop(client);
-        node.assert_crashed(point).await;
-        assert!(
-            matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal),
-            "{point}: {err:?}"
-        );
+        node.assert_crashed(point, &err).await;
 
         node.restart(&[]).await;
         let mut client = node.client().await;
@@ -327,11 +328,7 @@ async fn a_crash_inside_create_container_is_undone_at_start_up_and_the_retry_suc
             .await
             .expect_err("CreateContainer through a crash");
         drop(client);
-        node.assert_crashed(point).await;
-        assert!(
-            matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal),
-            "{point}: {err:?}"
-        );
+        node.assert_crashed(point, &err).await;
 
         node.restart(&[]).await;
         let mut client = node.client().await;
@@ -380,11 +377,7 @@ async fn a_crash_inside_stop_or_remove_pod_sandbox_is_finished_by_the_retry() {
         }
         .expect_err(&format!("{request} through a crash"));
         drop(client);
-        node.assert_crashed(point).await;
-        assert!(
-            matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal),
-            "{point}: {err:?}"
-        );
+        node.assert_crashed(point, &err).await;
 
         node.restart(&[]).await;
         let mut client = node.client().await;

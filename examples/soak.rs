@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use berth::cli::client::{Client, Endpoint};
 use berth::cri::v1::*;
-use berth_streaming::client::{self, CommandIo, PortForwarder, Transport};
+use berth_streaming::client::{PortForwarder, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "bench/mod.rs"]
@@ -172,7 +172,7 @@ impl Soak {
                 self.failed("ExecSync", format!("exit {} stdout {:?}", answer.exit_code, answer.stdout));
             }
         }
-        self.timed("ExecSession", exec_session(&mut client, &container, transport)).await;
+        self.timed("ExecSession", bench::exec_echo(&mut client, &container, transport)).await;
         self.timed("PortForward", fetch_through_port_forward(&mut client, web_pod, transport)).await;
 
         if let Err(err) = wait_for_log_line(&log).await {
@@ -216,28 +216,6 @@ async fn wait_for_log_line(path: &Path) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Exec RPC and its streaming session of `echo hi`; checks the output and the exit code.
-async fn exec_session(client: &mut Client, container: &str, transport: Transport) -> Result<(), String> {
-    let request = ExecRequest {
-        container_id: container.to_owned(),
-        cmd: vec!["echo".into(), "hi".into()],
-        stdout: true,
-        stderr: true,
-        ..Default::default()
-    };
-    let url = client.runtime.exec(request).await.map_err(|s| format!("Exec: {:?}: {}", s.code(), s.message()))?;
-    let (stdout, mut captured) = tokio::io::duplex(1024);
-    let io =
-        CommandIo { stdout: Some(Box::new(stdout)), stderr: Some(Box::new(tokio::io::sink())), ..CommandIo::default() };
-    let code = client::run_command(&url.into_inner().url, transport, io).await.map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    captured.read_to_string(&mut out).await.map_err(|e| e.to_string())?;
-    if code != 0 || out != "hi\n" {
-        return Err(format!("echo through {transport:?} gave code {code} and {out:?}"));
-    }
-    Ok(())
 }
 
 /// PortForward RPC and a session on which one HTTP request fetches the standing web pod's page.

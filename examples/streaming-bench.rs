@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use berth::cli::client::{Client, Endpoint};
 use berth::cri::v1::*;
-use berth_streaming::client::{self, CommandIo, PortForwarder, Transport};
+use berth_streaming::client::{PortForwarder, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "bench/mod.rs"]
@@ -20,28 +20,6 @@ use bench::{percentile, pod_config, run_sleeping_pod, start_container};
 
 const BIG: usize = 100 * 1000 * 1000;
 const HTTP_PORT: u16 = 8080;
-
-/// Exec RPC + streaming session of `echo hi`; checks the output and exit code.
-async fn exec_echo(client: &mut Client, container: &str) -> Result<(), String> {
-    let request = ExecRequest {
-        container_id: container.to_owned(),
-        cmd: vec!["echo".into(), "hi".into()],
-        stdout: true,
-        stderr: true,
-        ..Default::default()
-    };
-    let url = client.runtime.exec(request).await.map_err(|s| format!("Exec: {:?}: {}", s.code(), s.message()))?;
-    let (stdout, mut captured) = tokio::io::duplex(1024);
-    let io =
-        CommandIo { stdout: Some(Box::new(stdout)), stderr: Some(Box::new(tokio::io::sink())), ..CommandIo::default() };
-    let code = client::run_command(&url.into_inner().url, Transport::Spdy, io).await.map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    captured.read_to_string(&mut out).await.map_err(|e| e.to_string())?;
-    if code != 0 || out != "hi\n" {
-        return Err(format!("echo gave code {code} and {out:?}"));
-    }
-    Ok(())
-}
 
 /// Downloads `/big` through a fresh port-forward session; returns the bytes of body and the time taken.
 async fn download(client: &mut Client, pod: &str, transport: Transport) -> Result<(usize, Duration), String> {
@@ -95,13 +73,13 @@ async fn main() {
     start_container(&mut client, &pod, config, image, "web", vec!["sh".into(), "-c".into(), script]).await;
 
     // Exec round trip. Before the daemon implements Exec this reports why and the rest still runs.
-    match exec_echo(&mut client, &sleeper).await {
+    match bench::exec_echo(&mut client, &sleeper, Transport::Spdy).await {
         Err(err) => println!("exec round trip: not measured: {err}"),
         Ok(()) => {
             let mut samples = Vec::with_capacity(runs);
             for _ in 0..runs {
                 let began = Instant::now();
-                exec_echo(&mut client, &sleeper).await.expect("exec echo");
+                bench::exec_echo(&mut client, &sleeper, Transport::Spdy).await.expect("exec echo");
                 samples.push(began.elapsed());
             }
             let (p50, p90) = (percentile(&mut samples, 0.5), percentile(&mut samples, 0.9));

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use berth::cli::client::Client;
 use berth::cri::v1::*;
+use berth_streaming::client::{CommandIo, Transport, run_command};
+use tokio::io::AsyncReadExt;
 
 /// The p-th percentile of `samples` (0.0 to 1.0), in milliseconds.
 pub fn percentile(samples: &mut [Duration], p: f64) -> f64 {
@@ -91,4 +93,27 @@ pub async fn start_container(
         .await
         .expect("StartContainer");
     container
+}
+
+/// Exec RPC and its streaming session of `echo hi`; checks the output and the exit code.
+#[allow(dead_code)] // pod-bench and stats-bench include this module and never exec.
+pub async fn exec_echo(client: &mut Client, container: &str, transport: Transport) -> Result<(), String> {
+    let request = ExecRequest {
+        container_id: container.to_owned(),
+        cmd: vec!["echo".into(), "hi".into()],
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    };
+    let url = client.runtime.exec(request).await.map_err(|s| format!("Exec: {:?}: {}", s.code(), s.message()))?;
+    let (stdout, mut captured) = tokio::io::duplex(1024);
+    let io =
+        CommandIo { stdout: Some(Box::new(stdout)), stderr: Some(Box::new(tokio::io::sink())), ..CommandIo::default() };
+    let code = run_command(&url.into_inner().url, transport, io).await.map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    captured.read_to_string(&mut out).await.map_err(|e| e.to_string())?;
+    if code != 0 || out != "hi\n" {
+        return Err(format!("echo through {transport:?} gave code {code} and {out:?}"));
+    }
+    Ok(())
 }
