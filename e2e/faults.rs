@@ -11,7 +11,7 @@
 //! chain, and gives its pods a cgroup parent of its own, as kubelet does, so its census is exact.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth::cli::client::Client;
@@ -19,7 +19,7 @@ use berth::cri::v1::*;
 use nix::sys::signal::Signal;
 
 use crate::pods_network::{
-    assert_no_pod_network_left, listed_pods, pod_config, pod_ip, pod_rules, require_plugins, write_bridge_conflist,
+    assert_no_pod_network_left_but, listed_pods, pod_config, pod_ip, pod_rules, require_plugins, write_bridge_conflist,
     write_daemon_config,
 };
 use crate::support::cri::{container_config, create_request, exec_out, start, stop_and_remove_pod};
@@ -45,21 +45,42 @@ struct Node {
     image: String,
     /// Under every cgroup hierarchy's root; the pods' `pod<uid>` cgroups (kubelet's) go below it.
     cgroup_parent: String,
+    /// The test's own small filesystems (root and state directories), not leftovers of the pods.
+    small_disks: Vec<PathBuf>,
 }
 
 impl Node {
     async fn new(name: &str, bridge: &str, subnet: &str) -> Node {
+        Node::start(name, bridge, subnet, None).await
+    }
+
+    /// A node whose root and state directories are each a tmpfs of `size` (unmounted with the directories).
+    async fn on_small_disks(name: &str, bridge: &str, subnet: &str, size: &str) -> Node {
+        Node::start(name, bridge, subnet, Some(size)).await
+    }
+
+    async fn start(name: &str, bridge: &str, subnet: &str, disk_size: Option<&str>) -> Node {
         require_failpoints();
         require_plugins();
         let registry = TestRegistry::get();
         let image = registry.image("busybox").reference.clone();
         let netns = TestNetns::new();
         let dirs = DaemonDirs::new();
+        let mut small_disks = Vec::new();
+        if let Some(size) = disk_size {
+            for dir in [dirs.root(), dirs.state()] {
+                std::fs::create_dir_all(&dir).unwrap();
+                let options = format!("size={size},mode=0755");
+                nix::mount::mount(Some("tmpfs"), &dir, Some("tmpfs"), nix::mount::MsFlags::empty(), Some(&*options))
+                    .unwrap_or_else(|e| panic!("mount a {size} tmpfs at {}: {e}", dir.display()));
+                small_disks.push(dir);
+            }
+        }
         write_daemon_config(&dirs, Some(&registry));
         write_bridge_conflist(&dirs, bridge, subnet);
         let daemon = netns.start_daemon_with_images(&dirs, &[&image]).await;
         let cgroup_parent = format!("berth-e2e-faults-{name}-{}", std::process::id());
-        Node { netns, dirs, daemon: Some(daemon), image, cgroup_parent }
+        Node { netns, dirs, daemon: Some(daemon), image, cgroup_parent, small_disks }
     }
 
     fn daemon(&self) -> &Daemon {
@@ -141,7 +162,7 @@ impl Node {
     /// Everything the node's pods could have left, after the last one was removed (see the module doc).
     /// A process killed with its cgroup may still be exiting for a moment: the census is retried for 5 s.
     fn assert_nothing_left(&self, point: &str) {
-        assert_no_pod_network_left(&self.netns, &self.dirs, &[]);
+        assert_no_pod_network_left_but(&self.netns, &self.dirs, &[], &self.small_disks);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let left = self.leftovers();
@@ -158,6 +179,11 @@ impl Node {
     fn leftovers(&self) -> Vec<String> {
         let ids = ids_in_logs(&self.dirs);
         let mut left = crate::containers::leftovers(&self.dirs, &ids);
+        left.retain(|found| {
+            let target = found.strip_prefix("mount: ").and_then(|line| line.split(' ').nth(4));
+            !target.is_some_and(|target| self.small_disks.iter().any(|disk| Path::new(target) == disk))
+        });
+        left.extend(temporary_files(&[self.dirs.root(), self.dirs.state()]));
         for id in &ids {
             left.extend(pod_rules(&self.netns, id).into_iter().map(|rule| format!("iptables rule: {rule}")));
         }
@@ -212,6 +238,25 @@ impl Drop for Node {
             }
         }
     }
+}
+
+/// Files a write left half-made below `dirs`: the temporary names berth writes records under before it
+/// renames them into place (`*.tmp`, `*.tmp<pid>`, `.berth.redb.creating-<pid>`).
+fn temporary_files(dirs: &[PathBuf]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = dirs.to_vec();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(file_type) = entry.file_type() else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if file_type.is_dir() {
+                stack.push(entry.path());
+            } else if name.contains(".tmp") || name.contains(".creating-") {
+                found.push(format!("half-written file: {}", entry.path().display()));
+            }
+        }
+    }
+    found
 }
 
 /// Live (not zombie) process ids.
@@ -525,4 +570,93 @@ async fn a_full_log_disk_drops_output_without_blocking_the_container_until_kubel
     stop_and_remove_pod(&mut client, &pod).await;
     drop(unmount);
     node.assert_nothing_left("full log disk");
+}
+
+/// Writes one file in `dir` until its filesystem is full (1 MiB writes, then 4 KiB ones); returns it.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    for chunk in [1 << 20, 4096] {
+        let bytes = vec![0u8; chunk];
+        loop {
+            match file.write(&bytes) {
+                Ok(_) => continue,
+                Err(err) if err.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+                Err(err) => panic!("filling {}: {err}", filler.display()),
+            }
+        }
+    }
+    filler
+}
+
+/// The error an RPC meets on a full disk: ResourceExhausted, saying so.
+fn assert_disk_full(err: &tonic::Status, what: &str) {
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{what}: {err:?}");
+    assert!(err.message().contains("No space left on device"), "{what}: {}", err.message());
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_pod_and_container_creation_cleanly_and_the_retry_succeeds_once_space_is_freed() {
+    let mut node = Node::on_small_disks("disk", "berthflt6", "10.99.66.0/24", "48m").await;
+    let mut client = node.client().await;
+    // A pod that was running before the disk filled.
+    let running_config = node.pod_config("before-the-disk-filled");
+    let running = run_pod(&mut client, &running_config).await.expect("RunPodSandbox");
+    let sleeper = create_container(&mut client, &running, &running_config, node.container_config())
+        .await
+        .expect("CreateContainer");
+    start(&mut client, &sleeper).await;
+
+    // The state directory (pod files, bundles, shim records), then the root (state database, CNI cache,
+    // container layers), then both.
+    let (state, root) = (node.dirs.state(), node.dirs.root());
+    for (n, disks) in [vec![state.clone()], vec![root.clone()], vec![state.clone(), root.clone()]].iter().enumerate() {
+        let what = format!("full {}", disks.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" + "));
+        let fillers: Vec<PathBuf> = disks.iter().map(|disk| fill(disk)).collect();
+        let config = node.pod_config(&format!("on-a-full-disk-{n}"));
+        let err = run_pod(&mut client, &config).await.expect_err("RunPodSandbox on a full disk");
+        assert_disk_full(&err, &format!("{what}: RunPodSandbox"));
+        let listed: Vec<String> = listed_pods(&mut client).await.into_iter().map(|pod| pod.id).collect();
+        assert_eq!(listed, vec![running.clone()], "{what}: the half-made pod is listed");
+        let before: Vec<String> = containers_of(&mut client, &running).await.into_iter().map(|c| c.id).collect();
+        let container = container_config(&format!("more-{n}"), &node.image, &["sleep", "1000"]);
+        let err = create_container(&mut client, &running, &running_config, container.clone())
+            .await
+            .expect_err("CreateContainer on a full disk");
+        assert_disk_full(&err, &format!("{what}: CreateContainer"));
+        let containers: Vec<String> = containers_of(&mut client, &running).await.into_iter().map(|c| c.id).collect();
+        assert_eq!(containers, before, "{what}: the half-made container is listed");
+
+        for filler in fillers {
+            std::fs::remove_file(filler).unwrap();
+        }
+        // kubelet's retries, on the same daemon.
+        let pod = run_pod(&mut client, &config).await.unwrap_or_else(|e| panic!("{what}: the retry: {e}"));
+        assert_pod_works(&mut client, &node, &pod, &config, &what).await;
+        stop_and_remove_pod(&mut client, &pod).await;
+        let id = create_container(&mut client, &running, &running_config, container)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the retried CreateContainer: {e}"));
+        start(&mut client, &id).await;
+        assert_eq!(exec_out(&mut client, &id, &["echo", "alive"]).await, (0, "alive\n".into()), "{what}");
+    }
+
+    // Stopping a pod while both disks are full: it succeeds, or fails for the disk and the retry finishes it.
+    let fillers = [fill(&state), fill(&root)];
+    let stop = client.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: running.clone() }).await;
+    if let Err(err) = stop {
+        assert_disk_full(&err, "StopPodSandbox");
+    }
+    for filler in fillers {
+        std::fs::remove_file(filler).unwrap();
+    }
+    stop_and_remove_pod(&mut client, &running).await;
+    drop(client);
+    node.assert_nothing_left("full disk");
+    // A restarted daemon finds nothing half-made either.
+    node.restart(&[]).await;
+    let mut client = node.client().await;
+    assert_eq!(listed_pods(&mut client).await, Vec::new());
+    node.assert_nothing_left("full disk, after a restart");
 }

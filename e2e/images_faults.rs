@@ -1,6 +1,8 @@
 //! A registry connection dying mid-blob, through a loopback proxy in front of the real registry: a cut
 //! connection is resumed with a Range request and the pull succeeds; a registry that stays gone fails the
-//! pull with `RegistryUnavailable`, leaves nothing, and a retry succeeds once it is back.
+//! pull with `RegistryUnavailable`, leaves nothing, and a retry succeeds once it is back. A layer whose bytes
+//! change on the way (still a valid gzip stream with the same content, so only its digest tells) fails the
+//! pull, leaves nothing, and the retry succeeds.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -16,49 +18,76 @@ use crate::support::registry::TestRegistry;
 use crate::support::{Daemon, DaemonDirs};
 
 /// Forwards `listen` to `upstream`. While `cut` is set, the first blob response that passes 1 MiB is cut
-/// off (both sockets shut down) and `cut` is cleared; while `dead` is set, every connection is closed.
+/// off (both sockets shut down) and `cut` is cleared; while `dead` is set, every connection is closed; while
+/// `corrupt` is above zero, it is decremented for each gzip blob response, whose gzip header's modification
+/// time is changed on the way (a valid stream with the same content, and another digest).
 struct Proxy {
     cut: Arc<AtomicBool>,
     dead: Arc<AtomicBool>,
     cuts: Arc<AtomicU64>,
+    corrupt: Arc<AtomicU64>,
     address: String,
+}
+
+/// What the proxy's threads share.
+#[derive(Clone)]
+struct Faults {
+    cut: Arc<AtomicBool>,
+    dead: Arc<AtomicBool>,
+    cuts: Arc<AtomicU64>,
+    corrupt: Arc<AtomicU64>,
+}
+
+/// One connection's requests as the response side needs them: whether the last one was a whole blob GET,
+/// and how many requests it has seen (each response answers the last request; clients do not pipeline).
+#[derive(Default)]
+struct Requests {
+    blob: AtomicBool,
+    count: AtomicU64,
 }
 
 impl Proxy {
     fn start(upstream: String) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        let (cut, dead, cuts) =
-            (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-        let (c, d, n) = (cut.clone(), dead.clone(), cuts.clone());
+        let faults = Faults {
+            cut: Arc::new(AtomicBool::new(false)),
+            dead: Arc::new(AtomicBool::new(false)),
+            cuts: Arc::new(AtomicU64::new(0)),
+            corrupt: Arc::new(AtomicU64::new(0)),
+        };
+        let shared = faults.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                if d.load(Ordering::SeqCst) {
+                if shared.dead.load(Ordering::SeqCst) {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 }
                 let Ok(server) = TcpStream::connect(&upstream) else { continue };
-                let blob = Arc::new(AtomicBool::new(false));
-                let (client_read, server_write, b) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap(), blob.clone());
-                std::thread::spawn(move || forward_requests(client_read, server_write, b));
-                let (c, d, n) = (c.clone(), d.clone(), n.clone());
-                std::thread::spawn(move || forward_responses(server, client, blob, c, d, n));
+                let requests = Arc::new(Requests::default());
+                let (client_read, server_write, seen) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap(), requests.clone());
+                std::thread::spawn(move || forward_requests(client_read, server_write, &seen));
+                let faults = shared.clone();
+                std::thread::spawn(move || forward_responses(server, client, &requests, &faults));
             }
         });
-        Proxy { cut, dead, cuts, address }
+        let Faults { cut, dead, cuts, corrupt } = faults;
+        Proxy { cut, dead, cuts, corrupt, address }
     }
 }
 
-fn forward_requests(mut from: TcpStream, mut to: TcpStream, blob: Arc<AtomicBool>) {
+fn forward_requests(mut from: TcpStream, mut to: TcpStream, requests: &Requests) {
     let mut buffer = [0u8; 16384];
     while let Ok(n) = from.read(&mut buffer) {
         if n == 0 {
             break;
         }
         let text = String::from_utf8_lossy(&buffer[..n]).to_ascii_lowercase();
-        if text.starts_with("get ") {
-            blob.store(text.contains("/blobs/sha256:") && !text.contains("\r\nrange:"), Ordering::SeqCst);
+        if text.starts_with("get ") || text.starts_with("head ") {
+            let blob = text.starts_with("get ") && text.contains("/blobs/sha256:") && !text.contains("\r\nrange:");
+            requests.blob.store(blob, Ordering::SeqCst);
+            requests.count.fetch_add(1, Ordering::SeqCst);
         }
         if to.write_all(&buffer[..n]).is_err() {
             break;
@@ -67,26 +96,41 @@ fn forward_requests(mut from: TcpStream, mut to: TcpStream, blob: Arc<AtomicBool
     let _ = to.shutdown(Shutdown::Write);
 }
 
-fn forward_responses(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    blob: Arc<AtomicBool>,
-    cut: Arc<AtomicBool>,
-    dead: Arc<AtomicBool>,
-    cuts: Arc<AtomicU64>,
-) {
+fn forward_responses(mut from: TcpStream, mut to: TcpStream, requests: &Requests, faults: &Faults) {
     let mut buffer = [0u8; 65536];
     let mut sent = 0usize;
+    // The response being held back until its head and the first bytes of its body are in, to corrupt them.
+    let mut held: Vec<u8> = Vec::new();
+    let mut inspected = 0;
     while let Ok(n) = from.read(&mut buffer) {
-        if n == 0 || dead.load(Ordering::SeqCst) {
+        if n == 0 || faults.dead.load(Ordering::SeqCst) {
             break;
         }
-        if to.write_all(&buffer[..n]).is_err() {
+        let mut out = &buffer[..n];
+        let request = requests.count.load(Ordering::SeqCst);
+        if request != inspected && requests.blob.load(Ordering::SeqCst) && faults.corrupt.load(Ordering::SeqCst) > 0 {
+            held.extend_from_slice(out);
+            let Some(head) = held.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4) else { continue };
+            // Every layer and config this test pulls is longer than 10 bytes.
+            let whole_blob = held.starts_with(b"HTTP/1.1 200");
+            if whole_blob && held.len() < head + 10 {
+                continue;
+            }
+            inspected = request;
+            if whole_blob && held[head..head + 3] == [0x1f, 0x8b, 0x08] {
+                // Bytes 4..8 of a gzip member are its MTIME, which decompressors ignore.
+                held[head + 4] ^= 0xff;
+                faults.corrupt.fetch_sub(1, Ordering::SeqCst);
+            }
+            out = &held[..];
+        }
+        if to.write_all(out).is_err() {
             break;
         }
-        sent += n;
-        if blob.load(Ordering::SeqCst) && sent > (1 << 20) && cut.swap(false, Ordering::SeqCst) {
-            cuts.fetch_add(1, Ordering::SeqCst);
+        sent += out.len();
+        held.clear();
+        if requests.blob.load(Ordering::SeqCst) && sent > (1 << 20) && faults.cut.swap(false, Ordering::SeqCst) {
+            faults.cuts.fetch_add(1, Ordering::SeqCst);
             break;
         }
     }
@@ -149,4 +193,26 @@ async fn a_connection_cut_mid_blob_resumes_and_a_dead_registry_fails_cleanly() {
     // Back again: the retry succeeds.
     proxy.dead.store(false, Ordering::SeqCst);
     assert_eq!(pull(&mut client, &image).await.expect("retry"), big.config_digest);
+}
+
+#[tokio::test]
+async fn a_blob_changed_on_the_way_fails_the_pull_cleanly_and_the_retry_succeeds() {
+    let registry = TestRegistry::get();
+    let busybox = registry.image("busybox");
+    let proxy = Proxy::start(registry.address.clone());
+    let image = busybox.reference.replacen(&registry.address, &proxy.address, 1);
+    let dirs = DaemonDirs::new();
+    dirs.write_config(&insecure(&proxy.address));
+    let daemon = Daemon::start_in(&dirs);
+    let mut client = daemon.client().await;
+
+    proxy.corrupt.store(1, Ordering::SeqCst);
+    let err = pull(&mut client, &image).await.expect_err("a layer whose digest is not the manifest's");
+    assert_eq!(proxy.corrupt.load(Ordering::SeqCst), 0, "the proxy changed no layer");
+    // Unavailable: a blob changed in transit may come right on the next try.
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("the registry sent content with digest"), "{}", err.message());
+    assert_store_empty(&dirs);
+
+    assert_eq!(pull(&mut client, &image).await.expect("the retry"), busybox.config_digest);
 }

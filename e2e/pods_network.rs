@@ -202,6 +202,17 @@ fn http_get(netns: &TestNetns, url: &str) -> String {
 /// Asserts the network left no trace of any pod: no veth, lease, cache entry, pod rule, pod directory or
 /// mount. `pods` are (id, IP) of the pods the test made.
 pub(crate) fn assert_no_pod_network_left(netns: &TestNetns, dirs: &DaemonDirs, pods: &[(&str, &str)]) {
+    assert_no_pod_network_left_but(netns, dirs, pods, &[]);
+}
+
+/// [`assert_no_pod_network_left`] for a test that mounted filesystems of its own (`own_mounts`) below
+/// the daemon's directories.
+pub(crate) fn assert_no_pod_network_left_but(
+    netns: &TestNetns,
+    dirs: &DaemonDirs,
+    pods: &[(&str, &str)],
+    own_mounts: &[PathBuf],
+) {
     assert_eq!(veths(netns), Vec::<String>::new(), "veth left");
     assert_eq!(leases(dirs), Vec::<String>::new(), "IP lease left");
     assert_eq!(cached(dirs), Vec::<String>::new(), "CNI cache entry left");
@@ -211,7 +222,10 @@ pub(crate) fn assert_no_pod_network_left(netns: &TestNetns, dirs: &DaemonDirs, p
         assert!(!netns.run("ip", &["-o", "route"]).contains(&format!("{ip} ")), "a route to {ip} left");
     }
     assert_eq!(pod_dirs(dirs), Vec::<String>::new(), "pod directory left");
-    assert_eq!(mounts_under(dirs), Vec::<String>::new(), "mount left");
+    let mut mounts = mounts_under(dirs);
+    mounts
+        .retain(|line| !line.split(' ').nth(4).is_some_and(|target| own_mounts.iter().any(|m| Path::new(target) == m)));
+    assert_eq!(mounts, Vec::<String>::new(), "mount left");
 }
 
 #[tokio::test]

@@ -111,6 +111,10 @@ impl Kinded for ContainerError {
                     err.kind()
                 } else if let Some(err) = source.downcast_ref::<berth_image::ImageError>() {
                     err.kind()
+                } else if let Some(err) = source.downcast_ref::<crate::shim::launch::LaunchError>() {
+                    err.kind()
+                } else if let Some(err) = source.downcast_ref::<std::io::Error>() {
+                    ErrorKind::of_own_io(err)
                 } else {
                     ErrorKind::Internal
                 }

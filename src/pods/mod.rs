@@ -77,6 +77,10 @@ impl Kinded for PodError {
                     cni.kind()
                 } else if let Some(runtime) = source.downcast_ref::<berth_runtime::RuntimeError>() {
                     runtime.kind()
+                } else if let Some(launch) = source.downcast_ref::<crate::shim::launch::LaunchError>() {
+                    launch.kind()
+                } else if let Some(io) = source.downcast_ref::<std::io::Error>() {
+                    ErrorKind::of_own_io(io)
                 } else {
                     ErrorKind::Internal
                 }

@@ -27,12 +27,55 @@ pub enum LaunchError {
         source: std::io::Error,
     },
     #[error("pod {pod}: the shim failed to start: {message}")]
-    Failed { pod: String, message: String },
+    Failed { pod: String, message: String, errno: Option<i32> },
 }
 
 impl Kinded for LaunchError {
     fn kind(&self) -> ErrorKind {
-        ErrorKind::Internal
+        match self {
+            LaunchError::Io { source, .. } => ErrorKind::of_own_io(source),
+            LaunchError::Failed { errno: Some(errno), .. } => {
+                ErrorKind::of_own_io(&std::io::Error::from_raw_os_error(*errno))
+            }
+            LaunchError::Failed { errno: None, .. } => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Why a shim could not start, as it reports it to the daemon on its stdout: `error: <message>`, or
+/// `error: [errno N] <message>` when an I/O error of its own is the cause (a full disk is then
+/// ResourceExhausted, which kubelet retries, not an internal failure).
+#[derive(Debug)]
+pub struct StartFailure {
+    pub message: String,
+    pub errno: Option<i32>,
+}
+
+impl From<String> for StartFailure {
+    fn from(message: String) -> StartFailure {
+        StartFailure { message, errno: None }
+    }
+}
+
+impl StartFailure {
+    pub fn io(message: String, err: &std::io::Error) -> StartFailure {
+        StartFailure { message: format!("{message}: {err}"), errno: err.raw_os_error() }
+    }
+
+    fn report_line(&self) -> String {
+        match self.errno {
+            Some(errno) => format!("error: [errno {errno}] {}", self.message),
+            None => format!("error: {}", self.message),
+        }
+    }
+
+    fn parse(report: &str) -> StartFailure {
+        let message = report.strip_prefix("error: ").unwrap_or(report);
+        let errno = message.strip_prefix("[errno ").and_then(|rest| rest.split_once("] "));
+        match errno.and_then(|(number, message)| Some((number.parse().ok()?, message))) {
+            Some((errno, message)) => StartFailure { message: message.to_owned(), errno: Some(errno) },
+            None => StartFailure { message: message.to_owned(), errno: None },
+        }
     }
 }
 
@@ -91,7 +134,7 @@ impl Launching {
             let pod = pod_id.to_owned();
             move |source| LaunchError::Io { pod, step, source }
         };
-        let failed = |message: String| LaunchError::Failed { pod: pod_id.to_owned(), message };
+        let failed = |message: String| LaunchError::Failed { pod: pod_id.to_owned(), message, errno: None };
         let stdout = self.child.stdout.take().expect("stdout is piped");
         // The first process only detaches and exits; the shim proper is its child and reports on the pipe.
         let status = self.child.wait().map_err(io("wait for the shim to detach"))?;
@@ -121,7 +164,10 @@ impl Launching {
         match line.trim_end() {
             "ready" => Bootstrap::load(pod_dir).map_err(io("read the shim's bootstrap file")),
             "" => Err(failed(format!("the shim exited before serving (see {}/shim.log)", pod_dir.display()))),
-            report => Err(failed(report.trim_start_matches("error: ").to_owned())),
+            report => {
+                let StartFailure { message, errno } = StartFailure::parse(report);
+                Err(LaunchError::Failed { pod: pod_id.to_owned(), message, errno })
+            }
         }
     }
 }
@@ -175,11 +221,35 @@ pub fn detach_and_run(options: Options) -> ExitCode {
     };
     match runtime.block_on(service::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(failure) => {
             // Before "ready" this reaches the daemon; after it, the shim's log.
-            report(&message);
-            tracing::error!(error = %message, "shim failed");
+            println!("{}", failure.report_line());
+            tracing::error!(error = %failure.message, "shim failed");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_in_the_shim_reaches_the_daemon_as_resource_exhausted() {
+        let err = std::io::Error::from_raw_os_error(nix::libc::ENOSPC);
+        let line = StartFailure::io("cannot write /state/pods/p/shim.json".into(), &err).report_line();
+        let StartFailure { message, errno } = StartFailure::parse(&line);
+        assert_eq!(message, format!("cannot write /state/pods/p/shim.json: {err}"));
+        let failed = LaunchError::Failed { pod: "p".into(), message, errno };
+        assert_eq!(failed.kind(), ErrorKind::ResourceExhausted);
+        assert!(failed.to_string().contains("No space left on device"), "{failed}");
+
+        // Reports without an errno (and text that only looks like one) stay internal failures.
+        for line in ["error: setsid: EPERM", "error: [errno x] odd", "error: [errno 28]"] {
+            let StartFailure { message, errno } = StartFailure::parse(line);
+            assert_eq!(errno, None, "{line}");
+            let failed = LaunchError::Failed { pod: "p".into(), message, errno };
+            assert_eq!(failed.kind(), ErrorKind::Internal, "{line}");
         }
     }
 }

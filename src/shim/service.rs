@@ -22,6 +22,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::fdio::{FdWriter, read_all};
+use super::launch::StartFailure;
 use super::logs::{LineWriter, LogFile, Stream as LogStream};
 use super::session::{self, Attachers};
 use super::{Bootstrap, ExitRecord, write_durably};
@@ -80,7 +81,7 @@ pub(super) struct ShimState {
 struct Service(Arc<ShimState>);
 
 /// Serves until Shutdown. Errors before "ready" reach the daemon through stdout.
-pub async fn run(options: Options) -> Result<(), String> {
+pub async fn run(options: Options) -> Result<(), StartFailure> {
     // The shim inherits the daemon's environment, so a test arms its crash points as the daemon's.
     crate::failpoints::arm_from_env();
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
@@ -109,8 +110,9 @@ pub async fn run(options: Options) -> Result<(), String> {
         socket: socket.clone(),
         pid_namespace_holder: holder,
     };
-    write_durably(&Bootstrap::path(&options.pod_dir), &serde_json::to_vec(&bootstrap).expect("bootstrap serializes"))
-        .map_err(|e| format!("cannot write {}: {e}", Bootstrap::path(&options.pod_dir).display()))?;
+    let bootstrap_path = Bootstrap::path(&options.pod_dir);
+    write_durably(&bootstrap_path, &serde_json::to_vec(&bootstrap).expect("bootstrap serializes"))
+        .map_err(|e| StartFailure::io(format!("cannot write {}", bootstrap_path.display()), &e))?;
     let state = Arc::new(ShimState {
         runtime: Runtime { systemd_cgroup: options.systemd_cgroup, ..Runtime::new(&options.runtime_root) },
         options,
@@ -152,7 +154,7 @@ pub async fn run(options: Options) -> Result<(), String> {
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(Bootstrap::path(&state.options.pod_dir));
     tracing::info!(pod_sandbox_id = %state.options.pod_id, "shim exiting");
-    result.map_err(|e| format!("the shim's server failed: {e}"))
+    result.map_err(|e| format!("the shim's server failed: {e}").into())
 }
 
 /// Collects every child that exited and hands each exit to whoever waits for it. Orphans of the pod's

@@ -59,10 +59,15 @@ pub(crate) fn write(path: &Path, entry: &CachedAttachment) -> std::io::Result<()
     std::fs::create_dir_all(dir)?;
     let bytes = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
     let temp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&temp)?;
-    file.write_all(&bytes)?;
-    drop(file);
-    std::fs::rename(&temp, path)
+    let written = std::fs::File::create(&temp).and_then(|mut file| file.write_all(&bytes));
+    let result = written.and_then(|()| std::fs::rename(&temp, path));
+    if result.is_err() {
+        // A full disk must not leave a half-written entry behind, nor the directory made for it (it
+        // stays if another network or interface of the container is cached in it).
+        let _ = std::fs::remove_file(&temp);
+        let _ = std::fs::remove_dir(dir);
+    }
+    result
 }
 
 pub(crate) enum ReadError {

@@ -48,6 +48,18 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// The kind of an I/O error on berth's own files (its state, a pod's files, a bundle): a full disk or
+    /// quota is ResourceExhausted, which kubelet retries; anything else is a failure of berth or the host.
+    /// Unlike [`ErrorKind::of_io`], a missing file here never means the object asked for does not exist.
+    pub fn of_own_io(err: &std::io::Error) -> ErrorKind {
+        match ErrorKind::of_io(err) {
+            ErrorKind::ResourceExhausted => ErrorKind::ResourceExhausted,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
 /// An error and its causes on one line, outermost first (`a: b: c`), for logs and error messages.
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();

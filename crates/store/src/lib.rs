@@ -10,8 +10,14 @@
 //! silently forget every pod and container on the node. A new file is built under a temporary name and
 //! renamed into place only once its schema version is committed, so a crash while creating it leaves no
 //! half-made database behind.
+//!
+//! An I/O error inside redb (a full disk, a failing device) closes the open database for good: every later
+//! transaction answers `PreviousIo`. The store then reopens the file (redb repairs it from the last committed
+//! transaction), so the node works again as soon as the cause is gone, without a daemon restart.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 use berth_error_kind::{ErrorKind, Kinded};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -138,14 +144,26 @@ pub enum StoreError {
 
 impl Kinded for StoreError {
     fn kind(&self) -> ErrorKind {
-        ErrorKind::Internal
+        match self {
+            StoreError::Database { source, .. } => match source.as_ref() {
+                redb::Error::Io(err) => ErrorKind::of_io(err),
+                // Closed by an earlier I/O error and not reopened yet (the cause is still there).
+                redb::Error::PreviousIo | redb::Error::DatabaseClosed => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
+            },
+            StoreError::Decode { .. } | StoreError::Encode { .. } => ErrorKind::Internal,
+        }
     }
 }
 
 /// The open state database. Cheap to share behind an `Arc`; every method is a short blocking transaction
 /// (writes are fsynced before they return), so async callers run them on a blocking thread.
 pub struct Store {
-    db: Database,
+    /// `None` only after a reopen failed; the next operation tries again.
+    db: RwLock<Option<Database>>,
+    /// How many times the file was reopened: an operation that failed on a database someone else has
+    /// already reopened does not reopen it again.
+    generation: AtomicU64,
     path: PathBuf,
 }
 
@@ -189,7 +207,7 @@ impl Store {
         if found > SCHEMA_VERSION {
             return Err(OpenError::NewerSchema { path: path.to_owned(), found, supported: SCHEMA_VERSION });
         }
-        let store = Store { db, path: path.to_owned() };
+        let store = Store::new(db, path);
         // Older schemas would be migrated here; version 1 is the first, so there is nothing to do yet. The
         // tables are ensured anyway so a file written before a table was introduced gains it.
         store.ensure_tables().map_err(|source| OpenError::Create { path: path.to_owned(), source })?;
@@ -203,12 +221,14 @@ impl Store {
         let temporary = dir.join(format!(".{file_name}.creating-{}", std::process::id()));
         let build = || -> Result<(), redb::Error> {
             let db = Database::create(&temporary)?;
-            let store = Store { db, path: temporary.clone() };
+            let store = Store::new(db, &temporary);
             store.ensure_tables()?;
-            let write = store.db.begin_write()?;
-            write.open_table(META)?.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
-            write.commit()?;
-            Ok(())
+            store.run(|db| {
+                let write = db.begin_write()?;
+                write.open_table(META)?.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
+                write.commit()?;
+                Ok(())
+            })
         };
         if let Err(source) = build() {
             let _ = std::fs::remove_file(&temporary);
@@ -226,13 +246,63 @@ impl Store {
         Self::open_existing(path)
     }
 
+    fn new(db: Database, path: &Path) -> Store {
+        Store { db: RwLock::new(Some(db)), generation: AtomicU64::new(0), path: path.to_owned() }
+    }
+
     fn ensure_tables(&self) -> Result<(), redb::Error> {
-        let write = self.db.begin_write()?;
-        write.open_table(META)?;
-        for table in Table::ALL {
-            write.open_table(table.definition())?;
+        self.run(|db| {
+            let write = db.begin_write()?;
+            write.open_table(META)?;
+            for table in Table::ALL {
+                write.open_table(table.definition())?;
+            }
+            write.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Runs `op` on the open database. After an I/O error the database is reopened, so the next operation
+    /// works once the cause is gone; the operation that met the error fails with it (the disk may still be
+    /// full). One that only found the database closed by an earlier failure is retried once after the reopen.
+    fn run<T>(&self, op: impl Fn(&Database) -> Result<T, redb::Error>) -> Result<T, redb::Error> {
+        let mut retried = false;
+        loop {
+            let (generation, result) = {
+                let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+                let generation = self.generation.load(Ordering::Acquire);
+                match guard.as_ref() {
+                    Some(db) => (generation, op(db)),
+                    None => (generation, Err(redb::Error::DatabaseClosed)),
+                }
+            };
+            let err = match result {
+                Err(err @ (redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed)) => err,
+                other => return other,
+            };
+            if let Err(reopen) = self.reopen(generation) {
+                tracing::warn!(path = %self.path.display(), error = %reopen, "cannot reopen the state database");
+                return Err(if matches!(err, redb::Error::Io(_)) { err } else { reopen });
+            }
+            if retried || matches!(err, redb::Error::Io(_)) {
+                return Err(err);
+            }
+            retried = true;
         }
-        write.commit()?;
+    }
+
+    /// Closes the database and opens the file again, unless another thread did since `seen_generation`.
+    fn reopen(&self, seen_generation: u64) -> Result<(), redb::Error> {
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if self.generation.load(Ordering::Acquire) != seen_generation && guard.is_some() {
+            return Ok(());
+        }
+        // redb holds a lock on the file: the old handle must be gone before the new one opens it.
+        drop(guard.take());
+        let db = Database::open(&self.path)?;
+        *guard = Some(db);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        tracing::info!(path = %self.path.display(), "reopened the state database after an I/O error");
         Ok(())
     }
 
@@ -242,11 +312,14 @@ impl Store {
 
     /// The schema version recorded in the file.
     pub fn schema_version(&self) -> Result<u64, StoreError> {
-        let db_err = |source: redb::Error| database_error("read", "meta", SCHEMA_KEY, source);
-        let read = self.db.begin_read().map_err(|e| db_err(e.into()))?;
-        let meta = read.open_table(META).map_err(|e| db_err(e.into()))?;
-        let version = meta.get(SCHEMA_KEY).map_err(|e| db_err(e.into()))?;
-        Ok(version.map(|v| v.value()).unwrap_or(0))
+        let version = self
+            .run(|db| {
+                let read = db.begin_read()?;
+                let meta = read.open_table(META)?;
+                Ok(meta.get(SCHEMA_KEY)?.map(|v| v.value()))
+            })
+            .map_err(|source| database_error("read", "meta", SCHEMA_KEY, source))?;
+        Ok(version.unwrap_or(0))
     }
 
     /// Inserts or replaces a record; durable when this returns.
@@ -255,54 +328,55 @@ impl Store {
         let table = R::TABLE.name();
         let value =
             serde_json::to_vec(record).map_err(|source| StoreError::Encode { table, key: key.clone(), source })?;
-        let db_err = |source: redb::Error| database_error("write", table, &key, source);
-        let write = self.db.begin_write().map_err(|e| db_err(e.into()))?;
-        write
-            .open_table(R::TABLE.definition())
-            .map_err(|e| db_err(e.into()))?
-            .insert(key.as_str(), value.as_slice())
-            .map_err(|e| db_err(e.into()))?;
-        write.commit().map_err(|e| db_err(e.into()))
+        self.run(|db| {
+            let write = db.begin_write()?;
+            write.open_table(R::TABLE.definition())?.insert(key.as_str(), value.as_slice())?;
+            write.commit()?;
+            Ok(())
+        })
+        .map_err(|source| database_error("write", table, &key, source))
     }
 
     pub fn get<R: Record>(&self, key: &str) -> Result<Option<R>, StoreError> {
         let table = R::TABLE.name();
-        let db_err = |source: redb::Error| database_error("read", table, key, source);
-        let read = self.db.begin_read().map_err(|e| db_err(e.into()))?;
-        let opened = read.open_table(R::TABLE.definition()).map_err(|e| db_err(e.into()))?;
-        let Some(value) = opened.get(key).map_err(|e| db_err(e.into()))? else {
-            return Ok(None);
-        };
-        decode(table, key, value.value()).map(Some)
+        let value = self
+            .run(|db| {
+                let read = db.begin_read()?;
+                let opened = read.open_table(R::TABLE.definition())?;
+                Ok(opened.get(key)?.map(|value| value.value().to_vec()))
+            })
+            .map_err(|source| database_error("read", table, key, source))?;
+        value.map(|bytes| decode(table, key, &bytes)).transpose()
     }
 
     /// Removes a record; returns whether it existed.
     pub fn delete<R: Record>(&self, key: &str) -> Result<bool, StoreError> {
         let table = R::TABLE.name();
-        let db_err = |source: redb::Error| database_error("delete", table, key, source);
-        let write = self.db.begin_write().map_err(|e| db_err(e.into()))?;
-        let existed = write
-            .open_table(R::TABLE.definition())
-            .map_err(|e| db_err(e.into()))?
-            .remove(key)
-            .map_err(|e| db_err(e.into()))?
-            .is_some();
-        write.commit().map_err(|e| db_err(e.into()))?;
-        Ok(existed)
+        self.run(|db| {
+            let write = db.begin_write()?;
+            let existed = write.open_table(R::TABLE.definition())?.remove(key)?.is_some();
+            write.commit()?;
+            Ok(existed)
+        })
+        .map_err(|source| database_error("delete", table, key, source))
     }
 
     /// Every record of one table, in key order.
     pub fn list<R: Record>(&self) -> Result<Vec<R>, StoreError> {
         let table = R::TABLE.name();
-        let db_err = |source: redb::Error| database_error("list", table, "", source);
-        let read = self.db.begin_read().map_err(|e| db_err(e.into()))?;
-        let opened = read.open_table(R::TABLE.definition()).map_err(|e| db_err(e.into()))?;
-        let mut records = Vec::new();
-        for entry in opened.iter().map_err(|e| db_err(e.into()))? {
-            let (key, value) = entry.map_err(|e| db_err(e.into()))?;
-            records.push(decode(table, key.value(), value.value())?);
-        }
-        Ok(records)
+        let entries = self
+            .run(|db| {
+                let read = db.begin_read()?;
+                let opened = read.open_table(R::TABLE.definition())?;
+                let mut entries = Vec::new();
+                for entry in opened.iter()? {
+                    let (key, value) = entry?;
+                    entries.push((key.value().to_owned(), value.value().to_vec()));
+                }
+                Ok(entries)
+            })
+            .map_err(|source| database_error("list", table, "", source))?;
+        entries.iter().map(|(key, value)| decode(table, key, value)).collect()
     }
 }
 
