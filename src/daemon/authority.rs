@@ -9,6 +9,11 @@
 //! replaces an invalid `:authority` with `localhost`, and re-encodes it. Every block is re-encoded, valid or
 //! not, so the HPACK dynamic table the server decodes with always matches the one the re-encoder fills.
 //! All other frames pass through byte for byte, and the server-to-client direction is untouched.
+//!
+//! The same re-encoding renames the client's `grpc-timeout` to `berth-grpc-timeout`
+//! ([`crate::server::trace::DEADLINE_HEADER`]): tonic enforces a `grpc-timeout` it sees outside every layer
+//! berth can add and answers Cancelled when it passes, where the gRPC spec, containerd and CRI-O answer
+//! DeadlineExceeded (critest checks it). Renamed, the deadline is berth's trace layer's to enforce.
 
 use std::io;
 use std::pin::Pin;
@@ -92,6 +97,8 @@ impl HeaderRewriter {
         for (name, value) in headers.iter_mut() {
             if name.as_slice() == b":authority" && http::uri::Authority::try_from(value.as_slice()).is_err() {
                 *value = b"localhost".to_vec();
+            } else if name.as_slice() == b"grpc-timeout" {
+                *name = crate::server::trace::DEADLINE_HEADER.as_bytes().to_vec();
             }
         }
         let block = self.encoder.encode(headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
@@ -282,6 +289,25 @@ mod tests {
             let authority = block.iter().find(|(n, _)| n == b":authority").unwrap();
             assert_eq!(authority.1, b"localhost");
             assert!(block.iter().any(|(n, v)| n == b":path" && v == b"/runtime.v1.RuntimeService/Version"));
+        }
+    }
+
+    #[test]
+    fn the_callers_deadline_is_renamed_for_berth_to_enforce() {
+        let mut client = fluke_hpack::Encoder::new();
+        let request: Vec<(&[u8], &[u8])> =
+            vec![(b":method", b"POST"), (b"grpc-timeout", b"1m"), (b"content-type", b"application/grpc")];
+        let mut input = PREFACE.to_vec();
+        input.extend(headers_frame(&mut client, 1, &request, 0));
+        input.extend(headers_frame(&mut client, 3, &request, 0));
+        let mut output = Vec::new();
+        HeaderRewriter::default().feed(&input, &mut output).unwrap();
+        let blocks = decode_headers(&output[PREFACE.len()..], &mut fluke_hpack::Decoder::new());
+        assert_eq!(blocks.len(), 2);
+        for block in blocks {
+            assert!(!block.iter().any(|(n, _)| n == b"grpc-timeout"), "{block:?}");
+            let renamed = block.iter().find(|(n, _)| n == crate::server::trace::DEADLINE_HEADER.as_bytes());
+            assert_eq!(renamed.map(|(_, v)| v.as_slice()), Some(&b"1m"[..]));
         }
     }
 

@@ -3,8 +3,8 @@
 //!
 //! Credentials come from the request's AuthConfig (kubelet's image pull secrets), else from the
 //! registry's `[registries]` entry; they are never logged. The request's gRPC deadline is enforced here,
-//! slightly before tonic's own timer, so a pull that runs out of time is cancelled (its partial content
-//! removed) and answers DeadlineExceeded rather than a bare Cancelled.
+//! slightly before the trace layer's timer (`server::trace`), so a pull that runs out of time is cancelled
+//! (its partial content removed) and its DeadlineExceeded names the image.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use berth_image::Credentials;
 use crate::context::Context;
 use crate::cri::v1::{AuthConfig, PullImageRequest, PullImageResponse};
 use crate::error::RpcError;
-use crate::server::trace::record_id;
+use crate::server::trace::{DEADLINE_HEADER, record_id};
 
 pub async fn handle(
     context: &Context,
@@ -30,8 +30,8 @@ pub async fn handle(
     let progress = context.pulls.track(image.clone());
     let pull = context.images.pull(&image, credentials, Some(progress));
     let pulled = match deadline {
-        // Answer a little before the client's deadline so our DeadlineExceeded, not tonic's Cancelled,
-        // is what it sees.
+        // Answer a little before the client's deadline, so this answer, which names the image, is the one
+        // it sees.
         Some(deadline) => {
             let budget = deadline.saturating_sub(Duration::from_millis(50).min(deadline / 10));
             tokio::time::timeout(budget, pull).await.map_err(|_| RpcError::PullDeadline {
@@ -62,9 +62,10 @@ fn credentials(auth: AuthConfig) -> Option<Credentials> {
     None
 }
 
-/// The deadline a gRPC client set (`grpc-timeout` header: an integer and a unit, H M S m u n).
+/// The deadline a gRPC client set (its `grpc-timeout`: an integer and a unit, H M S m u n), which reaches
+/// the handlers as [`DEADLINE_HEADER`].
 pub fn grpc_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let value = metadata.get(DEADLINE_HEADER)?.to_str().ok()?;
     let (number, unit) = value.split_at(value.len().checked_sub(1)?);
     let number: u64 = number.parse().ok()?;
     Some(match unit {
@@ -96,9 +97,9 @@ mod tests {
     #[test]
     fn grpc_timeouts_parse() {
         let mut metadata = tonic::metadata::MetadataMap::new();
-        metadata.insert("grpc-timeout", "1500m".parse().unwrap());
+        metadata.insert(DEADLINE_HEADER, "1500m".parse().unwrap());
         assert_eq!(grpc_deadline(&metadata), Some(Duration::from_millis(1500)));
-        metadata.insert("grpc-timeout", "2M".parse().unwrap());
+        metadata.insert(DEADLINE_HEADER, "2M".parse().unwrap());
         assert_eq!(grpc_deadline(&metadata), Some(Duration::from_secs(120)));
     }
 }

@@ -6,11 +6,16 @@
 //! kubelet polls them every second or so. The same place counts each RPC and its latency for `/metrics`
 //! ([`crate::metrics`]).
 //!
-//! Each request runs to completion on a task of its own. tonic wraps this layer in its `grpc-timeout`
-//! enforcement, and hyper drops a request's future when the client resets the stream; either would cancel
-//! the handler at an arbitrary `.await` and leave the RPC uncounted. On its own task the work a caller gave
-//! up on finishes (DESIGN.md, "State": kubelet's retry then gets the result, not "name is reserved"), its
-//! code and duration are recorded, and `berth_grpc_requests_finished_after_deadline_total` counts it.
+//! Each request runs to completion on a task of its own: hyper drops a request's future when the client
+//! resets the stream, which would cancel the handler at an arbitrary `.await` and leave the RPC uncounted. On
+//! its own task the work a caller gave up on finishes (DESIGN.md, "State": kubelet's retry then gets the
+//! result, not "name is reserved"), its code and duration are recorded, and
+//! `berth_grpc_requests_finished_after_deadline_total` counts it.
+//!
+//! The caller's deadline is enforced here too: when it passes, the caller gets DeadlineExceeded while the
+//! work goes on. tonic enforces `grpc-timeout` outside every layer berth can add and answers Cancelled, so
+//! the daemon's connections carry the header renamed to [`DEADLINE_HEADER`] (`daemon::authority`), and
+//! tonic never sees a deadline.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +26,9 @@ use tonic::Code;
 use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing::field::Empty;
+
+/// The header a client's `grpc-timeout` arrives under (see the module comment).
+pub const DEADLINE_HEADER: &str = "berth-grpc-timeout";
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RpcTraceLayer;
@@ -41,16 +49,17 @@ impl<S, B, ResponseBody> Service<http::Request<B>> for RpcTrace<S>
 where
     S: Service<http::Request<B>, Response = http::Response<ResponseBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S::Error: Into<tower::BoxError> + Send + 'static,
     B: Send + 'static,
     ResponseBody: Send + 'static,
 {
     type Response = S::Response;
-    type Error = S::Error;
+    /// A [`tonic::Status`] in a box is answered as that status (tonic's error recovery downcasts it).
+    type Error = tower::BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
@@ -62,10 +71,11 @@ where
             tracing::info_span!("rpc", method = %method, pod_sandbox_id = Empty, container_id = Empty, image = Empty);
         let deadline = request
             .headers()
-            .get("grpc-timeout")
+            .get(DEADLINE_HEADER)
             .and_then(|value| value.to_str().ok())
             .and_then(crate::metrics::parse_grpc_timeout);
         let started = Instant::now();
+        let late = deadline.map(|deadline| (started + deadline, method.clone()));
         let future = inner.call(request);
         let handled = tokio::spawn(
             async move {
@@ -95,15 +105,25 @@ where
             }
             .instrument(span),
         );
-        Box::pin(async move {
+        let answer = async move {
             match handled.await {
-                Ok(result) => result,
+                Ok(result) => result.map_err(Into::into),
                 Err(join) => match join.try_into_panic() {
                     // A handler that panicked unwinds here, as it did before it ran on a task of its own.
                     Ok(panic) => std::panic::resume_unwind(panic),
                     // Cancelled: only the runtime's shutdown does that, and it drops this future as well.
                     Err(_) => std::future::pending().await,
                 },
+            }
+        };
+        Box::pin(async move {
+            let Some((deadline, method)) = late else { return answer.await };
+            match tokio::time::timeout_at(deadline.into(), answer).await {
+                Ok(result) => result,
+                Err(_) => Err(Box::new(tonic::Status::deadline_exceeded(format!(
+                    "{method}: the caller's deadline passed after {:.1} ms; berth finishes the request anyway",
+                    started.elapsed().as_secs_f64() * 1000.0
+                ))) as tower::BoxError),
             }
         })
     }
