@@ -19,8 +19,8 @@ use berth::cri::v1::*;
 use nix::sys::signal::Signal;
 
 use crate::pods_network::{
-    assert_no_pod_network_left_but, listed_pods, pod_config, pod_ip, pod_rules, require_plugins, write_bridge_conflist,
-    write_daemon_config,
+    assert_no_pod_network_left_but, is_own_mount, listed_pods, pod_config, pod_ip, pod_rules, require_plugins,
+    write_bridge_conflist, write_daemon_config,
 };
 use crate::support::cri::{container_config, create_request, exec_out, start, stop_and_remove_pod};
 use crate::support::netns::TestNetns;
@@ -179,10 +179,7 @@ impl Node {
     fn leftovers(&self) -> Vec<String> {
         let ids = ids_in_logs(&self.dirs);
         let mut left = crate::containers::leftovers(&self.dirs, &ids);
-        left.retain(|found| {
-            let target = found.strip_prefix("mount: ").and_then(|line| line.split(' ').nth(4));
-            !target.is_some_and(|target| self.small_disks.iter().any(|disk| Path::new(target) == disk))
-        });
+        left.retain(|found| !found.strip_prefix("mount: ").is_some_and(|line| is_own_mount(line, &self.small_disks)));
         left.extend(temporary_files(&[self.dirs.root(), self.dirs.state()]));
         for id in &ids {
             left.extend(pod_rules(&self.netns, id).into_iter().map(|rule| format!("iptables rule: {rule}")));

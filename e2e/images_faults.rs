@@ -21,21 +21,13 @@ use crate::support::{Daemon, DaemonDirs};
 /// off (both sockets shut down) and `cut` is cleared; while `dead` is set, every connection is closed; while
 /// `corrupt` is above zero, it is decremented for each gzip blob response, whose gzip header's modification
 /// time is changed on the way (a valid stream with the same content, and another digest).
+#[derive(Clone)]
 struct Proxy {
     cut: Arc<AtomicBool>,
     dead: Arc<AtomicBool>,
     cuts: Arc<AtomicU64>,
     corrupt: Arc<AtomicU64>,
     address: String,
-}
-
-/// What the proxy's threads share.
-#[derive(Clone)]
-struct Faults {
-    cut: Arc<AtomicBool>,
-    dead: Arc<AtomicBool>,
-    cuts: Arc<AtomicU64>,
-    corrupt: Arc<AtomicU64>,
 }
 
 /// One connection's requests as the response side needs them: whether the last one was a whole blob GET,
@@ -49,14 +41,14 @@ struct Requests {
 impl Proxy {
     fn start(upstream: String) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let faults = Faults {
+        let proxy = Proxy {
             cut: Arc::new(AtomicBool::new(false)),
             dead: Arc::new(AtomicBool::new(false)),
             cuts: Arc::new(AtomicU64::new(0)),
             corrupt: Arc::new(AtomicU64::new(0)),
+            address: listener.local_addr().unwrap().to_string(),
         };
-        let shared = faults.clone();
+        let shared = proxy.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if shared.dead.load(Ordering::SeqCst) {
@@ -68,13 +60,24 @@ impl Proxy {
                 let (client_read, server_write, seen) =
                     (client.try_clone().unwrap(), server.try_clone().unwrap(), requests.clone());
                 std::thread::spawn(move || forward_requests(client_read, server_write, &seen));
-                let faults = shared.clone();
-                std::thread::spawn(move || forward_responses(server, client, &requests, &faults));
+                let proxy = shared.clone();
+                std::thread::spawn(move || forward_responses(server, client, &requests, &proxy));
             }
         });
-        let Faults { cut, dead, cuts, corrupt } = faults;
-        Proxy { cut, dead, cuts, corrupt, address }
+        proxy
     }
+}
+
+/// A daemon that pulls `image` of the test registry through a new [`Proxy`]: the proxy, the image's
+/// reference through it, the daemon's directories and the daemon.
+fn behind_proxy(image: &str) -> (Proxy, String, DaemonDirs, Daemon) {
+    let registry = TestRegistry::get();
+    let proxy = Proxy::start(registry.address.clone());
+    let reference = registry.image(image).reference.replacen(&registry.address, &proxy.address, 1);
+    let dirs = DaemonDirs::new();
+    dirs.write_config(&insecure(&proxy.address));
+    let daemon = Daemon::start_in(&dirs);
+    (proxy, reference, dirs, daemon)
 }
 
 fn forward_requests(mut from: TcpStream, mut to: TcpStream, requests: &Requests) {
@@ -96,19 +99,19 @@ fn forward_requests(mut from: TcpStream, mut to: TcpStream, requests: &Requests)
     let _ = to.shutdown(Shutdown::Write);
 }
 
-fn forward_responses(mut from: TcpStream, mut to: TcpStream, requests: &Requests, faults: &Faults) {
+fn forward_responses(mut from: TcpStream, mut to: TcpStream, requests: &Requests, proxy: &Proxy) {
     let mut buffer = [0u8; 65536];
     let mut sent = 0usize;
     // The response being held back until its head and the first bytes of its body are in, to corrupt them.
     let mut held: Vec<u8> = Vec::new();
     let mut inspected = 0;
     while let Ok(n) = from.read(&mut buffer) {
-        if n == 0 || faults.dead.load(Ordering::SeqCst) {
+        if n == 0 || proxy.dead.load(Ordering::SeqCst) {
             break;
         }
         let mut out = &buffer[..n];
         let request = requests.count.load(Ordering::SeqCst);
-        if request != inspected && requests.blob.load(Ordering::SeqCst) && faults.corrupt.load(Ordering::SeqCst) > 0 {
+        if request != inspected && requests.blob.load(Ordering::SeqCst) && proxy.corrupt.load(Ordering::SeqCst) > 0 {
             held.extend_from_slice(out);
             let Some(head) = held.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4) else { continue };
             // Every layer and config this test pulls is longer than 10 bytes.
@@ -120,7 +123,7 @@ fn forward_responses(mut from: TcpStream, mut to: TcpStream, requests: &Requests
             if whole_blob && held[head..head + 3] == [0x1f, 0x8b, 0x08] {
                 // Bytes 4..8 of a gzip member are its MTIME, which decompressors ignore.
                 held[head + 4] ^= 0xff;
-                faults.corrupt.fetch_sub(1, Ordering::SeqCst);
+                proxy.corrupt.fetch_sub(1, Ordering::SeqCst);
             }
             out = &held[..];
         }
@@ -129,8 +132,8 @@ fn forward_responses(mut from: TcpStream, mut to: TcpStream, requests: &Requests
         }
         sent += out.len();
         held.clear();
-        if requests.blob.load(Ordering::SeqCst) && sent > (1 << 20) && faults.cut.swap(false, Ordering::SeqCst) {
-            faults.cuts.fetch_add(1, Ordering::SeqCst);
+        if requests.blob.load(Ordering::SeqCst) && sent > (1 << 20) && proxy.cut.swap(false, Ordering::SeqCst) {
+            proxy.cuts.fetch_add(1, Ordering::SeqCst);
             break;
         }
     }
@@ -151,11 +154,7 @@ async fn pull(client: &mut berth::cli::client::Client, image: &str) -> Result<St
 async fn a_connection_cut_mid_blob_resumes_and_a_dead_registry_fails_cleanly() {
     let registry = TestRegistry::get();
     let big = registry.image("big");
-    let proxy = Proxy::start(registry.address.clone());
-    let image = big.reference.replacen(&registry.address, &proxy.address, 1);
-    let dirs = DaemonDirs::new();
-    dirs.write_config(&insecure(&proxy.address));
-    let daemon = Daemon::start_in(&dirs);
+    let (proxy, image, dirs, daemon) = behind_proxy("big");
     let mut client = berth::cli::client::Client::connect(
         berth::cli::client::Endpoint { path: daemon.socket.clone() },
         Duration::from_secs(120),
@@ -199,11 +198,7 @@ async fn a_connection_cut_mid_blob_resumes_and_a_dead_registry_fails_cleanly() {
 async fn a_blob_changed_on_the_way_fails_the_pull_cleanly_and_the_retry_succeeds() {
     let registry = TestRegistry::get();
     let busybox = registry.image("busybox");
-    let proxy = Proxy::start(registry.address.clone());
-    let image = busybox.reference.replacen(&registry.address, &proxy.address, 1);
-    let dirs = DaemonDirs::new();
-    dirs.write_config(&insecure(&proxy.address));
-    let daemon = Daemon::start_in(&dirs);
+    let (proxy, image, dirs, daemon) = behind_proxy("busybox");
     let mut client = daemon.client().await;
 
     proxy.corrupt.store(1, Ordering::SeqCst);

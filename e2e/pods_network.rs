@@ -223,9 +223,13 @@ pub(crate) fn assert_no_pod_network_left_but(
     }
     assert_eq!(pod_dirs(dirs), Vec::<String>::new(), "pod directory left");
     let mut mounts = mounts_under(dirs);
-    mounts
-        .retain(|line| !line.split(' ').nth(4).is_some_and(|target| own_mounts.iter().any(|m| Path::new(target) == m)));
+    mounts.retain(|line| !is_own_mount(line, own_mounts));
     assert_eq!(mounts, Vec::<String>::new(), "mount left");
+}
+
+/// Whether a mountinfo line is one of a test's `own_mounts` (its mount point, field 5, is one of them).
+pub(crate) fn is_own_mount(mountinfo_line: &str, own_mounts: &[PathBuf]) -> bool {
+    mountinfo_line.split(' ').nth(4).is_some_and(|target| own_mounts.iter().any(|m| Path::new(target) == m))
 }
 
 #[tokio::test]

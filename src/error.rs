@@ -62,6 +62,26 @@ impl Kinded for RpcError {
     }
 }
 
+/// The kind of the error a pod or container step failed with: the crate errors say their own, an I/O error on
+/// berth's own files is ResourceExhausted when the disk is full, anything else is Internal.
+pub fn kind_of_step(source: &(dyn std::error::Error + Send + Sync + 'static)) -> ErrorKind {
+    if let Some(err) = source.downcast_ref::<berth_cni::CniError>() {
+        err.kind()
+    } else if let Some(err) = source.downcast_ref::<berth_runtime::RuntimeError>() {
+        err.kind()
+    } else if let Some(err) = source.downcast_ref::<berth_image::RootfsError>() {
+        err.kind()
+    } else if let Some(err) = source.downcast_ref::<berth_image::ImageError>() {
+        err.kind()
+    } else if let Some(err) = source.downcast_ref::<crate::shim::launch::LaunchError>() {
+        err.kind()
+    } else if let Some(err) = source.downcast_ref::<std::io::Error>() {
+        ErrorKind::of_own_io(err)
+    } else {
+        ErrorKind::Internal
+    }
+}
+
 /// The gRPC code for a kind.
 pub fn code_of(kind: ErrorKind) -> Code {
     match kind {

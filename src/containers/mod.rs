@@ -104,21 +104,7 @@ impl Kinded for ContainerError {
             ContainerError::PodNotReady(_) | ContainerError::WrongState { .. } => ErrorKind::FailedPrecondition,
             ContainerError::NameTaken { .. } => ErrorKind::AlreadyExists,
             ContainerError::ExecTimeout { .. } => ErrorKind::DeadlineExceeded,
-            ContainerError::Step { source, .. } => {
-                if let Some(err) = source.downcast_ref::<berth_image::RootfsError>() {
-                    err.kind()
-                } else if let Some(err) = source.downcast_ref::<berth_runtime::RuntimeError>() {
-                    err.kind()
-                } else if let Some(err) = source.downcast_ref::<berth_image::ImageError>() {
-                    err.kind()
-                } else if let Some(err) = source.downcast_ref::<crate::shim::launch::LaunchError>() {
-                    err.kind()
-                } else if let Some(err) = source.downcast_ref::<std::io::Error>() {
-                    ErrorKind::of_own_io(err)
-                } else {
-                    ErrorKind::Internal
-                }
-            }
+            ContainerError::Step { source, .. } => crate::error::kind_of_step(source.as_ref()),
             ContainerError::Cdi { source, .. } => source.kind(),
             ContainerError::Checkpoint { source, .. } => source.kind(),
             ContainerError::Spec(err) => err.kind(),

@@ -72,19 +72,7 @@ impl Kinded for PodError {
             PodError::NotFound(_) => ErrorKind::NotFound,
             PodError::NotReady(_) => ErrorKind::FailedPrecondition,
             PodError::NetworkNotReady(_) => ErrorKind::FailedPrecondition,
-            PodError::Step { source, .. } => {
-                if let Some(cni) = source.downcast_ref::<berth_cni::CniError>() {
-                    cni.kind()
-                } else if let Some(runtime) = source.downcast_ref::<berth_runtime::RuntimeError>() {
-                    runtime.kind()
-                } else if let Some(launch) = source.downcast_ref::<crate::shim::launch::LaunchError>() {
-                    launch.kind()
-                } else if let Some(io) = source.downcast_ref::<std::io::Error>() {
-                    ErrorKind::of_own_io(io)
-                } else {
-                    ErrorKind::Internal
-                }
-            }
+            PodError::Step { source, .. } => crate::error::kind_of_step(source.as_ref()),
             PodError::Store(err) => err.kind(),
         }
     }

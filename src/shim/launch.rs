@@ -175,7 +175,7 @@ impl Launching {
 /// The shim's first steps, before any thread exists: detach from the daemon, enter its own cgroup,
 /// become child subreaper; then serve on a single-threaded runtime until told to shut down.
 pub fn detach_and_run(options: Options) -> ExitCode {
-    let report = |message: &str| println!("error: {message}");
+    let report = |message: &str| println!("{}", StartFailure::from(message.to_owned()).report_line());
     if let Err(err) = berth_runtime::init::ensure_single_threaded() {
         report(&format!("the shim must start single-threaded: {err}"));
         return ExitCode::FAILURE;

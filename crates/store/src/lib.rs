@@ -262,33 +262,31 @@ impl Store {
         })
     }
 
-    /// Runs `op` on the open database. After an I/O error the database is reopened, so the next operation
-    /// works once the cause is gone; the operation that met the error fails with it (the disk may still be
-    /// full). One that only found the database closed by an earlier failure is retried once after the reopen.
+    /// Runs `op` on the open database. An operation that meets an I/O error fails with it (the disk may still
+    /// be full) and the database is reopened for the next one; one that finds the database closed by an
+    /// earlier failure reopens it and runs once more.
     fn run<T>(&self, op: impl Fn(&Database) -> Result<T, redb::Error>) -> Result<T, redb::Error> {
-        let mut retried = false;
-        loop {
-            let (generation, result) = {
-                let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
-                let generation = self.generation.load(Ordering::Acquire);
-                match guard.as_ref() {
-                    Some(db) => (generation, op(db)),
-                    None => (generation, Err(redb::Error::DatabaseClosed)),
-                }
-            };
-            let err = match result {
-                Err(err @ (redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed)) => err,
-                other => return other,
-            };
-            if let Err(reopen) = self.reopen(generation) {
-                tracing::warn!(path = %self.path.display(), error = %reopen, "cannot reopen the state database");
-                return Err(if matches!(err, redb::Error::Io(_)) { err } else { reopen });
+        match self.attempt(&op) {
+            Err((generation, redb::Error::PreviousIo | redb::Error::DatabaseClosed)) => {
+                self.reopen(generation)?;
+                self.attempt(&op).map_err(|(_, err)| err)
             }
-            if retried || matches!(err, redb::Error::Io(_)) {
-                return Err(err);
-            }
-            retried = true;
+            result => result.map_err(|(_, err)| err),
         }
+    }
+
+    /// One run of `op`, with the generation of the database it ran on; an I/O error reopens the database.
+    fn attempt<T>(&self, op: &impl Fn(&Database) -> Result<T, redb::Error>) -> Result<T, (u64, redb::Error)> {
+        let (generation, result) = {
+            let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            let generation = self.generation.load(Ordering::Acquire);
+            (generation, guard.as_ref().map_or(Err(redb::Error::DatabaseClosed), op))
+        };
+        if let Err(redb::Error::Io(_)) = &result {
+            // Failing, it is tried again by the next operation; this one answers its own error.
+            let _ = self.reopen(generation);
+        }
+        result.map_err(|err| (generation, err))
     }
 
     /// Closes the database and opens the file again, unless another thread did since `seen_generation`.
@@ -299,7 +297,10 @@ impl Store {
         }
         // redb holds a lock on the file: the old handle must be gone before the new one opens it.
         drop(guard.take());
-        let db = Database::open(&self.path)?;
+        let db = Database::open(&self.path).map_err(|err| {
+            tracing::warn!(path = %self.path.display(), error = %err, "cannot reopen the state database");
+            err
+        })?;
         *guard = Some(db);
         self.generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!(path = %self.path.display(), "reopened the state database after an I/O error");
