@@ -47,6 +47,18 @@ async fn network_becomes_ready_when_a_cni_config_appears_without_a_restart() {
     let info: serde_json::Value = serde_json::from_str(&status.info["network"]).unwrap();
     assert_eq!(info["name"], "pods");
     assert_eq!(info["plugins"], serde_json::json!(["bridge", "portmap"]));
+    // The cgroup entry reports what this host's mounts say, whichever they are.
+    let cgroup: serde_json::Value = serde_json::from_str(&status.info["cgroup"]).unwrap();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let favors = mountinfo.lines().any(|line| {
+        line.split_once(" - ").is_some_and(|(_, after)| {
+            let fields: Vec<&str> = after.split(' ').collect();
+            fields[0].starts_with("cgroup") && fields[2].split(',').any(|o| o == "favordynmods")
+        })
+    });
+    assert_eq!(cgroup["favordynmods"], favors, "{cgroup}");
+    let v2 = mountinfo.lines().any(|l| l.contains(" /sys/fs/cgroup ") && l.contains(" - cgroup2 "));
+    assert_eq!(cgroup["layout"] == "v2", v2, "{cgroup}");
 }
 
 #[tokio::test]

@@ -1,6 +1,9 @@
 //! Pod-ready benchmark over one CRI connection (hack/bench/pods.sh runs it): RunPodSandbox, CreateContainer
 //! and StartContainer of `sleep` from an image, N pods sequentially and N pods at a concurrency, then
-//! ExecSync `true` and stop+remove. Works against any CRI endpoint (berth, containerd).
+//! ExecSync `true` and stop+remove. The sequential pods are also timed RPC by RPC at the client, and torn
+//! down as kubelet does (StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox), so each RPC has
+//! its own median; the concurrent ones are stopped and removed as pods. Works against any CRI endpoint
+//! (berth, containerd).
 //!
 //! Usage: pod-bench ENDPOINT IMAGE [PODS] [CONCURRENCY]
 
@@ -13,6 +16,63 @@ use berth::cri::v1::*;
 mod bench;
 
 use bench::{percentile, pod_config, run_sleeping_pod};
+
+/// Client-side latencies of each RPC, by name, in the order first seen.
+#[derive(Default)]
+struct PerRpc(Vec<(&'static str, Vec<Duration>)>);
+
+impl PerRpc {
+    /// Awaits `call`, adds its latency under `name`, and returns its answer.
+    async fn time<T>(&mut self, name: &'static str, call: impl Future<Output = T>) -> T {
+        let began = Instant::now();
+        let answer = call.await;
+        let took = began.elapsed();
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, samples)) => samples.push(took),
+            None => self.0.push((name, vec![took])),
+        }
+        answer
+    }
+}
+
+/// One pod ready, each RPC timed into `rpcs`: returns (pod id, container id, elapsed).
+async fn pod_ready_per_rpc(
+    client: &mut Client,
+    image: &str,
+    n: usize,
+    rpcs: &mut PerRpc,
+) -> (String, String, Duration) {
+    let began = Instant::now();
+    let config = pod_config("seq", n);
+    let request = RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() };
+    let pod = rpcs.time("RunPodSandbox", client.runtime.run_pod_sandbox(request)).await;
+    let pod = pod.expect("RunPodSandbox").into_inner().pod_sandbox_id;
+    let request = CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(bench::container_config("sleep", image, bench::sleep_command())),
+        sandbox_config: Some(config),
+    };
+    let container = rpcs.time("CreateContainer", client.runtime.create_container(request)).await;
+    let container = container.expect("CreateContainer").into_inner().container_id;
+    let request = StartContainerRequest { container_id: container.clone() };
+    rpcs.time("StartContainer", client.runtime.start_container(request)).await.expect("StartContainer");
+    (pod, container, began.elapsed())
+}
+
+/// kubelet's teardown, each RPC timed into `rpcs`: the container stopped (SIGKILL at once) and removed, then
+/// the pod. Returns the whole.
+async fn teardown_per_rpc(client: &mut Client, pod: &str, container: &str, rpcs: &mut PerRpc) -> Duration {
+    let began = Instant::now();
+    let request = StopContainerRequest { container_id: container.into(), timeout: 0 };
+    rpcs.time("StopContainer", client.runtime.stop_container(request)).await.expect("StopContainer");
+    let request = RemoveContainerRequest { container_id: container.into() };
+    rpcs.time("RemoveContainer", client.runtime.remove_container(request)).await.expect("RemoveContainer");
+    let request = StopPodSandboxRequest { pod_sandbox_id: pod.into() };
+    rpcs.time("StopPodSandbox", client.runtime.stop_pod_sandbox(request)).await.expect("StopPodSandbox");
+    let request = RemovePodSandboxRequest { pod_sandbox_id: pod.into() };
+    rpcs.time("RemovePodSandbox", client.runtime.remove_pod_sandbox(request)).await.expect("RemovePodSandbox");
+    began.elapsed()
+}
 
 /// One pod ready: returns (pod id, container id, elapsed).
 async fn pod_ready(client: &mut Client, image: &str, run: &str, n: usize) -> (String, String, Duration) {
@@ -90,8 +150,9 @@ async fn main() {
     // Sequential.
     let mut ready = Vec::new();
     let mut made = Vec::new();
+    let mut rpcs = PerRpc::default();
     for n in 0..pods {
-        let (pod, container, took) = pod_ready(&mut client.clone(), image, "seq", n).await;
+        let (pod, container, took) = pod_ready_per_rpc(&mut client.clone(), image, n, &mut rpcs).await;
         ready.push(took);
         made.push((pod, container));
     }
@@ -140,19 +201,14 @@ async fn main() {
     let mut exec = Vec::new();
     for (_, container) in made.iter().take(50) {
         let began = Instant::now();
-        let answer = client
-            .clone()
-            .runtime
-            .exec_sync(ExecSyncRequest { container_id: container.clone(), cmd: vec!["true".into()], timeout: 10 })
-            .await
-            .expect("ExecSync")
-            .into_inner();
-        assert_eq!(answer.exit_code, 0);
+        let request = ExecSyncRequest { container_id: container.clone(), cmd: vec!["true".into()], timeout: 10 };
+        let answer = rpcs.time("ExecSync", client.clone().runtime.exec_sync(request)).await;
+        assert_eq!(answer.expect("ExecSync").into_inner().exit_code, 0);
         exec.push(began.elapsed());
     }
     let mut removal = Vec::new();
-    for (pod, _) in &made {
-        removal.push(teardown(&mut client.clone(), pod).await);
+    for (pod, container) in &made {
+        removal.push(teardown_per_rpc(&mut client.clone(), pod, container, &mut rpcs).await);
     }
 
     // Concurrent: `concurrency` workers share the connection.
@@ -201,8 +257,12 @@ async fn main() {
         percentile(&mut exec, 0.9)
     );
     println!(
-        "stop+remove            p50 {:7.1} ms  p90 {:7.1} ms",
+        "stop+remove (4 RPCs)   p50 {:7.1} ms  p90 {:7.1} ms",
         percentile(&mut removal, 0.5),
         percentile(&mut removal, 0.9)
     );
+    println!("per RPC, sequential pods, at the client:");
+    for (name, samples) in &mut rpcs.0 {
+        println!("  {name:<20} p50 {:7.1} ms  p90 {:7.1} ms", percentile(samples, 0.5), percentile(samples, 0.9));
+    }
 }

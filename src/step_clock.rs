@@ -1,7 +1,8 @@
-//! Where an operation's wall-clock time goes, step by step: RunPodSandbox and CreateContainer log their
-//! steps at debug in one line (`steps = "lookup=0.21 intent=0.40 ..."`, milliseconds), which the
-//! benchmarks' breakdowns read (`BERTH_BENCH_BREAKDOWN=1 hack/bench/runp.sh`) and an operator can read
-//! when a node is slow. A step is the time since the previous one ended, so the steps add up to the whole.
+//! Where an operation's wall-clock time goes, step by step: RunPodSandbox, CreateContainer, RemoveContainer
+//! and RemovePodSandbox log their steps at debug in one line (`steps = "lookup=0.21 intent=0.40 ..."`,
+//! milliseconds), which the benchmarks' breakdowns read (`BERTH_BENCH_BREAKDOWN=1 hack/bench/runp.sh`) and
+//! an operator can read when a node is slow. A step is the time since the previous one ended, so the steps
+//! add up to the whole.
 
 use std::fmt;
 use std::time::{Duration, Instant};

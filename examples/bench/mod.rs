@@ -56,8 +56,24 @@ pub async fn run_sleeping_pod(client: &mut Client, image: &str, config: PodSandb
         .expect("RunPodSandbox")
         .into_inner()
         .pod_sandbox_id;
-    let container = start_container(client, &pod, config, image, "sleep", vec!["sleep".into(), "3600".into()]).await;
+    let container = start_container(client, &pod, config, image, "sleep", sleep_command()).await;
     (pod, container)
+}
+
+/// A container `name` running `command` from `image`, logging to `<name>.log`.
+pub fn container_config(name: &str, image: &str, command: Vec<String>) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(ImageSpec { image: image.into(), ..Default::default() }),
+        command,
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+/// `sleep 3600`, what the benchmarks' pods run.
+pub fn sleep_command() -> Vec<String> {
+    vec!["sleep".into(), "3600".into()]
 }
 
 /// CreateContainer and StartContainer of `command` from `image` in `pod` (made from `config`), logging to
@@ -74,13 +90,7 @@ pub async fn start_container(
         .runtime
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod.to_owned(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
-                image: Some(ImageSpec { image: image.into(), ..Default::default() }),
-                command,
-                log_path: format!("{name}.log"),
-                ..Default::default()
-            }),
+            config: Some(container_config(name, image, command)),
             sandbox_config: Some(config),
         })
         .await

@@ -4,7 +4,8 @@
 Reads a daemon log written with `[log] format = "json"` and BERTH_LOG=berth=debug (the benchmarks do so with
 BERTH_BENCH_BREAKDOWN=1) and prints p50 / p90 of
 - each RPC's server-side time (`rpc finished`, `elapsed_ms`), by method;
-- each step of RunPodSandbox (`pod sandbox steps`) and CreateContainer (`container made`), as src/step_clock.rs
+- each step of RunPodSandbox (`pod sandbox steps`), CreateContainer (`container made`), RemoveContainer
+  (`container removal steps`) and RemovePodSandbox's own part (`pod sandbox removal steps`), as src/step_clock.rs
   logs them (`steps = "name=ms ..."`); for RunPodSandbox also the CNI step's time outside the plugins.
 """
 import json
@@ -24,7 +25,13 @@ def show(title, table):
         print(f"    {name:<28} {statistics.median(values):7.2f} / {p90(values):7.2f}  (n={len(values)})")
 
 
-rpcs, sandbox, container = {}, {}, {}
+rpcs = {}
+tables = {
+    "pod sandbox steps": ("RunPodSandbox steps", {}),
+    "container made": ("CreateContainer steps", {}),
+    "container removal steps": ("RemoveContainer steps", {}),
+    "pod sandbox removal steps": ("RemovePodSandbox steps (after its containers)", {}),
+}
 for line in open(sys.argv[1]):
     try:
         event = json.loads(line)
@@ -34,14 +41,14 @@ for line in open(sys.argv[1]):
     if message == "rpc finished":
         method = event.get("span", {}).get("method", "?")
         rpcs.setdefault(method, []).append(event["elapsed_ms"])
-    elif message in ("pod sandbox steps", "container made"):
+    elif message in tables:
         laps = {name: float(ms) for name, ms in (pair.split("=") for pair in event["steps"].split())}
-        table = sandbox if message == "pod sandbox steps" else container
+        table = tables[message][1]
         for name, ms in laps.items():
             table.setdefault(name, []).append(ms)
         if "cni" in laps and "plugins_ms" in event:
             table.setdefault("cni outside the plugins", []).append(laps["cni"] - event["plugins_ms"])
 
 show("RPCs as the daemon saw them", {m: v for m, v in rpcs.items() if m not in ("Version", "Status")})
-show("RunPodSandbox steps", sandbox)
-show("CreateContainer steps", container)
+for title, table in tables.values():
+    show(title, table)

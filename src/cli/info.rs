@@ -105,6 +105,13 @@ fn render(view: &InfoView) -> String {
             config["cni"]["conf_dir"].as_str().unwrap_or("?"),
         ));
     }
+    if let Some(cgroup) = view.info.get("cgroup") {
+        text.push_str(&format!(
+            "Cgroups: {}, favordynmods {}\n",
+            cgroup["layout"].as_str().unwrap_or("?"),
+            if cgroup["favordynmods"].as_bool() == Some(true) { "on" } else { "off" },
+        ));
+    }
     text.push_str("(use -o json for everything)\n");
     text
 }

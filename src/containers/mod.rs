@@ -458,7 +458,7 @@ impl ContainerManager {
                 Ok(id)
             }
             Err(err) => {
-                if let Err(cleanup) = self.dismantle(&record).await {
+                if let Err(cleanup) = self.dismantle(&record, &mut StepClock::start()).await {
                     tracing::warn!(container_id = %id, error = %berth_error_kind::chain(&cleanup), "undoing a failed CreateContainer failed; Remove will retry");
                     record.state = ContainerRecordState::Unknown;
                     record.message = format!("creation failed: {}", berth_error_kind::chain(&err));
@@ -637,7 +637,7 @@ impl ContainerManager {
 
     /// Removes what CreateContainer made: the shim's container, the rootfs mount and writable layer, the
     /// bundle. Idempotent.
-    async fn dismantle(&self, record: &ContainerRecord) -> Result<(), ContainerError> {
+    async fn dismantle(&self, record: &ContainerRecord, clock: &mut StepClock) -> Result<(), ContainerError> {
         match self.shim(&record.pod_id).await {
             Ok(shim) => match shim.api.clone().delete(pb::ContainerRequest { id: record.id.clone() }).await {
                 Ok(_) => {}
@@ -655,17 +655,21 @@ impl ContainerManager {
             }
             Err(err) => return Err(err.into()),
         }
+        clock.lap("shim_delete");
         let bundle = self.bundle(record);
         self.images
             .remove_rootfs(&record.id, &bundle.join("rootfs"))
             .await
             .map_err(step(&record.id, "remove the container's root filesystem"))?;
+        clock.lap("rootfs");
         let dir = self.container_dir(record);
-        match std::fs::remove_dir_all(&dir) {
+        let removed = match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(err) => Err(step(&record.id, "remove the container directory")(err)),
-        }
+        };
+        clock.lap("directory");
+        removed
     }
 
     /// StartContainer.
@@ -761,10 +765,14 @@ impl ContainerManager {
 
     /// RemoveContainer: a running container is killed first. A missing container is not an error.
     pub async fn remove(&self, id: &str) -> Result<(), ContainerError> {
+        let mut clock = StepClock::start();
         let Some(record) = self.find(id)? else { return Ok(()) };
-        self.dismantle(&record).await?;
+        clock.lap("lookup");
+        self.dismantle(&record, &mut clock).await?;
         self.store.delete::<ContainerRecord>(&record.id)?;
+        clock.lap("record");
         tracing::info!(container_id = %record.id, "container removed");
+        tracing::debug!(container_id = %record.id, steps = %clock, "container removal steps");
         self.emit(&record, cri::ContainerEventType::ContainerDeletedEvent);
         Ok(())
     }

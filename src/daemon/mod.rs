@@ -102,6 +102,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     let _periodic_gc = (config.images.gc_interval_seconds > 0)
         .then(|| images.spawn_periodic_gc(Duration::from_secs(config.images.gc_interval_seconds)));
+    note_cgroup_migration_cost();
     let pods = Arc::new(crate::pods::PodManager::new(&config, &layout, store.clone()));
     // Before serving: kubelet must never see a sandbox a crash left half made.
     let recovering = pods.clone();
@@ -265,4 +266,18 @@ fn create_dir(key: &'static str, path: &Path, mode: u32) -> Result<(), ServeErro
     }
     nix::unistd::access(path, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK)
         .map_err(|errno| failed(std::io::Error::from(errno)))
+}
+
+/// Says once, at start, when this host makes every move of a process into a cgroup wait for an RCU grace
+/// period (no `favordynmods` on its cgroup mounts): each CreateContainer and ExecSync pays it, and only the
+/// node's operator can change it (README, "Tuning").
+fn note_cgroup_migration_cost() {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    if !berth_runtime::cgroups::Layout::favors_dynamic_modifications(&mountinfo) {
+        tracing::info!(
+            "the cgroup mounts lack favordynmods: placing a container's or exec's first process in its cgroup \
+             waits for an RCU grace period (about 8 ms idle, more under load); `mount -o remount,favordynmods` \
+             on the cgroup2 mount (Linux 6.0+) removes that wait"
+        );
+    }
 }

@@ -343,7 +343,7 @@ impl PodManager {
             Err(err) => {
                 // A DEL that fails here keeps only the netns and the cached attachment, for start-up to
                 // retry; the record goes either way, since kubelet never learnt this id.
-                if let Err(cleanup) = self.teardown(&record) {
+                if let Err(cleanup) = self.teardown(&record, &mut StepClock::start()) {
                     tracing::warn!(pod_sandbox_id = %id, error = %berth_error_kind::chain(&cleanup), "undoing a failed RunPodSandbox failed; Remove will retry");
                     return Err(err);
                 }
@@ -534,12 +534,18 @@ impl PodManager {
     /// go, but the pinned namespaces and the pod directory stay, with the cached attachment, until a DEL
     /// succeeds — bridge deletes its masquerade rules by the addresses it finds inside the netns, so
     /// unpinning first would leak them. Daemon start-up retries (`recover`).
-    fn teardown(&self, record: &PodRecord) -> Result<Teardown, PodError> {
+    fn teardown(&self, record: &PodRecord, clock: &mut StepClock) -> Result<Teardown, PodError> {
         let network = self.release_network(record);
-        self.teardown_after_del(&record.id, network)
+        clock.lap("cni_del");
+        self.teardown_after_del(&record.id, network, clock)
     }
 
-    fn teardown_after_del(&self, id: &str, network: Result<(), PodError>) -> Result<Teardown, PodError> {
+    fn teardown_after_del(
+        &self,
+        id: &str,
+        network: Result<(), PodError>,
+        clock: &mut StepClock,
+    ) -> Result<Teardown, PodError> {
         let dir = self.pod_dir(id);
         crate::failpoints::crash_point!("pod-teardown-after-cni-del");
         // Whatever is left of the shim (normally gone after Shutdown; one killed with -9 may have left its
@@ -547,7 +553,9 @@ impl PodManager {
         crate::shim::cgroup(id, self.systemd_cgroup)
             .and_then(|cgroup| cgroup.delete())
             .map_err(step(id, "stop the pod's shim"))?;
+        clock.lap("shim_cgroup");
         unmount(&dir.join("shm")).map_err(step(id, "unmount the pod's /dev/shm"))?;
+        clock.lap("shm");
         if let Err(err) = network {
             tracing::warn!(
                 pod_sandbox_id = %id,
@@ -558,11 +566,14 @@ impl PodManager {
             return Ok(Teardown::NetworkKept);
         }
         berth_runtime::pin::unpin(&dir.join("ns")).map_err(step(id, "unpin the pod's namespaces"))?;
-        match std::fs::remove_dir_all(&dir) {
+        clock.lap("unpin");
+        let removed = match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(Teardown::Done),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Teardown::Done),
             Err(err) => Err(step(id, "remove the pod directory")(err)),
-        }
+        };
+        clock.lap("directory");
+        removed
     }
 
     /// Stops the sandbox (its containers were stopped first): marks it NotReady, then releases its network.
@@ -599,11 +610,15 @@ impl PodManager {
         let key = id.clone();
         let result = self
             .exclusive(key.clone(), move |manager| {
+                let mut clock = StepClock::start();
                 let Some(record) = manager.find(&id)? else { return Ok(()) };
-                let outcome = manager.teardown(&record)?;
+                clock.lap("lookup");
+                let outcome = manager.teardown(&record, &mut clock)?;
                 crate::failpoints::crash_point!("remove-pod-sandbox-before-forget");
                 manager.store.delete::<PodRecord>(&record.id)?;
+                clock.lap("record");
                 tracing::info!(pod_sandbox_id = %record.id, network_kept = outcome == Teardown::NetworkKept, "pod sandbox removed");
+                tracing::debug!(pod_sandbox_id = %record.id, steps = %clock, "pod sandbox removal steps");
                 Ok(())
             })
             .await;
@@ -652,7 +667,7 @@ impl PodManager {
             match record.state {
                 PodState::Creating => {
                     tracing::info!(pod_sandbox_id = %record.id, "undoing a sandbox a crash left half made");
-                    match self.teardown(&record) {
+                    match self.teardown(&record, &mut StepClock::start()) {
                         Ok(_) => {
                             self.store.delete::<PodRecord>(&record.id)?;
                             undone += 1;
@@ -687,7 +702,7 @@ impl PodManager {
             tracing::info!(pod_sandbox_id = %id, "retrying the cleanup of a removed sandbox");
             let netns = self.pod_dir(&id).join("ns").join("net");
             let network = self.release_attachment(&id, Some(netns));
-            match self.teardown_after_del(&id, network) {
+            match self.teardown_after_del(&id, network, &mut StepClock::start()) {
                 Ok(Teardown::Done) => undone += 1,
                 Ok(Teardown::NetworkKept) => {}
                 Err(err) => {

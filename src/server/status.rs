@@ -65,6 +65,7 @@ pub async fn handle(context: &Context, request: StatusRequest) -> Result<StatusR
             ("network", network_info),
             ("runtimeConfig", json!({ "podCIDR": settings.pod_cidr })),
             ("store", json!({ "path": context.store.path(), "schemaVersion": schema_version })),
+            ("cgroup", cgroup_info()),
         ];
         for (key, value) in entries {
             info.insert(key.to_owned(), value.to_string());
@@ -103,4 +104,20 @@ fn runtime_handlers(context: &Context) -> Vec<RuntimeHandler> {
         .chain(context.config.runtime_handlers.keys().cloned())
         .map(|name| RuntimeHandler { name, features: Some(features) })
         .collect()
+}
+
+/// The host's cgroup layout as containers see it, and whether moving a process into a cgroup waits for an
+/// RCU grace period here (see `berth_runtime::cgroups::Layout::favors_dynamic_modifications`).
+fn cgroup_info() -> serde_json::Value {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let layout = match berth_runtime::cgroups::Layout::host() {
+        Ok(layout) if layout.is_v2() => "v2",
+        Ok(berth_runtime::cgroups::Layout::V1 { unified: Some(_), .. }) => "hybrid",
+        Ok(_) => "v1",
+        Err(_) => "unknown",
+    };
+    json!({
+        "layout": layout,
+        "favordynmods": berth_runtime::cgroups::Layout::favors_dynamic_modifications(&mountinfo),
+    })
 }
