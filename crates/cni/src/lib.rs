@@ -10,12 +10,14 @@
 //!
 //! Modules: `config` (discovery), `watch` (cheap re-discovery), `exec` (one plugin process), `network`
 //! (chains, rollback, cache use), `cache` (the on-disk result cache), `result` (typed results), `pod_cidr`
-//! (the pod-CIDR placeholder convention), `error`.
+//! (the pod-CIDR placeholder convention), `native` (reference plugins in process, with the binaries'
+//! contract), `error`.
 
 mod cache;
 mod config;
 mod error;
 mod exec;
+pub mod native;
 mod network;
 mod pod_cidr;
 mod result;

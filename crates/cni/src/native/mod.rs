@@ -1,0 +1,88 @@
+//! The reference CNI plugins, in process. Each function here stands for one plugin binary of
+//! containernetworking/plugins and keeps its contract: it reads the configuration the binary would read on
+//! stdin and the `CNI_*` values of its environment ([`Invocation`]), leaves the host exactly as the binary
+//! would (the same files in the same formats, under the same locks), and answers with the result the binary
+//! would print, or a [`PluginError::Failed`] carrying the CNI error code and message the binary would print.
+//! Because the contract is the binary's, the chain, the result cache and DEL after a restart are the same
+//! code for both paths, and a node can move between them with attachments live: what one path made, the
+//! other releases.
+//!
+//! Modules: `host_local` (IPAM: address leases under `/var/lib/cni/networks/<network>`).
+
+pub mod host_local;
+
+use crate::error::PluginError;
+use crate::exec::Command;
+
+/// The `CNI_*` values a plugin binary would find in its environment.
+#[derive(Debug, Clone, Copy)]
+pub struct Invocation<'a> {
+    pub command: Command,
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    /// `CNI_ARGS`: `KEY=VALUE` pairs separated by `;`.
+    pub cni_args: &'a str,
+}
+
+/// CNI's well-known error codes (spec, "Error"), as the Go plugins use them.
+const CODE_INCOMPATIBLE_VERSION: u32 = 1;
+/// What the plugins' `skel` answers for any error that carries no code of its own.
+const CODE_INTERNAL: u32 = 999;
+
+/// A failure as the plugin binary reports it on stdout.
+fn failed(code: u32, msg: impl Into<String>) -> PluginError {
+    PluginError::Failed { code, msg: msg.into(), details: String::new(), stderr: String::new() }
+}
+
+/// `CNI_ARGS` as the plugins' `types.LoadArgs` reads it: the values of the keys the plugin knows (`known`),
+/// in order; unknown keys are an error unless `IgnoreUnknown` is true, as is a pair without `=`. The error
+/// is the plugins' message; each plugin decides its code.
+fn load_args<'a>(cni_args: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, String> {
+    let mut pairs = Vec::new();
+    for pair in cni_args.split(';').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or_else(|| format!("ARGS: invalid pair {pair:?}"))?;
+        pairs.push((pair, key, value));
+    }
+    let ignore_unknown = pairs
+        .iter()
+        .any(|(_, key, value)| *key == "IgnoreUnknown" && matches!(value.to_ascii_lowercase().as_str(), "1" | "true"));
+    let mut values = Vec::new();
+    let mut unknown = Vec::new();
+    for (pair, key, value) in pairs {
+        if key == "IgnoreUnknown" {
+            continue;
+        }
+        if known.contains(&key) {
+            values.push((key, value));
+        } else {
+            unknown.push(format!("{pair:?}"));
+        }
+    }
+    if !unknown.is_empty() && !ignore_unknown {
+        // Go's %q of a list of strings.
+        return Err(format!("ARGS: unknown args [{}]", unknown.join(" ")));
+    }
+    Ok(values)
+}
+
+/// The spec versions whose result format the native plugins print (the Go plugins also speak 0.1.0 and
+/// 0.2.0, whose results have another shape; a chain declaring those runs the binaries).
+pub fn prints_results_for(cni_version: &str) -> bool {
+    matches!(cni_version, "0.3.0" | "0.3.1" | "0.4.0" | "1.0.0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cni_args_are_read_as_load_args_reads_them() {
+        let args = load_args("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.1.0.9", &["IP"]).unwrap();
+        assert_eq!(args, [("IP", "10.1.0.9")]);
+        let err = load_args("K8S_POD_NAME=web;X=1", &["IP"]).unwrap_err();
+        assert_eq!(err, r#"ARGS: unknown args ["K8S_POD_NAME=web" "X=1"]"#);
+        assert!(load_args("IgnoreUnknown=true;X=1", &[]).unwrap().is_empty());
+        assert!(load_args("novalue", &[]).is_err());
+        assert!(load_args("", &["IP"]).unwrap().is_empty());
+    }
+}
