@@ -238,6 +238,15 @@ async fn main() {
     for pod in &parallel_pods {
         teardown(&mut client.clone(), pod).await;
     }
+    // Memory that comes back: the daemon's RSS once everything is gone and it has settled again.
+    let idle_after = match std::env::var("BENCH_DAEMON_PID").ok().and_then(|p| p.parse::<i32>().ok()) {
+        Some(daemon) => {
+            let settle = std::env::var("BENCH_SETTLE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_secs(settle)).await;
+            Some(kib(daemon, "Rss") / 1024.0)
+        }
+        None => None,
+    };
 
     println!("pods={pods} concurrency={concurrency}");
     println!(
@@ -261,6 +270,9 @@ async fn main() {
         percentile(&mut removal, 0.5),
         percentile(&mut removal, 0.9)
     );
+    if let Some(rss) = idle_after {
+        println!("daemon RSS idle after all removed {rss:5.1} MiB");
+    }
     println!("per RPC, sequential pods, at the client:");
     for (name, samples) in &mut rpcs.0 {
         println!("  {name:<20} p50 {:7.1} ms  p90 {:7.1} ms", percentile(samples, 0.5), percentile(samples, 0.9));

@@ -53,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
                 bin_dirs: vec![top.join("bin")],
                 cache_dir: cache.clone(),
                 plugin_timeout: Duration::from_secs(1),
+                native: berth_cni::NativeMode::Auto,
             });
             let attachment = AttachmentRef { container_id: "pod".into(), ifname: "eth0".into(), netns: None };
             let _ = cni.check(&attachment);

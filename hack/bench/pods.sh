@@ -3,7 +3,9 @@
 #
 # Over one CRI connection (examples/pod-bench.rs): RunPodSandbox + CreateContainer + StartContainer of
 # busybox `sleep`, p50/p90 over N pods sequentially and N pods at a concurrency; ExecSync `true`; stop+remove;
-# the daemon's RSS idle and with N pods; per-pod RSS and PSS of the shims; the runtime's total PSS (daemon
+# the daemon's RSS idle, with N pods and idle again once all are removed; the client-side p50/p90 of each RPC
+# of the sequential pods (torn down as kubelet does: StopContainer, RemoveContainer, StopPodSandbox,
+# RemovePodSandbox); per-pod RSS and PSS of the shims; the runtime's total PSS (daemon
 # plus per-pod processes: the memory they take together, where RSS counts the binary they share once per
 # process). Pods are wired by Debian's bridge + host-local + portmap + loopback plugins
 # (hack/cni/10-berth-bridge.conflist). Root; everything — registry, daemon, bridge, pods — runs in a network

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use berth_error_kind::{ErrorKind, Kinded};
 use serde::{Deserialize, Serialize};
 
-pub use values::{AbsolutePath, CgroupDriver, LogFormat, LogLevel, RegistryUrl};
+pub use values::{AbsolutePath, CgroupDriver, CniNative, LogFormat, LogLevel, RegistryUrl};
 
 /// The file `berth serve` reads when `--config` is not given; a missing default file means "all defaults".
 pub const DEFAULT_PATH: &str = "/etc/berth/config.toml";
@@ -84,6 +84,7 @@ pub struct CgroupConfig {
 pub struct CniConfig {
     pub conf_dir: AbsolutePath,
     pub bin_dirs: Vec<AbsolutePath>,
+    pub native: CniNative,
 }
 
 impl Default for CniConfig {
@@ -91,6 +92,7 @@ impl Default for CniConfig {
         CniConfig {
             conf_dir: AbsolutePath::fixed("/etc/cni/net.d"),
             bin_dirs: vec![AbsolutePath::fixed("/opt/cni/bin"), AbsolutePath::fixed("/usr/lib/cni")],
+            native: CniNative::Auto,
         }
     }
 }

@@ -140,6 +140,24 @@ pub enum LogFormat {
     Json,
 }
 
+/// `[cni] native`: whether a chain whose every plugin berth implements in process runs in process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CniNative {
+    #[default]
+    Auto,
+    Off,
+}
+
+impl From<CniNative> for berth_cni::NativeMode {
+    fn from(value: CniNative) -> Self {
+        match value {
+            CniNative::Auto => berth_cni::NativeMode::Auto,
+            CniNative::Off => berth_cni::NativeMode::Off,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum CgroupDriver {

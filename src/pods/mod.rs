@@ -180,6 +180,7 @@ impl PodManager {
             bin_dirs: config.cni.bin_dirs.iter().map(|d| d.to_path_buf()).collect(),
             cache_dir: layout.root.join("cni"),
             plugin_timeout: Duration::from_secs(60),
+            native: config.cni.native.into(),
         })
         .with_observer(Arc::new(crate::metrics::CniCallMetrics));
         PodManager {
@@ -711,6 +712,11 @@ impl PodManager {
             }
         }
         Ok(undone)
+    }
+
+    /// How `network`'s chain runs: in process, or by executing the plugin binaries (Status shows it).
+    pub fn chain_path(&self, network: &berth_cni::NetworkConfig) -> berth_cni::ChainPath {
+        self.cni.chain_path(&network.list)
     }
 
     /// The network pods are wired into, or why there is none (the NetworkReady condition's message).

@@ -48,6 +48,7 @@ pub async fn handle(context: &Context, request: StatusRequest) -> Result<StatusR
                 "name": config.name,
                 "cniVersion": config.cni_version,
                 "plugins": config.plugin_types,
+                "runs": context.pods.chain_path(config).to_string(),
             }),
             Err(message) => json!({ "confDir": context.config.cni.conf_dir.as_path(), "error": message }),
         };

@@ -62,6 +62,7 @@ fn main() {
         bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
         cache_dir: temp.path().join("cache"),
         plugin_timeout: berth_cni::DEFAULT_PLUGIN_TIMEOUT,
+        native: berth_cni::NativeMode::default(),
     });
     let pod_path = PathBuf::from("/run/netns").join(&pod);
     let host_ns = std::fs::File::open(PathBuf::from("/run/netns").join(&host)).unwrap();

@@ -28,8 +28,9 @@ pub use config::{ConfigError, NetworkConfig, find_network_config};
 pub use error::{CniError, PluginError};
 pub use exec::{Command, find_plugin};
 pub use network::{
-    AttachRequest, Attached, AttachmentRef, Bandwidth, Capabilities, Cni, CniObserver, CniOptions,
-    DEFAULT_PLUGIN_TIMEOUT, Detached, DnsCapability, PluginCall, PluginCallOutcome, PodIdentity, PortMapping, Timings,
+    AttachRequest, Attached, AttachmentRef, Bandwidth, Capabilities, ChainPath, Cni, CniObserver, CniOptions,
+    DEFAULT_PLUGIN_TIMEOUT, Detached, DnsCapability, NativeMode, PluginCall, PluginCallOutcome, PodIdentity,
+    PortMapping, Timings,
 };
 pub use pod_cidr::{substitute as substitute_pod_cidr, wants_pod_cidr};
 pub use result::{CniResult, Dns, Interface, IpConfig, IpNetwork, ResultError, Route};

@@ -47,6 +47,40 @@ pub struct CniOptions {
     /// a reboot DEL still has to release host-local's leases, which live on disk.
     pub cache_dir: PathBuf,
     pub plugin_timeout: Duration,
+    /// Whether chains whose every plugin has an in-process implementation run it (see [`ChainPath`]).
+    pub native: NativeMode,
+}
+
+/// `[cni] native`: run a chain in process when every plugin of it has an implementation in [`crate::native`]
+/// (`Auto`), or always execute the plugin binaries (`Off`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NativeMode {
+    #[default]
+    Auto,
+    Off,
+}
+
+/// How a chain runs: in process, or by executing the plugin binaries (and why).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainPath {
+    Native,
+    Binaries { reason: String },
+}
+
+impl std::fmt::Display for ChainPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChainPath::Native => f.write_str("in process"),
+            ChainPath::Binaries { reason } => write!(f, "the plugin binaries ({reason})"),
+        }
+    }
+}
+
+/// Who runs one plugin of a chain.
+#[derive(Debug, Clone)]
+enum Runner {
+    Native,
+    Binary(PathBuf),
 }
 
 /// The Kubernetes pod a container belongs to, passed to plugins in `CNI_ARGS`.
@@ -214,12 +248,14 @@ pub struct Cni {
     options: CniOptions,
     cni_path: String,
     observer: Option<Arc<dyn CniObserver>>,
+    /// The path each network's chain last took, by network name, so a change is logged once.
+    announced: Arc<std::sync::Mutex<std::collections::HashMap<String, ChainPath>>>,
 }
 
 impl Cni {
     pub fn new(options: CniOptions) -> Cni {
         let cni_path = options.bin_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
-        Cni { options, cni_path, observer: None }
+        Cni { options, cni_path, observer: None, announced: Default::default() }
     }
 
     /// The same, telling `observer` of each plugin execution.
@@ -231,12 +267,57 @@ impl Cni {
         &self.options
     }
 
-    /// The binary of every plugin in `network`, in chain order; the first missing one is an error naming it.
-    pub fn find_plugins(&self, network: &NetworkConfig) -> Result<Vec<PathBuf>, (String, PluginError)> {
-        network
-            .plugin_types
+    /// How the chain of configuration list `list` runs: in process when native mode allows it, its
+    /// `cniVersion` is one the native plugins print results for, and every plugin has an implementation.
+    pub fn chain_path(&self, list: &Value) -> ChainPath {
+        if self.options.native == NativeMode::Off {
+            return ChainPath::Binaries { reason: "[cni] native = \"off\"".into() };
+        }
+        let version = list.get("cniVersion").and_then(Value::as_str).unwrap_or("");
+        if !crate::native::prints_results_for(version) {
+            return ChainPath::Binaries { reason: format!("cniVersion {version:?}") };
+        }
+        let plugins = plugins_of(list);
+        let missing: Vec<&str> = plugins
             .iter()
-            .map(|plugin| exec::find_plugin(&self.options.bin_dirs, plugin).map_err(|err| (plugin.clone(), err)))
+            .map(|plugin| plugin.get("type").and_then(Value::as_str).unwrap_or(""))
+            .filter(|plugin| !crate::native::implements(plugin))
+            .collect();
+        if plugins.is_empty() {
+            return ChainPath::Binaries { reason: "no plugins".into() };
+        }
+        if missing.is_empty() {
+            ChainPath::Native
+        } else {
+            ChainPath::Binaries { reason: format!("not in process: {}", missing.join(", ")) }
+        }
+    }
+
+    /// Logs, once per change, which path network `name` takes.
+    fn announce(&self, name: &str, path: &ChainPath) {
+        let mut announced = self.announced.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if announced.get(name) != Some(path) {
+            tracing::info!(network = name, "CNI network {name:?} runs {path}");
+            announced.insert(name.to_owned(), path.clone());
+        }
+    }
+
+    /// Who runs each plugin of `list`, in chain order: all in process for a native chain, otherwise each
+    /// plugin's binary; the first missing binary is an error with its index and type.
+    fn runners(&self, list: &Value) -> Result<Vec<Runner>, (usize, String, PluginError)> {
+        let plugins = plugins_of(list);
+        if self.chain_path(list) == ChainPath::Native {
+            return Ok(vec![Runner::Native; plugins.len()]);
+        }
+        plugins
+            .iter()
+            .enumerate()
+            .map(|(index, plugin)| {
+                let plugin_type = plugin.get("type").and_then(Value::as_str).unwrap_or("");
+                exec::find_plugin(&self.options.bin_dirs, plugin_type)
+                    .map(Runner::Binary)
+                    .map_err(|err| (index, plugin_type.to_owned(), err))
+            })
             .collect()
     }
 
@@ -256,12 +337,13 @@ impl Cni {
         })?;
         // Every check that needs no side effect comes first: a missing plugin or namespace fails before
         // anything is created, so there is nothing to roll back.
-        let binaries = self.find_plugins(network).map_err(|(plugin, source)| CniError::Plugin {
+        self.announce(&network_name, &self.chain_path(&config));
+        let runners = self.runners(&config).map_err(|(index, plugin, source)| CniError::Plugin {
             command: Command::Add,
             network: network_name.clone(),
             container_id: container_id.to_owned(),
             ifname: request.ifname.clone(),
-            index: network.plugin_types.iter().position(|p| *p == plugin).unwrap_or(0),
+            index,
             plugin,
             source: Box::new(source),
         })?;
@@ -288,7 +370,7 @@ impl Cni {
 
         let netns = request.netns.to_string_lossy().into_owned();
         let mut timings = Timings::default();
-        let chained = self.run_chain(Command::Add, &entry, &binaries, &netns, None, &mut timings);
+        let chained = self.run_chain(Command::Add, &entry, &runners, &netns, None, &mut timings);
         let outcome = chained.and_then(|raw| match CniResult::parse(&raw) {
             Ok(result) => Ok((raw, result)),
             Err(source) => Err(CniError::InvalidResult {
@@ -420,7 +502,7 @@ impl Cni {
             if version_tuple(version) < (0, 4, 0) {
                 return Err(unavailable(&entry.network, &format!("cniVersion {version} has no CHECK (0.4.0+)")));
             }
-            let binaries = self.binaries_of(&entry).map_err(|(index, plugin, source)| CniError::Plugin {
+            let runners = self.runners(&entry.config).map_err(|(index, plugin, source)| CniError::Plugin {
                 command: Command::Check,
                 network: entry.network.clone(),
                 container_id: container_id.to_owned(),
@@ -429,7 +511,7 @@ impl Cni {
                 index,
                 source: Box::new(source),
             })?;
-            self.run_chain(Command::Check, &entry, &binaries, &netns, Some(result), &mut timings)?;
+            self.run_chain(Command::Check, &entry, &runners, &netns, Some(result), &mut timings)?;
         }
         timings.total = started.elapsed();
         Ok(timings)
@@ -459,11 +541,19 @@ impl Cni {
         timings: &mut Timings,
     ) -> Result<(), CniError> {
         let plugins = plugins_of(&entry.config);
+        // The cached configuration decides the path, so an attachment made by either path is released by
+        // whichever the configuration takes now: both leave the host the same.
+        let native = self.chain_path(&entry.config) == ChainPath::Native;
         let mut first_error = None;
         for (index, plugin) in plugins.iter().enumerate().rev() {
             let plugin_type = plugin.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
-            let outcome = exec::find_plugin(&self.options.bin_dirs, &plugin_type).and_then(|binary| {
-                self.run_one(Command::Del, entry, plugin, &binary, netns, entry.result.clone(), timings)
+            let runner = if native {
+                Ok(Runner::Native)
+            } else {
+                exec::find_plugin(&self.options.bin_dirs, &plugin_type).map(Runner::Binary)
+            };
+            let outcome = runner.and_then(|runner| {
+                self.run_one(Command::Del, entry, plugin, &runner, netns, entry.result.clone(), timings)
             });
             if let Err(source) = outcome {
                 tracing::warn!(container_id = %entry.container_id, network = %entry.network, plugin = %plugin_type, error = %source, "CNI DEL of a plugin failed");
@@ -484,31 +574,20 @@ impl Cni {
         cache::remove(path).map_err(|source| cache_error(Command::Del, &entry.container_id, "remove", path, source))
     }
 
-    fn binaries_of(&self, entry: &CachedAttachment) -> Result<Vec<PathBuf>, (usize, String, PluginError)> {
-        plugins_of(&entry.config)
-            .iter()
-            .enumerate()
-            .map(|(index, plugin)| {
-                let plugin_type = plugin.get("type").and_then(Value::as_str).unwrap_or("");
-                exec::find_plugin(&self.options.bin_dirs, plugin_type).map_err(|e| (index, plugin_type.to_owned(), e))
-            })
-            .collect()
-    }
-
     /// Runs the chain in order (ADD, CHECK), feeding each result to the next plugin; returns the last result.
     fn run_chain(
         &self,
         command: Command,
         entry: &CachedAttachment,
-        binaries: &[PathBuf],
+        runners: &[Runner],
         netns: &str,
         mut prev_result: Option<Value>,
         timings: &mut Timings,
     ) -> Result<Value, CniError> {
         let plugins = plugins_of(&entry.config);
-        for (index, (plugin, binary)) in plugins.iter().zip(binaries).enumerate() {
+        for (index, (plugin, runner)) in plugins.iter().zip(runners).enumerate() {
             let output =
-                self.run_one(command, entry, plugin, binary, netns, prev_result.take(), timings).and_then(|stdout| {
+                self.run_one(command, entry, plugin, runner, netns, prev_result.take(), timings).and_then(|stdout| {
                     match command {
                         // CHECK prints nothing on success; the cached result goes on down the chain.
                         Command::Check => Ok(None),
@@ -549,28 +628,44 @@ impl Cni {
         command: Command,
         entry: &CachedAttachment,
         plugin: &Value,
-        binary: &Path,
+        runner: &Runner,
         netns: &str,
         prev_result: Option<Value>,
         timings: &mut Timings,
     ) -> Result<Vec<u8>, PluginError> {
-        let stdin = plugin_config(&entry.config, plugin, prev_result, &entry.runtime_config);
-        let stdin = serde_json::to_vec(&stdin)
-            .map_err(|err| PluginError::Io { step: "encode the config", source: err.into() })?;
-        let invocation = Invocation {
-            command,
-            container_id: &entry.container_id,
-            netns,
-            ifname: &entry.ifname,
-            cni_args: &entry.cni_args,
-            cni_path: &self.cni_path,
-            stdin: &stdin,
-            timeout: self.options.plugin_timeout,
-        };
-        let started = Instant::now();
-        let outcome = exec::run(binary, &invocation);
-        let duration = started.elapsed();
+        let config = plugin_config(&entry.config, plugin, prev_result, &entry.runtime_config);
         let plugin_type = plugin.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
+        let started = Instant::now();
+        let outcome = match runner {
+            Runner::Native => {
+                let invocation = crate::native::Invocation {
+                    command,
+                    container_id: &entry.container_id,
+                    netns,
+                    ifname: &entry.ifname,
+                    cni_args: &entry.cni_args,
+                };
+                // The result travels on as the binary's stdout would: one parse for both paths.
+                crate::native::run(&plugin_type, &invocation, &config)
+                    .map(|result| result.map(|value| value.to_string().into_bytes()).unwrap_or_default())
+            }
+            Runner::Binary(binary) => {
+                let stdin = serde_json::to_vec(&config)
+                    .map_err(|err| PluginError::Io { step: "encode the config", source: err.into() })?;
+                let invocation = Invocation {
+                    command,
+                    container_id: &entry.container_id,
+                    netns,
+                    ifname: &entry.ifname,
+                    cni_args: &entry.cni_args,
+                    cni_path: &self.cni_path,
+                    stdin: &stdin,
+                    timeout: self.options.plugin_timeout,
+                };
+                exec::run(binary, &invocation)
+            }
+        };
+        let duration = started.elapsed();
         tracing::debug!(container_id = %entry.container_id, plugin = %plugin_type, %command, ms = duration.as_secs_f64() * 1e3, ok = outcome.is_ok(), "CNI plugin call");
         if let Some(observer) = &self.observer {
             observer.plugin_finished(&PluginCallOutcome {
@@ -752,6 +847,7 @@ mod tests {
             bin_dirs: vec![dir.to_owned()],
             cache_dir: dir.join("cache"),
             plugin_timeout: Duration::from_secs(10),
+            native: NativeMode::Auto,
         };
         (Cni::new(options), network, log)
     }
@@ -787,6 +883,23 @@ mod tests {
         assert!(!log.exists());
         assert_eq!(cni.del(&reference, Some(&network)).unwrap().networks, ["current"]);
         assert!(std::fs::read_to_string(&log).unwrap().starts_with("DEL "));
+    }
+
+    #[test]
+    fn a_chain_runs_in_process_only_when_allowed_printable_and_fully_implemented() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cni, _, _) = recording_cni(dir.path());
+        let list = |version: &str, plugins: Value| json!({"cniVersion": version, "name": "n", "plugins": plugins});
+        let loopback = json!([{"type": "loopback"}]);
+        assert_eq!(cni.chain_path(&list("1.0.0", loopback.clone())), ChainPath::Native);
+        assert_eq!(cni.chain_path(&list("0.3.1", loopback.clone())), ChainPath::Native);
+        let old = cni.chain_path(&list("0.2.0", loopback.clone()));
+        assert_eq!(old, ChainPath::Binaries { reason: "cniVersion \"0.2.0\"".into() });
+        let mixed = cni.chain_path(&list("1.0.0", json!([{"type": "bridge"}, {"type": "loopback"}, {"type": "x"}])));
+        assert_eq!(mixed.to_string(), "the plugin binaries (not in process: bridge, x)");
+        assert!(matches!(cni.chain_path(&list("1.0.0", json!([]))), ChainPath::Binaries { .. }));
+        let off = Cni::new(CniOptions { native: NativeMode::Off, ..cni.options().clone() });
+        assert!(matches!(off.chain_path(&list("1.0.0", loopback)), ChainPath::Binaries { .. }));
     }
 
     #[test]

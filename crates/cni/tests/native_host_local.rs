@@ -43,7 +43,7 @@ impl Pair {
             config
         };
         let binary = run_binary(command, id, cni_args, &with_dir(&self.binary_dir));
-        let invocation = Invocation { command, container_id: id, ifname: "eth0", cni_args };
+        let invocation = Invocation { command, container_id: id, netns: "/proc/self/ns/net", ifname: "eth0", cni_args };
         let native = host_local::run(&invocation, &with_dir(&self.native_dir)).map_err(|err| match err {
             PluginError::Failed { code, msg, .. } => (code, msg),
             other => panic!("the native plugin failed without a CNI error: {other}"),
@@ -199,7 +199,13 @@ fn leases_made_by_one_are_released_by_the_other() {
     // Both work on the binary's directory now.
     let dir = &pair.binary_dir;
     let by_binary = run_binary(Command::Add, "h1", ARGS, &config(dir)).unwrap().unwrap();
-    let invocation = |command, id| Invocation { command, container_id: id, ifname: "eth0", cni_args: ARGS };
+    let invocation = |command, id| Invocation {
+        command,
+        container_id: id,
+        netns: "/proc/self/ns/net",
+        ifname: "eth0",
+        cni_args: ARGS,
+    };
     let by_native = host_local::run(&invocation(Command::Add, "h2"), &config(dir)).unwrap().unwrap();
     assert_eq!(by_binary["ips"][0]["address"], "10.81.0.2/24");
     assert_eq!(by_native["ips"][0]["address"], "10.81.0.3/24", "the native one continues the binary's round robin");

@@ -79,6 +79,10 @@ impl Kinded for LayerError {
             },
             // A blob that does not match its digest may be a transfer fault: retrying can help.
             LayerError::Cancelled { .. } => ErrorKind::Unavailable,
+            // The blob is written to disk while it is read: a full disk shows up here too.
+            LayerError::Decompress { source, .. } if ErrorKind::of_io(source) == ErrorKind::ResourceExhausted => {
+                ErrorKind::ResourceExhausted
+            }
             LayerError::Size { .. } | LayerError::Digest { .. } | LayerError::Decompress { .. } => {
                 ErrorKind::Unavailable
             }
@@ -117,7 +121,10 @@ impl BlobSource {
                         "the blob is larger than its descriptor says",
                     ));
                 }
-                self.file.write_all(&chunk)?;
+                // Its errors reach the caller through the decompressor's read: say which side failed.
+                self.file
+                    .write_all(&chunk)
+                    .map_err(|err| io::Error::new(err.kind(), format!("cannot write the blob to disk: {err}")))?;
                 self.current = chunk;
                 Ok(true)
             }
@@ -246,4 +253,20 @@ fn run_inner(rx: mpsc::Receiver<Chunk>, job: &LayerJob) -> Result<UnpackStats, L
     std::fs::rename(&job.unpack_dir, &job.snapshot)
         .map_err(io_err("cannot move the unpacked layer to", &job.snapshot))?;
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_met_while_reading_the_blob_is_resource_exhausted_and_corrupt_data_is_unavailable() {
+        let digest: Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
+        let full = io::Error::from_raw_os_error(libc::ENOSPC);
+        let full = io::Error::new(full.kind(), format!("cannot write the blob to disk: {full}"));
+        let err = LayerError::Decompress { digest: digest.clone(), source: full };
+        assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
+        let corrupt = io::Error::new(io::ErrorKind::InvalidData, "invalid gzip header");
+        assert_eq!(LayerError::Decompress { digest, source: corrupt }.kind(), ErrorKind::Unavailable);
+    }
 }

@@ -7,9 +7,14 @@
 //! code for both paths, and a node can move between them with attachments live: what one path made, the
 //! other releases.
 //!
-//! Modules: `host_local` (IPAM: address leases under `/var/lib/cni/networks/<network>`).
+//! Modules: `host_local` (IPAM: address leases under `/var/lib/cni/networks/<network>`), `loopback` (the
+//! pod's `lo`), `netns` (running code inside a network namespace).
 
 pub mod host_local;
+pub mod loopback;
+mod netns;
+
+use serde_json::Value;
 
 use crate::error::PluginError;
 use crate::exec::Command;
@@ -19,9 +24,27 @@ use crate::exec::Command;
 pub struct Invocation<'a> {
     pub command: Command,
     pub container_id: &'a str,
+    /// `CNI_NETNS`: the network namespace's path, empty when it is gone (DEL).
+    pub netns: &'a str,
     pub ifname: &'a str,
     /// `CNI_ARGS`: `KEY=VALUE` pairs separated by `;`.
     pub cni_args: &'a str,
+}
+
+/// Whether plugin type `plugin` has an implementation here.
+pub fn implements(plugin: &str) -> bool {
+    matches!(plugin, "loopback" | "host-local")
+}
+
+/// Runs plugin type `plugin` in process, as its binary would run with this configuration on stdin: the
+/// result (ADD), or nothing (DEL, CHECK). A type without an implementation here fails as a missing
+/// binary would.
+pub fn run(plugin: &str, invocation: &Invocation<'_>, config: &Value) -> Result<Option<Value>, PluginError> {
+    match plugin {
+        "loopback" => loopback::run(invocation, config),
+        "host-local" => host_local::run(invocation, config),
+        _ => Err(PluginError::NotFound { bin_dirs: Vec::new() }),
+    }
 }
 
 /// CNI's well-known error codes (spec, "Error"), as the Go plugins use them.

@@ -149,6 +149,7 @@ impl Rig {
             bin_dirs: vec![hack_cni_dir(), PathBuf::from(PLUGIN_DIR)],
             cache_dir: temp.path().join("cache"),
             plugin_timeout: Duration::from_secs(20),
+            native: berth_cni::NativeMode::Auto,
         });
         Rig { bridge: format!("bcni{subnet_octet}"), tag, host, subnet_octet, temp, cni }
     }
