@@ -6,7 +6,6 @@
 //! the bridge and iptables rules live, and one pod namespace re-used by every iteration), with the leases in
 //! a temp dir; all of it is removed at the end.
 
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -65,66 +64,52 @@ fn main() {
         native: berth_cni::NativeMode::default(),
     });
     let pod_path = PathBuf::from("/run/netns").join(&pod);
-    let host_ns = std::fs::File::open(PathBuf::from("/run/netns").join(&host)).unwrap();
+    let host_ns = PathBuf::from("/run/netns").join(&host);
 
     let (mut adds, mut dels, mut totals, mut plugin_share) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut add_overhead = Vec::new();
     let mut per_plugin: std::collections::BTreeMap<String, Duration> = std::collections::BTreeMap::new();
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                rustix::thread::move_into_link_name_space(
-                    host_ns.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .unwrap();
-                // One warm-up round (creates the bridge and iptables chains, pages in the plugins).
-                for round in 0..=iterations {
-                    let container_id = format!("bench{round}");
-                    let request = AttachRequest {
-                        container_id: container_id.clone(),
-                        netns: pod_path.clone(),
-                        ifname: "eth0".into(),
-                        pod: PodIdentity {
-                            namespace: "bench".into(),
-                            name: container_id.clone(),
-                            uid: container_id.clone(),
-                        },
-                        capabilities: Capabilities {
-                            port_mappings: vec![PortMapping {
-                                host_port: 18000,
-                                container_port: 80,
-                                protocol: "tcp".into(),
-                                host_ip: String::new(),
-                            }],
-                            ..Default::default()
-                        },
-                        pod_cidr: None,
-                    };
-                    let started = Instant::now();
-                    let attached = cni.add(&network, &request).unwrap();
-                    let add = started.elapsed();
-                    let reference =
-                        AttachmentRef { container_id, ifname: "eth0".into(), netns: Some(pod_path.clone()) };
-                    let detached = cni.del(&reference, None).unwrap();
-                    let total = started.elapsed();
-                    if round == 0 {
-                        continue;
-                    }
-                    adds.push(add);
-                    dels.push(total - add);
-                    totals.push(total);
-                    add_overhead.push(add - attached.timings.in_plugins);
-                    for call in attached.timings.calls.iter().chain(&detached.timings.calls) {
-                        *per_plugin.entry(format!("{} {}", call.command, call.plugin)).or_default() += call.duration;
-                    }
-                    let in_plugins = attached.timings.in_plugins + detached.timings.in_plugins;
-                    plugin_share.push((in_plugins, total - in_plugins));
-                }
-            })
-            .join()
-            .unwrap();
-    });
+    berth_cni::native::netns::within(&host_ns.to_string_lossy(), || {
+        // One warm-up round (creates the bridge and iptables chains, pages in the plugins).
+        for round in 0..=iterations {
+            let container_id = format!("bench{round}");
+            let request = AttachRequest {
+                container_id: container_id.clone(),
+                netns: pod_path.clone(),
+                ifname: "eth0".into(),
+                pod: PodIdentity { namespace: "bench".into(), name: container_id.clone(), uid: container_id.clone() },
+                capabilities: Capabilities {
+                    port_mappings: vec![PortMapping {
+                        host_port: 18000,
+                        container_port: 80,
+                        protocol: "tcp".into(),
+                        host_ip: String::new(),
+                    }],
+                    ..Default::default()
+                },
+                pod_cidr: None,
+            };
+            let started = Instant::now();
+            let attached = cni.add(&network, &request).unwrap();
+            let add = started.elapsed();
+            let reference = AttachmentRef { container_id, ifname: "eth0".into(), netns: Some(pod_path.clone()) };
+            let detached = cni.del(&reference, None).unwrap();
+            let total = started.elapsed();
+            if round == 0 {
+                continue;
+            }
+            adds.push(add);
+            dels.push(total - add);
+            totals.push(total);
+            add_overhead.push(add - attached.timings.in_plugins);
+            for call in attached.timings.calls.iter().chain(&detached.timings.calls) {
+                *per_plugin.entry(format!("{} {}", call.command, call.plugin)).or_default() += call.duration;
+            }
+            let in_plugins = attached.timings.in_plugins + detached.timings.in_plugins;
+            plugin_share.push((in_plugins, total - in_plugins));
+        }
+    })
+    .unwrap();
     adds.sort();
     dels.sort();
     totals.sort();

@@ -12,7 +12,7 @@
 
 pub mod host_local;
 pub mod loopback;
-mod netns;
+pub mod netns;
 
 use serde_json::Value;
 

@@ -6,11 +6,13 @@ use std::path::Path;
 
 /// Why the work could not run in the namespace.
 #[derive(Debug)]
-pub(crate) enum Unusable {
+pub enum Unusable {
     /// The path does not exist (a DEL after the namespace went is not an error for the plugins).
     Missing(String),
     Other(String),
 }
+
+impl std::error::Error for Unusable {}
 
 impl std::fmt::Display for Unusable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -25,7 +27,7 @@ const NSFS_MAGIC: u64 = 0x6e73_6673;
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 
 /// Runs `work` on a new thread that joined the network namespace at `path`.
-pub(crate) fn within<T: Send>(path: &str, work: impl FnOnce() -> T + Send) -> Result<T, Unusable> {
+pub fn within<T: Send>(path: &str, work: impl FnOnce() -> T + Send) -> Result<T, Unusable> {
     let file = match std::fs::File::open(Path::new(path)) {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {

@@ -10,7 +10,6 @@
 #![allow(dead_code)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -62,20 +61,7 @@ impl Netns {
 
     /// Runs `f` on a thread inside this namespace (and every process it starts, too).
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let file = std::fs::File::open(&self.path).unwrap();
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    rustix::thread::move_into_link_name_space(
-                        file.as_fd(),
-                        Some(rustix::thread::LinkNameSpaceType::Network),
-                    )
-                    .unwrap();
-                    f()
-                })
-                .join()
-                .unwrap()
-        })
+        berth_cni::native::netns::within(&self.path.to_string_lossy(), f).unwrap()
     }
 
     /// `ip -n <ns> ARGS` output.
