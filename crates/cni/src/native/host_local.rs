@@ -498,6 +498,11 @@ fn parse_resolv_conf(path: &Path) -> Result<Dns, String> {
     Ok(dns)
 }
 
+/// What a lease file holds: the container id and the interface (files of older versions hold the id alone).
+fn lease_key(id: &str, ifname: &str) -> String {
+    format!("{}{LINE_BREAK}{ifname}", id.trim())
+}
+
 /// A network's lease directory and its lock.
 struct Store {
     dir: PathBuf,
@@ -587,7 +592,7 @@ impl Store {
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
             Err(err) => return Err(format!("open {}: {err}", path.display())),
         };
-        if let Err(err) = file.write_all(format!("{}{LINE_BREAK}{ifname}", id.trim()).as_bytes()) {
+        if let Err(err) = file.write_all(lease_key(id, ifname).as_bytes()) {
             let _ = std::fs::remove_file(&path);
             return Err(format!("write {}: {err}", path.display()));
         }
@@ -630,7 +635,7 @@ impl Store {
     /// old one (the bare id).
     fn leases_of(&self, id: &str, ifname: &str) -> Result<Vec<PathBuf>, String> {
         let files = self.files()?;
-        let current = format!("{}{LINE_BREAK}{ifname}", id.trim());
+        let current = lease_key(id, ifname);
         let matching = |key: &str| -> Vec<PathBuf> {
             files.iter().filter(|(_, content)| content == key).map(|(path, _)| path.clone()).collect()
         };
@@ -640,7 +645,7 @@ impl Store {
 
     fn held_by(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>, String> {
         let files = self.files()?;
-        let current = format!("{}{LINE_BREAK}{ifname}", id.trim());
+        let current = lease_key(id, ifname);
         Ok(files
             .iter()
             .filter(|(_, content)| *content == current || content == id.trim())
