@@ -280,8 +280,8 @@ impl Cni {
         let plugins = plugins_of(list);
         let missing: Vec<&str> = plugins
             .iter()
-            .map(|plugin| plugin.get("type").and_then(Value::as_str).unwrap_or(""))
             .filter(|plugin| !crate::native::implements(plugin))
+            .map(|plugin| plugin.get("type").and_then(Value::as_str).unwrap_or(""))
             .collect();
         if plugins.is_empty() {
             return ChainPath::Binaries { reason: "no plugins".into() };
@@ -896,7 +896,10 @@ mod tests {
         let old = cni.chain_path(&list("0.2.0", loopback.clone()));
         assert_eq!(old, ChainPath::Binaries { reason: "cniVersion \"0.2.0\"".into() });
         let mixed = cni.chain_path(&list("1.0.0", json!([{"type": "bridge"}, {"type": "loopback"}, {"type": "x"}])));
-        assert_eq!(mixed.to_string(), "the plugin binaries (not in process: bridge, x)");
+        assert_eq!(mixed.to_string(), "the plugin binaries (not in process: x)");
+        // A plugin type that is implemented, configured with what is not (a VLAN), runs its binary.
+        let vlan = cni.chain_path(&list("1.0.0", json!([{"type": "bridge", "vlan": 7}, {"type": "loopback"}])));
+        assert_eq!(vlan.to_string(), "the plugin binaries (not in process: bridge)");
         assert!(matches!(cni.chain_path(&list("1.0.0", json!([]))), ChainPath::Binaries { .. }));
         let off = Cni::new(CniOptions { native: NativeMode::Off, ..cni.options().clone() });
         assert!(matches!(off.chain_path(&list("1.0.0", loopback)), ChainPath::Binaries { .. }));

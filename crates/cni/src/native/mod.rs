@@ -7,11 +7,16 @@
 //! code for both paths, and a node can move between them with attachments live: what one path made, the
 //! other releases.
 //!
-//! Modules: `host_local` (IPAM: address leases under `/var/lib/cni/networks/<network>`), `loopback` (the
-//! pod's `lo`), `netns` (running code inside a network namespace).
+//! Modules: `bridge` (the pod's veth on a Linux bridge, gateway, masquerading), `host_local` (IPAM: address
+//! leases under `/var/lib/cni/networks/<network>`), `loopback` (the pod's `lo`), `iptables` (the bridge's
+//! masquerading rules), `netlink` (links, addresses and routes for them), `netns` (running code inside a
+//! network namespace).
 
+pub mod bridge;
 pub mod host_local;
+pub mod iptables;
 pub mod loopback;
+pub mod netlink;
 pub mod netns;
 
 use serde_json::Value;
@@ -31,9 +36,14 @@ pub struct Invocation<'a> {
     pub cni_args: &'a str,
 }
 
-/// Whether plugin type `plugin` has an implementation here.
-pub fn implements(plugin: &str) -> bool {
-    matches!(plugin, "loopback" | "host-local")
+/// Whether plugin configuration `plugin` (an entry of a list's `plugins`) has an implementation here that
+/// does everything it asks for.
+pub fn implements(plugin: &Value) -> bool {
+    match plugin.get("type").and_then(Value::as_str).unwrap_or("") {
+        "loopback" | "host-local" => true,
+        "bridge" => bridge::supports(plugin),
+        _ => false,
+    }
 }
 
 /// Runs plugin type `plugin` in process, as its binary would run with this configuration on stdin: the
@@ -43,6 +53,7 @@ pub fn run(plugin: &str, invocation: &Invocation<'_>, config: &Value) -> Result<
     match plugin {
         "loopback" => loopback::run(invocation, config),
         "host-local" => host_local::run(invocation, config),
+        "bridge" => bridge::run(invocation, config),
         _ => Err(PluginError::NotFound { bin_dirs: Vec::new() }),
     }
 }

@@ -1,0 +1,229 @@
+//! The `ipMasq` rules of the bridge plugin, made and removed as the binary makes them, in two process runs
+//! instead of about nine.
+//!
+//! The binary (containernetworking/plugins `pkg/ip/ipmasq_linux.go`, through go-iptables) runs `iptables`
+//! once per step: list the nat chains, create `CNI-<hash>`, then check-and-append each rule. The rules it
+//! leaves, per pod address, in the nat table of the address's family:
+//!
+//! ```text
+//! -A POSTROUTING -s <address>/32 -m comment --comment "name: \"<net>\" id: \"<id>\"" -j CNI-<hash>
+//! -A CNI-<hash> -d <subnet> -m comment --comment "..." -j ACCEPT
+//! -A CNI-<hash> ! -d 224.0.0.0/4 -m comment --comment "..." -j MASQUERADE     (ff00::/8 for IPv6)
+//! ```
+//!
+//! Here one `iptables-save -t nat` reads the table and one `iptables-restore --noflush` writes the whole
+//! change atomically: the chain is declared (which creates it, or empties an existing one, which is then
+//! refilled with its old rules plus the new ones, as appending only-if-missing would leave it), and the
+//! POSTROUTING jump is appended unless present. Teardown deletes the jumps the binary would delete (`-s
+//! <address>/32`, and `-s <subnet>` of older versions), then flushes and deletes the chain. The `iptables`
+//! found on PATH is used, as the binary uses it, so the node's choice of the nft or legacy backend holds.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+/// One pod address with its subnet's prefix length, as the IPAM result gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Masqueraded {
+    pub ip: IpAddr,
+    pub prefix: u8,
+}
+
+/// The chain the binary names for network `network` and container `container_id` (utils.FormatChainName):
+/// `CNI-` and the hex SHA-512 of the two, 28 characters in all.
+pub fn chain_name(network: &str, container_id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha512::digest(format!("{network}{container_id}").as_bytes());
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("CNI-{hex}")[..28].to_owned()
+}
+
+/// The rules' comment (utils.FormatComment): `name: "<network>" id: "<container id>"`, quoted as Go's %q.
+pub fn comment(network: &str, container_id: &str) -> String {
+    format!("name: {} id: {}", go_quote(network), go_quote(container_id))
+}
+
+/// Go's `%q` for the printable strings network names and container ids are.
+fn go_quote(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                quoted.push('\\');
+                quoted.push(c);
+            }
+            c if c.is_control() => quoted.push_str(&format!("\\x{:02x}", c as u32)),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// A comment as iptables-save prints it, and iptables-restore reads it: in double quotes, `"` and `\`
+/// escaped.
+fn save_quoted(comment: &str) -> String {
+    format!("\"{}\"", comment.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Adds the masquerading rules for `addresses` (one family each call is not required: they are grouped).
+pub fn set_up(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(), String> {
+    for v6 in [false, true] {
+        let family: Vec<Masqueraded> = addresses.iter().copied().filter(|a| a.ip.is_ipv6() == v6).collect();
+        if family.is_empty() {
+            continue;
+        }
+        let saved = save(v6)?;
+        let quoted = save_quoted(comment);
+        let multicast = if v6 { "ff00::/8" } else { "224.0.0.0/4" };
+        let chain_rule = format!("-A {chain} ");
+        let mut rules: Vec<String> =
+            saved.lines().filter(|line| line.starts_with(&chain_rule)).map(str::to_owned).collect();
+        let mut jumps = Vec::new();
+        for address in &family {
+            let subnet = network_of(address.ip, address.prefix);
+            let host = host_prefix(address.ip);
+            for rule in [
+                format!("-A {chain} -d {subnet} -m comment --comment {quoted} -j ACCEPT"),
+                format!("-A {chain} ! -d {multicast} -m comment --comment {quoted} -j MASQUERADE"),
+            ] {
+                if !rules.contains(&rule) {
+                    rules.push(rule);
+                }
+            }
+            let jump = format!("-A POSTROUTING -s {}/{host} -m comment --comment {quoted} -j {chain}", address.ip);
+            if !saved.lines().any(|line| line == jump) && !jumps.contains(&jump) {
+                jumps.push(jump);
+            }
+        }
+        let mut batch = format!("*nat\n:{chain} - [0:0]\n");
+        for rule in rules.iter().chain(&jumps) {
+            batch.push_str(rule);
+            batch.push('\n');
+        }
+        batch.push_str("COMMIT\n");
+        restore(v6, &batch)?;
+    }
+    Ok(())
+}
+
+/// Removes what [`set_up`] (or the binary) made for `addresses`; what is already gone is no error.
+pub fn tear_down(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(), String> {
+    for v6 in [false, true] {
+        let family: Vec<Masqueraded> = addresses.iter().copied().filter(|a| a.ip.is_ipv6() == v6).collect();
+        if family.is_empty() {
+            continue;
+        }
+        let saved = save(v6)?;
+        let quoted = save_quoted(comment);
+        let mut batch = String::from("*nat\n");
+        for address in &family {
+            // The jump from the address, and the one older versions made from the subnet.
+            for source in
+                [format!("{}/{}", address.ip, host_prefix(address.ip)), network_of(address.ip, address.prefix)]
+            {
+                let jump = format!("-A POSTROUTING -s {source} -m comment --comment {quoted} -j {chain}");
+                if saved.lines().any(|line| line == jump) && !batch.contains(&jump[3..]) {
+                    batch.push_str(&format!("-D {}\n", &jump[3..]));
+                }
+            }
+        }
+        if saved.lines().any(|line| line == format!(":{chain} - [0:0]") || line.starts_with(&format!(":{chain} "))) {
+            batch.push_str(&format!("-F {chain}\n-X {chain}\n"));
+        }
+        if batch.lines().count() > 1 {
+            batch.push_str("COMMIT\n");
+            restore(v6, &batch)?;
+        }
+    }
+    Ok(())
+}
+
+fn tool(v6: bool, suffix: &str) -> String {
+    format!("{}{suffix}", if v6 { "ip6tables" } else { "iptables" })
+}
+
+/// The nat table as `iptables-save` prints it (without counters).
+fn save(v6: bool) -> Result<String, String> {
+    let program = tool(v6, "-save");
+    let output = Command::new(&program)
+        .args(["-t", "nat"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| format!("failed to run {program}: {err}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "running [{program} -t nat]: {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        ));
+    }
+    String::from_utf8(output.stdout).map_err(|_| format!("{program} printed something other than UTF-8"))
+}
+
+/// Applies `batch` with `iptables-restore --noflush`, waiting for the xtables lock as go-iptables does.
+fn restore(v6: bool, batch: &str) -> Result<(), String> {
+    let program = tool(v6, "-restore");
+    let mut child = Command::new(&program)
+        .args(["-w", "--noflush"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| format!("failed to run {program}: {err}"))?;
+    let written = child.stdin.take().map(|mut stdin| stdin.write_all(batch.as_bytes()));
+    let output = child.wait_with_output().map_err(|err| format!("failed to wait for {program}: {err}"))?;
+    if let Some(Err(err)) = written {
+        return Err(format!("failed to write to {program}: {err}"));
+    }
+    if !output.status.success() {
+        return Err(format!(
+            "running [{program} -w --noflush]: {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        ));
+    }
+    Ok(())
+}
+
+fn host_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { 32 } else { 128 }
+}
+
+/// `ip/prefix` with the host bits cleared, as iptables normalizes a `-d` or `-s` network.
+fn network_of(ip: IpAddr, prefix: u8) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+            format!("{}/{prefix}", std::net::Ipv4Addr::from(u32::from(v4) & mask))
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix.min(128))).unwrap_or(0);
+            format!("{}/{prefix}", std::net::Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_and_comment_are_the_binarys() {
+        let chain = chain_name("berth", "0123456789abcdef");
+        assert_eq!(chain.len(), 28);
+        assert!(chain.starts_with("CNI-"));
+        assert!(chain[4..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(chain, chain_name("berth", "0123456789abcdeg"));
+        assert_eq!(comment("berth", "abc"), r#"name: "berth" id: "abc""#);
+        assert_eq!(save_quoted(&comment("b", "c")), r#""name: \"b\" id: \"c\"""#);
+    }
+
+    #[test]
+    fn networks_are_normalized_as_iptables_prints_them() {
+        assert_eq!(network_of("10.88.0.5".parse().unwrap(), 16), "10.88.0.0/16");
+        assert_eq!(network_of("10.88.0.5".parse().unwrap(), 0), "0.0.0.0/0");
+        assert_eq!(network_of("fd00::1:5".parse().unwrap(), 64), "fd00::/64");
+    }
+}
