@@ -32,10 +32,15 @@ pub struct Masqueraded {
 /// The chain the binary names for network `network` and container `container_id` (utils.FormatChainName):
 /// `CNI-` and the hex SHA-512 of the two, 28 characters in all.
 pub fn chain_name(network: &str, container_id: &str) -> String {
+    chain_name_with_prefix("", network, container_id)
+}
+
+/// The same with `prefix` after `CNI-` (utils.MustFormatChainNameWithPrefix: portmap's `DN-` and `SN-`).
+pub fn chain_name_with_prefix(prefix: &str, network: &str, container_id: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha512::digest(format!("{network}{container_id}").as_bytes());
     let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("CNI-{hex}")[..28].to_owned()
+    format!("CNI-{prefix}{hex}")[..28].to_owned()
 }
 
 /// The rules' comment (utils.FormatComment): `name: "<network>" id: "<container id>"`, quoted as Go's %q.
@@ -63,7 +68,7 @@ fn go_quote(text: &str) -> String {
 
 /// A comment as iptables-save prints it, and iptables-restore reads it: in double quotes, `"` and `\`
 /// escaped.
-fn save_quoted(comment: &str) -> String {
+pub(super) fn save_quoted(comment: &str) -> String {
     format!("\"{}\"", comment.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
@@ -129,7 +134,7 @@ pub fn tear_down(addresses: &[Masqueraded], chain: &str, comment: &str) -> Resul
                 }
             }
         }
-        if saved.lines().any(|line| line == format!(":{chain} - [0:0]") || line.starts_with(&format!(":{chain} "))) {
+        if chains(&saved).contains(&chain) {
             batch.push_str(&format!("-F {chain}\n-X {chain}\n"));
         }
         if batch.lines().count() > 1 {
@@ -145,7 +150,7 @@ fn tool(v6: bool, suffix: &str) -> String {
 }
 
 /// The nat table as `iptables-save` prints it (without counters).
-fn save(v6: bool) -> Result<String, String> {
+pub(super) fn save(v6: bool) -> Result<String, String> {
     let program = tool(v6, "-save");
     let output = Command::new(&program)
         .args(["-t", "nat"])
@@ -163,7 +168,7 @@ fn save(v6: bool) -> Result<String, String> {
 }
 
 /// Applies `batch` with `iptables-restore --noflush`, waiting for the xtables lock as go-iptables does.
-fn restore(v6: bool, batch: &str) -> Result<(), String> {
+pub(super) fn restore(v6: bool, batch: &str) -> Result<(), String> {
     let program = tool(v6, "-restore");
     let mut child = Command::new(&program)
         .args(["-w", "--noflush"])
@@ -185,6 +190,32 @@ fn restore(v6: bool, batch: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Runs `iptables` (or `ip6tables`) with `args` and `--wait` as go-iptables does: whether it succeeded, and
+/// the error go-iptables reports when not.
+pub(super) fn run(v6: bool, args: &[&str]) -> Result<(), String> {
+    let program = tool(v6, "");
+    let output = Command::new(&program)
+        .args(args)
+        .arg("--wait")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| format!("failed to run {program}: {err}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "running [{program} {} --wait]: {}: {}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    ))
+}
+
+/// The chains of the nat table in `saved` (iptables-save output).
+pub(super) fn chains(saved: &str) -> Vec<&str> {
+    saved.lines().filter_map(|line| line.strip_prefix(':')).filter_map(|rest| rest.split(' ').next()).collect()
 }
 
 fn host_prefix(ip: IpAddr) -> u8 {

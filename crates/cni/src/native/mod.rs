@@ -8,16 +8,18 @@
 //! other releases.
 //!
 //! Modules: `bridge` (the pod's veth on a Linux bridge, gateway, masquerading), `host_local` (IPAM: address
-//! leases under `/var/lib/cni/networks/<network>`), `loopback` (the pod's `lo`), `iptables` (the bridge's
-//! masquerading rules), `netlink` (links, addresses and routes for them), `netns` (running code inside a
-//! network namespace).
+//! leases under `/var/lib/cni/networks/<network>`), `loopback` (the pod's `lo`), `portmap` (hostPorts),
+//! `iptables` (the nat rules of bridge and portmap), `netlink` (links, addresses and routes),
+//! `conntrack` (portmap's stale UDP entries), `netns` (running code inside a network namespace).
 
 pub mod bridge;
+pub mod conntrack;
 pub mod host_local;
 pub mod iptables;
 pub mod loopback;
 pub mod netlink;
 pub mod netns;
+pub mod portmap;
 
 use serde_json::Value;
 
@@ -40,7 +42,7 @@ pub struct Invocation<'a> {
 /// does everything it asks for.
 pub fn implements(plugin: &Value) -> bool {
     match plugin.get("type").and_then(Value::as_str).unwrap_or("") {
-        "loopback" | "host-local" => true,
+        "loopback" | "host-local" | "portmap" => true,
         "bridge" => bridge::supports(plugin),
         _ => false,
     }
@@ -54,6 +56,7 @@ pub fn run(plugin: &str, invocation: &Invocation<'_>, config: &Value) -> Result<
         "loopback" => loopback::run(invocation, config),
         "host-local" => host_local::run(invocation, config),
         "bridge" => bridge::run(invocation, config),
+        "portmap" => portmap::run(invocation, config),
         _ => Err(PluginError::NotFound { bin_dirs: Vec::new() }),
     }
 }

@@ -22,7 +22,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{
     DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST, NetlinkBuffer,
-    NetlinkMessage, NetlinkPayload,
+    NetlinkDeserializable, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -47,6 +47,13 @@ const DUMP_ATTEMPTS: usize = 5;
 /// A NETLINK_ROUTE socket bound to the network namespace of the thread that opened it.
 #[derive(Debug)]
 pub struct Netlink {
+    channel: Channel,
+}
+
+/// A netlink socket of one protocol, connected to the kernel, with the sequence of its requests: the
+/// request-and-answer loop for any message family (rtnetlink here, conntrack in `native::conntrack`).
+#[derive(Debug)]
+pub(super) struct Channel {
     socket: Socket,
     /// The sequence number of the request in flight: answers carry it back, older answers are dropped.
     sequence: u32,
@@ -120,11 +127,7 @@ impl Netlink {
     /// Opens a socket in the calling thread's network namespace; it stays in that namespace for its life,
     /// whatever the thread joins after.
     pub fn open() -> Result<Self, NetlinkError> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind_auto()?;
-        // Connected to the kernel (port 0): the socket then takes no unicast from any other process.
-        socket.connect(&SocketAddr::new(0, 0))?;
-        Ok(Netlink { socket, sequence: 0 })
+        Ok(Netlink { channel: Channel::open(NETLINK_ROUTE)? })
     }
 
     /// The link named `name`, `None` when there is none (`ENODEV`), as `netlink.LinkByName` looks it up.
@@ -379,6 +382,29 @@ impl Netlink {
         Ok(routes)
     }
 
+    /// The link the kernel would send a packet for `destination` out of (`ip route get`, as
+    /// `netlink.RouteGet`): `None` when it has no route.
+    pub fn route_get(&mut self, destination: IpAddr) -> Result<Option<u32>, NetlinkError> {
+        let mut message = RouteMessage::default();
+        message.header.address_family = family(destination);
+        message.header.destination_prefix_length = if destination.is_ipv4() { 32 } else { 128 };
+        message.attributes.push(RouteAttribute::Destination(destination.into()));
+        let answers = match self.exchange("RTM_GETROUTE", RouteNetlinkMessage::GetRoute(message), NLM_F_ACK) {
+            Ok((answers, _)) => answers,
+            Err(err) if matches!(err.errno(), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        Ok(answers.into_iter().find_map(|answer| match answer {
+            RouteNetlinkMessage::NewRoute(route) => {
+                route.attributes.into_iter().find_map(|attribute| match attribute {
+                    RouteAttribute::Oif(index) => Some(index),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }))
+    }
+
     /// Sends a request that changes something and waits for the kernel's acknowledgement.
     fn acknowledged(
         &mut self,
@@ -404,17 +430,40 @@ impl Netlink {
         Err(NetlinkError::Kernel { operation, errno: libc::EINTR })
     }
 
-    /// Sends one request and reads its answers: up to the acknowledgement (or error) of a request, up to
-    /// `NLMSG_DONE` of a dump. Returns the messages answered, and whether the kernel flagged any of them
-    /// `NLM_F_DUMP_INTR`.
     fn exchange(
         &mut self,
         operation: &'static str,
         message: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<(Vec<RouteNetlinkMessage>, bool), NetlinkError> {
+        self.channel.exchange(operation, NetlinkMessage::from(message), flags)
+    }
+}
+
+impl Channel {
+    /// Opens a socket of netlink `protocol` in the calling thread's network namespace; it stays in that
+    /// namespace for its life, whatever the thread joins after.
+    pub(super) fn open(protocol: isize) -> Result<Self, NetlinkError> {
+        let mut socket = Socket::new(protocol)?;
+        socket.bind_auto()?;
+        // Connected to the kernel (port 0): the socket then takes no unicast from any other process.
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Channel { socket, sequence: 0 })
+    }
+
+    /// Sends one request and reads its answers: up to the acknowledgement (or error) of a request, up to
+    /// `NLMSG_DONE` of a dump. Returns the messages answered, and whether the kernel flagged any of them
+    /// `NLM_F_DUMP_INTR`.
+    pub(super) fn exchange<T>(
+        &mut self,
+        operation: &'static str,
+        mut request: NetlinkMessage<T>,
+        flags: u16,
+    ) -> Result<(Vec<T>, bool), NetlinkError>
+    where
+        T: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    {
         self.sequence = self.sequence.wrapping_add(1);
-        let mut request = NetlinkMessage::from(message);
         request.header.flags = NLM_F_REQUEST | flags;
         request.header.sequence_number = self.sequence;
         request.finalize();
@@ -441,7 +490,7 @@ impl Netlink {
                     continue;
                 }
                 interrupted |= message_flags & NLM_F_DUMP_INTR != 0;
-                let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(malformed)?;
+                let message = NetlinkMessage::<T>::deserialize(bytes).map_err(malformed)?;
                 match message.payload {
                     NetlinkPayload::InnerMessage(answer) => answers.push(answer),
                     NetlinkPayload::Error(error) => {

@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod twins;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,234 @@
+//! The native `portmap` against Debian's binary, in twin worlds (support::twins): after a bridge attached
+//! the pod (the native bridge, the same in both worlds), the same portmap operations must give the same
+//! answers and leave the same nat rules (iptables-save, ip6tables-save), sysctls and everything else; and
+//! what one made, the other deletes.
+
+mod support;
+
+use berth_cni::Command;
+use serde_json::{Value, json};
+use support::Netns;
+use support::twins::{Driver, Twins, World};
+
+fn bridge_config(dual_stack: bool) -> Value {
+    let mut ranges = vec![json!([{"subnet": "10.66.0.0/24"}])];
+    if dual_stack {
+        ranges.push(json!([{"subnet": "fd66::/64"}]));
+    }
+    json!({
+        "cniVersion": "1.0.0", "name": "npm", "type": "bridge", "bridge": "cnipm0",
+        "isGateway": true, "ipMasq": true, "hairpinMode": true,
+        "ipam": {"type": "host-local", "ranges": ranges, "routes": [{"dst": "0.0.0.0/0"}]}
+    })
+}
+
+fn mappings() -> Value {
+    json!([
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 8443, "containerPort": 443, "protocol": "tcp", "hostIP": "0.0.0.0"},
+        {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"},
+        {"hostPort": 9090, "containerPort": 90, "protocol": "tcp", "hostIP": "::1"}
+    ])
+}
+
+/// Attaches the world's pod (or `pod`) with the native bridge; returns its result.
+fn attach(world: &World, pod: &Netns, id: &str, dual_stack: bool) -> Value {
+    world
+        .invoke_in(pod, "bridge", Driver::Native, Command::Add, id, &bridge_config(dual_stack))
+        .expect("bridge ADD")
+        .expect("a bridge result")
+}
+
+fn portmap_config(previous: &Value, extra: Value) -> Value {
+    let mut config = json!({
+        "cniVersion": "1.0.0", "name": "npm", "type": "portmap",
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": mappings()},
+        "prevResult": previous,
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        config[key] = value.clone();
+    }
+    config
+}
+
+/// ADD, CHECK, DEL, DEL again for `extra` configuration, each step the same on both sides; `prepare`
+/// readies each world's host first.
+fn same_lifecycle(tag: &str, dual_stack: bool, extra: Value, prepare: fn(&World)) {
+    let twins = Twins::new(tag);
+    prepare(&twins.binary);
+    prepare(&twins.native);
+    let id = format!("{tag}-pod");
+    let binary_result = attach(&twins.binary, &twins.binary.pod, &id, dual_stack);
+    let native_result = attach(&twins.native, &twins.native.pod, &id, dual_stack);
+    let config = |world: &World| {
+        let previous = if std::ptr::eq(world, &twins.binary) { &binary_result } else { &native_result };
+        portmap_config(previous, extra.clone())
+    };
+    let (binary, native) = twins.step_with("portmap", Command::Add, &id, config);
+    assert_eq!(native.as_ref().ok().cloned().flatten(), Some(native_result.clone()), "ADD passes the result on");
+    assert_eq!(binary.as_ref().ok().cloned().flatten(), Some(binary_result.clone()));
+    let rules = twins.native.state()["host"]["iptables"].to_string();
+    assert!(rules.contains("CNI-HOSTPORT-DNAT") && rules.contains("CNI-DN-"), "the DNAT rules are there: {rules}");
+    // CHECK: the same answer (1.1.1 checks an IPv4 pod's chain in the IPv6 table too, and fails there).
+    let _ = twins.step_with("portmap", Command::Check, &id, config);
+    twins.step_with("portmap", Command::Del, &id, config).1.expect("DEL");
+    twins.step_with("portmap", Command::Del, &id, config).1.expect("a second DEL");
+    let rules = twins.native.state()["host"]["iptables"].to_string();
+    assert!(!rules.contains("CNI-DN-"), "the pod's chain is gone: {rules}");
+}
+
+#[test]
+fn ipv4_hostports_with_host_ips() {
+    same_lifecycle("v4", false, json!({}), |_| {});
+}
+
+#[test]
+fn dual_stack_hostports() {
+    same_lifecycle("ds", true, json!({}), |_| {});
+}
+
+#[test]
+fn without_snat_with_conditions_and_another_mark_bit() {
+    same_lifecycle("ns", false, json!({"snat": false, "conditionsV4": ["!", "-s", "10.9.0.0/16"]}), |_| {});
+    same_lifecycle("mb", false, json!({"markMasqBit": 5}), |_| {});
+    // An external mark chain is the node's (kube-proxy's KUBE-MARK-MASQ), made before any pod.
+    let kube_proxy = |world: &World| {
+        for tool in ["iptables", "ip6tables"] {
+            support::run("ip", &["netns", "exec", &world.host.name, tool, "-t", "nat", "-N", "KUBE-MARK-MASQ"]);
+        }
+    };
+    same_lifecycle(
+        "ex",
+        true,
+        json!({"externalSetMarkChain": "KUBE-MARK-MASQ", "conditionsV6": ["-d", "::1"]}),
+        kube_proxy,
+    );
+}
+
+#[test]
+fn two_pods_share_the_top_level_chains() {
+    let twins = Twins::new("two");
+    let second_pods = [
+        Netns::new(format!("tw-two2-b-{}", std::process::id())),
+        Netns::new(format!("tw-two2-n-{}", std::process::id())),
+    ];
+    let results: Vec<(Value, Value)> = [&twins.binary, &twins.native]
+        .into_iter()
+        .zip(&second_pods)
+        .map(|(world, second)| (attach(world, &world.pod, "two-a", false), attach(world, second, "two-b", false)))
+        .collect();
+    let config_a = |world: &World| {
+        let index = usize::from(std::ptr::eq(world, &twins.native));
+        portmap_config(&results[index].0, json!({}))
+    };
+    twins.step_with("portmap", Command::Add, "two-a", config_a).1.expect("ADD");
+    // The second pod maps other ports; it runs in each world's second pod namespace.
+    let config_b = |index: usize| {
+        let mut config = portmap_config(&results[index].1, json!({}));
+        config["runtimeConfig"]["portMappings"] = json!([{"hostPort": 7070, "containerPort": 70, "protocol": "tcp"}]);
+        config
+    };
+    let binary =
+        twins.binary.invoke_in(&second_pods[0], "portmap", Driver::Binary, Command::Add, "two-b", &config_b(0));
+    let native =
+        twins.native.invoke_in(&second_pods[1], "portmap", Driver::Native, Command::Add, "two-b", &config_b(1));
+    assert!(binary.is_ok() && native.is_ok(), "{binary:?} {native:?}");
+    twins.assert_same_state("after the second pod's ADD");
+    // Deleting the first pod leaves the shared chains and the second pod's rules.
+    twins.step_with("portmap", Command::Del, "two-a", config_a).1.expect("DEL");
+    let rules = twins.native.state()["host"]["iptables"].to_string();
+    assert!(rules.contains("7070") && rules.contains("CNI-HOSTPORT-SETMARK"), "{rules}");
+    assert!(!rules.contains("8080"), "{rules}");
+    let binary =
+        twins.binary.invoke_in(&second_pods[0], "portmap", Driver::Binary, Command::Del, "two-b", &config_b(0));
+    let native =
+        twins.native.invoke_in(&second_pods[1], "portmap", Driver::Native, Command::Del, "two-b", &config_b(1));
+    assert_eq!(native, binary);
+    twins.assert_same_state("after both DELs");
+}
+
+#[test]
+fn refusals_match() {
+    let twins = Twins::new("err");
+    let previous = attach(&twins.binary, &twins.binary.pod, "err-1", false);
+    let _ = attach(&twins.native, &twins.native.pod, "err-1", false);
+    for extra in [
+        json!({"markMasqBit": 3, "externalSetMarkChain": "X"}),
+        json!({"markMasqBit": 40}),
+        json!({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 0, "protocol": "tcp"}]}}),
+        json!({"runtimeConfig": {"portMappings": [{"hostPort": -1, "containerPort": 80, "protocol": "tcp"}]}}),
+    ] {
+        for command in [Command::Add, Command::Del, Command::Check] {
+            let (_, native) =
+                twins.step_with("portmap", command, "err-1", |_| portmap_config(&previous, extra.clone()));
+            assert!(native.is_err(), "{command} {extra}: refused");
+        }
+    }
+    // Without a previous result: ADD and CHECK refuse, DEL goes on.
+    let mut alone = portmap_config(&previous, json!({}));
+    alone.as_object_mut().unwrap().remove("prevResult");
+    assert!(twins.step("portmap", Command::Add, "err-1", &alone).is_err());
+    assert!(twins.step("portmap", Command::Check, "err-1", &alone).is_err());
+    assert!(twins.step("portmap", Command::Del, "err-1", &alone).is_ok());
+    // No mappings: the previous result passes.
+    let mut none = portmap_config(&previous, json!({}));
+    none["runtimeConfig"] = json!({});
+    assert_eq!(twins.step("portmap", Command::Add, "err-1", &none), Ok(Some(previous)));
+}
+
+/// What one path made, the other deletes.
+#[test]
+fn each_path_deletes_what_the_other_made() {
+    let twins = Twins::new("x");
+    let results: Vec<Value> =
+        [&twins.binary, &twins.native].into_iter().map(|world| attach(world, &world.pod, "x-1", true)).collect();
+    let config = |index: usize| portmap_config(&results[index], json!({}));
+    twins.binary.invoke("portmap", Driver::Binary, Command::Add, "x-1", &config(0)).expect("binary ADD");
+    twins.native.invoke("portmap", Driver::Native, Command::Add, "x-1", &config(1)).expect("native ADD");
+    twins
+        .binary
+        .invoke("portmap", Driver::Native, Command::Del, "x-1", &config(0))
+        .expect("native DEL of the binary's ADD");
+    twins
+        .native
+        .invoke("portmap", Driver::Binary, Command::Del, "x-1", &config(1))
+        .expect("binary DEL of the native ADD");
+    twins.assert_same_state("after each deleted the other's");
+    let binary = twins.binary.state();
+    assert!(!binary.to_string().contains("CNI-DN-"), "no pod chain left: {binary:#}");
+}
+
+/// After a UDP hostPort is set up, the conntrack entries of traffic to that port are gone (an earlier pod's
+/// would otherwise hold the port's packets), and others stay.
+#[test]
+fn stale_udp_conntrack_entries_of_the_host_ports_are_deleted() {
+    support::require_prerequisites();
+    let host = Netns::new(format!("tw-ct-{}", std::process::id()));
+    // Connections are tracked in a namespace once a rule needs conntrack.
+    let track = [
+        "netns",
+        "exec",
+        &host.name,
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "NEW",
+        "-j",
+        "ACCEPT",
+    ];
+    support::run("ip", &track);
+    host.enter(|| {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for port in [5353, 5354] {
+            socket.send_to(b"stale", ("127.0.0.1", port)).unwrap();
+        }
+    });
+    let count = |port: u16| host.enter(|| berth_cni::native::conntrack::count_udp_to_ports(false, &[port]).unwrap());
+    assert_eq!((count(5353), count(5354)), (1, 1), "one entry per port before");
+    host.enter(|| berth_cni::native::conntrack::delete_udp_to_ports(false, &[5353])).unwrap();
+    assert_eq!((count(5353), count(5354)), (0, 1), "the mapped port's entry is gone, the other stays");
+}
