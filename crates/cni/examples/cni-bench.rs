@@ -1,6 +1,7 @@
-//! ADD + DEL latency of berth-cni with Debian's bridge + host-local + portmap + loopback plugins, and the
-//! share of it spent inside the plugins (the rest is berth's own overhead: cache writes with fsync, loopback,
-//! process spawning and pipes). Run by `hack/bench/cni-add.sh` as root.
+//! ADD + DEL latency of berth-cni with the bridge + host-local + portmap + loopback chain, on both paths in
+//! the same run: in process (`[cni] native = "auto"`) and Debian's plugin binaries (`"off"`); and the share
+//! of it spent inside the plugins (the rest is berth's own overhead: the result cache, process spawning and
+//! pipes). Run by `hack/bench/cni-add.sh` as root.
 //!
 //! Like the root tests, everything happens in network namespaces this program creates (a "host" one where
 //! the bridge and iptables rules live, and one pod namespace re-used by every iteration), with the leases in
@@ -57,59 +58,67 @@ fn main() {
     });
     std::fs::write(conf.join("10-bench.conflist"), list.to_string()).unwrap();
     let network = berth_cni::find_network_config(&conf).unwrap();
-    let cni = Cni::new(CniOptions {
-        bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
-        cache_dir: temp.path().join("cache"),
-        plugin_timeout: berth_cni::DEFAULT_PLUGIN_TIMEOUT,
-        native: berth_cni::NativeMode::default(),
-    });
     let pod_path = PathBuf::from("/run/netns").join(&pod);
     let host_ns = PathBuf::from("/run/netns").join(&host);
+    // Both paths in the same run, on the same namespaces: the plugins in process, then the binaries.
+    for mode in [berth_cni::NativeMode::Auto, berth_cni::NativeMode::Off] {
+        let cni = Cni::new(CniOptions {
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            cache_dir: temp.path().join("cache"),
+            plugin_timeout: berth_cni::DEFAULT_PLUGIN_TIMEOUT,
+            native: mode,
+        });
+        let path = cni.chain_path(&network.list);
+        berth_cni::native::netns::within(&host_ns.to_string_lossy(), || {
+            measure(&cni, &network, &pod_path, iterations, &path.to_string())
+        })
+        .unwrap();
+    }
+}
 
+/// ADD + DEL `iterations` times (after one warm-up round) and prints the figures for the path `path`.
+fn measure(cni: &Cni, network: &berth_cni::NetworkConfig, pod_path: &std::path::Path, iterations: usize, path: &str) {
     let (mut adds, mut dels, mut totals, mut plugin_share) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut add_overhead = Vec::new();
     let mut per_plugin: std::collections::BTreeMap<String, Duration> = std::collections::BTreeMap::new();
-    berth_cni::native::netns::within(&host_ns.to_string_lossy(), || {
-        // One warm-up round (creates the bridge and iptables chains, pages in the plugins).
-        for round in 0..=iterations {
-            let container_id = format!("bench{round}");
-            let request = AttachRequest {
-                container_id: container_id.clone(),
-                netns: pod_path.clone(),
-                ifname: "eth0".into(),
-                pod: PodIdentity { namespace: "bench".into(), name: container_id.clone(), uid: container_id.clone() },
-                capabilities: Capabilities {
-                    port_mappings: vec![PortMapping {
-                        host_port: 18000,
-                        container_port: 80,
-                        protocol: "tcp".into(),
-                        host_ip: String::new(),
-                    }],
-                    ..Default::default()
-                },
-                pod_cidr: None,
-            };
-            let started = Instant::now();
-            let attached = cni.add(&network, &request).unwrap();
-            let add = started.elapsed();
-            let reference = AttachmentRef { container_id, ifname: "eth0".into(), netns: Some(pod_path.clone()) };
-            let detached = cni.del(&reference, None).unwrap();
-            let total = started.elapsed();
-            if round == 0 {
-                continue;
-            }
-            adds.push(add);
-            dels.push(total - add);
-            totals.push(total);
-            add_overhead.push(add - attached.timings.in_plugins);
-            for call in attached.timings.calls.iter().chain(&detached.timings.calls) {
-                *per_plugin.entry(format!("{} {}", call.command, call.plugin)).or_default() += call.duration;
-            }
-            let in_plugins = attached.timings.in_plugins + detached.timings.in_plugins;
-            plugin_share.push((in_plugins, total - in_plugins));
+    // One warm-up round (creates the bridge and iptables chains, pages in the plugins).
+    for round in 0..=iterations {
+        let container_id = format!("bench{round}");
+        let request = AttachRequest {
+            container_id: container_id.clone(),
+            netns: pod_path.to_path_buf(),
+            ifname: "eth0".into(),
+            pod: PodIdentity { namespace: "bench".into(), name: container_id.clone(), uid: container_id.clone() },
+            capabilities: Capabilities {
+                port_mappings: vec![PortMapping {
+                    host_port: 18000,
+                    container_port: 80,
+                    protocol: "tcp".into(),
+                    host_ip: String::new(),
+                }],
+                ..Default::default()
+            },
+            pod_cidr: None,
+        };
+        let started = Instant::now();
+        let attached = cni.add(network, &request).unwrap();
+        let add = started.elapsed();
+        let reference = AttachmentRef { container_id, ifname: "eth0".into(), netns: Some(pod_path.to_path_buf()) };
+        let detached = cni.del(&reference, None).unwrap();
+        let total = started.elapsed();
+        if round == 0 {
+            continue;
         }
-    })
-    .unwrap();
+        adds.push(add);
+        dels.push(total - add);
+        totals.push(total);
+        add_overhead.push(add - attached.timings.in_plugins);
+        for call in attached.timings.calls.iter().chain(&detached.timings.calls) {
+            *per_plugin.entry(format!("{} {}", call.command, call.plugin)).or_default() += call.duration;
+        }
+        let in_plugins = attached.timings.in_plugins + detached.timings.in_plugins;
+        plugin_share.push((in_plugins, total - in_plugins));
+    }
     adds.sort();
     dels.sort();
     totals.sort();
@@ -118,7 +127,7 @@ fn main() {
     add_overhead.sort();
     let plugins: Duration = plugin_share.iter().map(|(p, _)| *p).sum();
     let all: Duration = totals.iter().sum();
-    println!("cni-bench: {iterations} iterations of ADD+DEL (bridge + host-local + portmap + loopback)");
+    println!("cni-bench: {iterations} iterations of ADD+DEL (bridge + host-local + portmap + loopback), {path}");
     for (what, values) in [
         ("ADD", &adds),
         ("DEL", &dels),

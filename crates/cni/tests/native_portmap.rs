@@ -232,3 +232,37 @@ fn stale_udp_conntrack_entries_of_the_host_ports_are_deleted() {
     host.enter(|| berth_cni::native::conntrack::delete_udp_to_ports(false, &[5353])).unwrap();
     assert_eq!((count(5353), count(5354)), (0, 1), "the mapped port's entry is gone, the other stays");
 }
+
+/// Pods set up at the same time on a fresh node (the shared chains do not exist yet) all get their
+/// hostPorts, and the shared entry rules exist once.
+#[test]
+fn concurrent_first_pods_keep_each_others_rules() {
+    let twins = Twins::new("conc");
+    let world = &twins.native;
+    let pods: Vec<Netns> = (0..6).map(|i| Netns::new(format!("tw-conc{i}-{}", std::process::id()))).collect();
+    let results: Vec<Value> =
+        pods.iter().enumerate().map(|(i, pod)| attach(world, pod, &format!("conc-{i}"), false)).collect();
+    std::thread::scope(|scope| {
+        for (i, (pod, result)) in pods.iter().zip(&results).enumerate() {
+            scope.spawn(move || {
+                let mut config = portmap_config(result, json!({}));
+                config["runtimeConfig"]["portMappings"] =
+                    json!([{"hostPort": 7100 + i, "containerPort": 80, "protocol": "tcp"}]);
+                world
+                    .invoke_in(pod, "portmap", Driver::Native, Command::Add, &format!("conc-{i}"), &config)
+                    .expect("portmap ADD");
+            });
+        }
+    });
+    let rules = support::run("ip", &["netns", "exec", &world.host.name, "iptables-save", "-t", "nat"]);
+    for i in 0..6 {
+        assert!(rules.contains(&format!("--dports {}", 7100 + i)), "pod {i}'s entry rule is there:\n{rules}");
+    }
+    for chain in ["PREROUTING", "OUTPUT", "POSTROUTING"] {
+        let entries = rules
+            .lines()
+            .filter(|line| line.starts_with(&format!("-A {chain} ")) && line.contains("CNI-HOSTPORT"))
+            .count();
+        assert_eq!(entries, 1, "one shared entry rule in {chain}:\n{rules}");
+    }
+}

@@ -22,6 +22,36 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
+/// Serializes this process's read-modify-write of the nat tables: two pods set up at once must not both
+/// see a rule missing and both add it. (Processes outside berth are not covered, as the binaries' own
+/// check-then-append is not; shared chains are therefore never declared in a batch, which would empty them,
+/// but created on their own with `-N`.)
+static NAT_TABLE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `work` while holding [`NAT_TABLE`].
+pub(super) fn exclusively<T>(work: impl FnOnce() -> T) -> T {
+    let _held = NAT_TABLE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    work()
+}
+
+/// Creates `chain` in the nat table unless it exists (iptables answers 1 when it does).
+pub(super) fn ensure_chain(v6: bool, chain: &str) -> Result<(), String> {
+    let program = tool(v6, "");
+    let output = Command::new(&program)
+        .args(["-t", "nat", "-N", chain, "--wait"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| format!("failed to run {program}: {err}"))?;
+    match output.status.code() {
+        Some(0 | 1) => Ok(()),
+        _ => Err(format!(
+            "running [{program} -t nat -N {chain} --wait]: {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )),
+    }
+}
+
 /// One pod address with its subnet's prefix length, as the IPAM result gave it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Masqueraded {
@@ -74,6 +104,10 @@ pub(super) fn save_quoted(comment: &str) -> String {
 
 /// Adds the masquerading rules for `addresses` (one family each call is not required: they are grouped).
 pub fn set_up(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(), String> {
+    exclusively(|| set_up_locked(addresses, chain, comment))
+}
+
+fn set_up_locked(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(), String> {
     for v6 in [false, true] {
         let family: Vec<Masqueraded> = addresses.iter().copied().filter(|a| a.ip.is_ipv6() == v6).collect();
         if family.is_empty() {
@@ -115,6 +149,10 @@ pub fn set_up(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(
 
 /// Removes what [`set_up`] (or the binary) made for `addresses`; what is already gone is no error.
 pub fn tear_down(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(), String> {
+    exclusively(|| tear_down_locked(addresses, chain, comment))
+}
+
+fn tear_down_locked(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(), String> {
     for v6 in [false, true] {
         let family: Vec<Masqueraded> = addresses.iter().copied().filter(|a| a.ip.is_ipv6() == v6).collect();
         if family.is_empty() {

@@ -31,7 +31,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-use super::iptables::{self, chains, restore, save, save_quoted};
+use super::iptables::{self, chains, ensure_chain, exclusively, restore, save, save_quoted};
 use super::netlink::Netlink;
 use super::{CODE_INTERNAL, Invocation, failed};
 use crate::error::PluginError;
@@ -337,8 +337,13 @@ fn dnat_chain(conf: &Conf, container_id: &str) -> String {
     iptables::chain_name_with_prefix("DN-", &conf.network, container_id)
 }
 
-/// ADD for one family: one iptables-save, one iptables-restore.
+/// ADD for one family: one iptables-save, one iptables-restore (and, on a node's first pod, the shared
+/// chains made with `-N`: declared in a batch, an existing chain would be emptied).
 fn forward(conf: &Conf, container_id: &str, address: (IpAddr, u8)) -> Result<(), String> {
+    exclusively(|| forward_locked(conf, container_id, address))
+}
+
+fn forward_locked(conf: &Conf, container_id: &str, address: (IpAddr, u8)) -> Result<(), String> {
     let v6 = address.0.is_ipv6();
     let saved = save(v6).map_err(|err| format!("failed to open iptables: {err}"))?;
     let existing = chains(&saved);
@@ -356,7 +361,7 @@ fn forward(conf: &Conf, container_id: &str, address: (IpAddr, u8)) -> Result<(),
     if conf.snat {
         if conf.external_set_mark_chain.is_none() {
             if !existing.contains(&SET_MARK) {
-                declare.push_str(&format!(":{SET_MARK} - [0:0]\n"));
+                ensure_chain(v6, SET_MARK).map_err(|err| format!("unable to create chain {SET_MARK}: {err}"))?;
             }
             if !has(SET_MARK, &["--set-xmark", &mark]) {
                 let set_mark = rule(&[
@@ -372,7 +377,7 @@ fn forward(conf: &Conf, container_id: &str, address: (IpAddr, u8)) -> Result<(),
                 body.push_str(&format!("-A {SET_MARK} {}\n", restore_line(&set_mark)));
             }
             if !existing.contains(&MARK_MASQ) {
-                declare.push_str(&format!(":{MARK_MASQ} - [0:0]\n"));
+                ensure_chain(v6, MARK_MASQ).map_err(|err| format!("unable to create chain {MARK_MASQ}: {err}"))?;
             }
             if !has(MARK_MASQ, &["--mark", &mark, "-j MASQUERADE"]) {
                 body.push_str(&format!("-A {MARK_MASQ} -m mark --mark {mark} -j MASQUERADE\n"));
@@ -388,7 +393,7 @@ fn forward(conf: &Conf, container_id: &str, address: (IpAddr, u8)) -> Result<(),
         }
     }
     if !existing.contains(&TOP_LEVEL_DNAT) {
-        declare.push_str(&format!(":{TOP_LEVEL_DNAT} - [0:0]\n"));
+        ensure_chain(v6, TOP_LEVEL_DNAT).map_err(|err| format!("failed to create top-level DNAT chain: {err}"))?;
     }
     for entry_chain in ["PREROUTING", "OUTPUT"] {
         if !has(entry_chain, &["--dst-type LOCAL", &format!("-j {TOP_LEVEL_DNAT}")]) {
@@ -436,6 +441,10 @@ fn enable_localnet_routing(pod_ip: IpAddr) -> Result<(), String> {
 /// DEL: the pod's chain and its entry rules, in each family whose iptables works; the chain of old
 /// versions (`CNI-SN-`) too.
 fn unforward(conf: &Conf, container_id: &str) -> Result<(), String> {
+    exclusively(|| unforward_locked(conf, container_id))
+}
+
+fn unforward_locked(conf: &Conf, container_id: &str) -> Result<(), String> {
     let dnat = dnat_chain(conf, container_id);
     let old_snat = iptables::chain_name_with_prefix("SN-", &conf.network, container_id);
     let mut usable = 0;
