@@ -2,10 +2,10 @@
 //! implementation, must give the same results (or the same CNI error code and message) and leave the same
 //! files (names, contents, modes) after every step; and leases one made, the other releases.
 
-use std::io::Write;
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
 
 use berth_cni::native::{Invocation, host_local};
 use berth_cni::{Command, PluginError};
@@ -13,8 +13,7 @@ use serde_json::{Value, json};
 
 const BINARY: &str = "/usr/lib/cni/host-local";
 
-/// What an invocation gave: a result (or nothing), or a CNI error's code and message.
-type Outcome = Result<Option<Value>, (u32, String)>;
+use support::twins::Outcome;
 
 struct Pair {
     _dir: tempfile::TempDir,
@@ -55,27 +54,7 @@ impl Pair {
 }
 
 fn run_binary(command: Command, id: &str, cni_args: &str, config: &Value) -> Outcome {
-    let mut child = Process::new(BINARY)
-        .env_clear()
-        .env("CNI_COMMAND", command.as_str())
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", "/proc/self/ns/net")
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_ARGS", cni_args)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(config.to_string().as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    let stdout: Option<Value> = serde_json::from_slice(&output.stdout).ok();
-    if output.status.success() {
-        return Ok(stdout);
-    }
-    let error = stdout.unwrap_or_else(|| panic!("{BINARY} failed without a CNI error: {output:?}"));
-    Err((error["code"].as_u64().unwrap() as u32, error["msg"].as_str().unwrap().to_owned()))
+    support::twins::run_binary("host-local", command, id, "/proc/self/ns/net", cni_args, config)
 }
 
 /// Every file under `dir` (relative path, content, mode), sorted.

@@ -36,7 +36,10 @@ use serde_json::{Map, Value, json};
 use super::iptables::{self, Masqueraded};
 use super::netlink::{Link, Netlink, NetlinkError, errno_text, format_mac};
 use super::netns::{self, Unusable};
-use super::{CODE_INCOMPATIBLE_VERSION, CODE_INTERNAL, Invocation, failed, host_local, load_args, prints_results_for};
+use super::{
+    CODE_INCOMPATIBLE_VERSION, CODE_INTERNAL, Invocation, failed, host_local, json_kind, load_args, parse_cidr,
+    prints_results_for,
+};
 use crate::error::PluginError;
 use crate::exec::Command;
 
@@ -174,17 +177,6 @@ impl Conf {
     }
 }
 
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
 /// A 6-byte MAC in the notations Go's `net.ParseMAC` reads: `aa:bb:cc:dd:ee:ff`, `aa-bb-...`,
 /// `aabb.ccdd.eeff`.
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -232,13 +224,6 @@ struct RouteEntry {
     destination: IpAddr,
     prefix: u8,
     gateway: Option<IpAddr>,
-}
-
-fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
-    let (ip, prefix) = text.split_once('/')?;
-    let ip: IpAddr = ip.parse().ok()?;
-    let prefix: u8 = prefix.parse().ok()?;
-    (prefix <= if ip.is_ipv4() { 32 } else { 128 }).then_some((ip, prefix))
 }
 
 /// The addresses and routes of a result (IPAM's, or the previous result at CHECK).

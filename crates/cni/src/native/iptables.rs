@@ -104,23 +104,14 @@ pub(super) fn save_quoted(comment: &str) -> String {
 
 /// Adds the masquerading rules for `addresses` (one family each call is not required: they are grouped).
 pub fn set_up(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(), String> {
-    exclusively(|| set_up_locked(addresses, chain, comment))
-}
-
-fn set_up_locked(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(), String> {
-    for v6 in [false, true] {
-        let family: Vec<Masqueraded> = addresses.iter().copied().filter(|a| a.ip.is_ipv6() == v6).collect();
-        if family.is_empty() {
-            continue;
-        }
-        let saved = save(v6)?;
-        let quoted = save_quoted(comment);
+    let quoted = save_quoted(comment);
+    per_family(addresses, |v6, family, saved| {
         let multicast = if v6 { "ff00::/8" } else { "224.0.0.0/4" };
         let chain_rule = format!("-A {chain} ");
         let mut rules: Vec<String> =
             saved.lines().filter(|line| line.starts_with(&chain_rule)).map(str::to_owned).collect();
         let mut jumps = Vec::new();
-        for address in &family {
+        for address in family {
             let subnet = network_of(address.ip, address.prefix);
             let host = host_prefix(address.ip);
             for rule in [
@@ -142,26 +133,16 @@ fn set_up_locked(addresses: &[Masqueraded], chain: &str, comment: &str) -> Resul
             batch.push('\n');
         }
         batch.push_str("COMMIT\n");
-        restore(v6, &batch)?;
-    }
-    Ok(())
+        restore(v6, &batch)
+    })
 }
 
 /// Removes what [`set_up`] (or the binary) made for `addresses`; what is already gone is no error.
 pub fn tear_down(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(), String> {
-    exclusively(|| tear_down_locked(addresses, chain, comment))
-}
-
-fn tear_down_locked(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(), String> {
-    for v6 in [false, true] {
-        let family: Vec<Masqueraded> = addresses.iter().copied().filter(|a| a.ip.is_ipv6() == v6).collect();
-        if family.is_empty() {
-            continue;
-        }
-        let saved = save(v6)?;
-        let quoted = save_quoted(comment);
+    let quoted = save_quoted(comment);
+    per_family(addresses, |v6, family, saved| {
         let mut batch = String::from("*nat\n");
-        for address in &family {
+        for address in family {
             // The jump from the address, and the one older versions made from the subnet.
             for source in
                 [format!("{}/{}", address.ip, host_prefix(address.ip)), network_of(address.ip, address.prefix)]
@@ -172,15 +153,32 @@ fn tear_down_locked(addresses: &[Masqueraded], chain: &str, comment: &str) -> Re
                 }
             }
         }
-        if chains(&saved).contains(&chain) {
+        if chains(saved).contains(&chain) {
             batch.push_str(&format!("-F {chain}\n-X {chain}\n"));
         }
-        if batch.lines().count() > 1 {
-            batch.push_str("COMMIT\n");
-            restore(v6, &batch)?;
+        if batch.lines().count() == 1 {
+            return Ok(());
         }
-    }
-    Ok(())
+        batch.push_str("COMMIT\n");
+        restore(v6, &batch)
+    })
+}
+
+/// Runs `work` for each address family of `addresses`, with that family's addresses and its nat table as
+/// iptables-save prints it, one family after the other and holding [`NAT_TABLE`].
+fn per_family(
+    addresses: &[Masqueraded],
+    mut work: impl FnMut(bool, &[Masqueraded], &str) -> Result<(), String>,
+) -> Result<(), String> {
+    exclusively(|| {
+        for v6 in [false, true] {
+            let family: Vec<Masqueraded> = addresses.iter().copied().filter(|a| a.ip.is_ipv6() == v6).collect();
+            if !family.is_empty() {
+                work(v6, &family, &save(v6)?)?;
+            }
+        }
+        Ok(())
+    })
 }
 
 fn tool(v6: bool, suffix: &str) -> String {

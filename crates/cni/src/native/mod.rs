@@ -102,6 +102,27 @@ fn load_args<'a>(cni_args: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a 
     Ok(values)
 }
 
+/// The JSON type Go's `encoding/json` names when a value does not fit a field ("cannot unmarshal string
+/// into Go struct field ... of type bool"): the native plugins refuse configurations with the same words.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// `address/prefix` as a result writes it (`10.1.0.5/16`, the address kept as written).
+fn parse_cidr(text: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (ip, prefix) = text.split_once('/')?;
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    (prefix <= if ip.is_ipv4() { 32 } else { 128 }).then_some((ip, prefix))
+}
+
 /// The spec versions whose result format the native plugins print (the Go plugins also speak 0.1.0 and
 /// 0.2.0, whose results have another shape; a chain declaring those runs the binaries).
 pub fn prints_results_for(cni_version: &str) -> bool {

@@ -33,7 +33,7 @@ use serde_json::Value;
 
 use super::iptables::{self, chains, ensure_chain, exclusively, restore, save, save_quoted};
 use super::netlink::Netlink;
-use super::{CODE_INTERNAL, Invocation, failed};
+use super::{CODE_INTERNAL, Invocation, failed, json_kind, parse_cidr};
 use crate::error::PluginError;
 use crate::exec::Command;
 
@@ -125,7 +125,7 @@ impl Conf {
         let parse_error = |key: &str, want: &str, value: &Value| {
             format!(
                 "failed to parse network configuration: json: cannot unmarshal {} into Go struct field PortMapConf.{key} of type {want}",
-                kind(value)
+                json_kind(value)
             )
         };
         let snat = match config.get("snat") {
@@ -234,22 +234,6 @@ impl Conf {
     fn set_mark_chain(&self) -> &str {
         self.external_set_mark_chain.as_deref().unwrap_or(SET_MARK)
     }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
-    let (ip, prefix) = text.split_once('/')?;
-    Some((ip.parse().ok()?, prefix.parse().ok()?))
 }
 
 /// An iptables rule as the arguments after the chain name.

@@ -65,7 +65,7 @@ impl World {
         let config = self.config(config);
         let netns = pod.path.to_string_lossy().into_owned();
         match driver {
-            Driver::Binary => self.host.enter(|| run_binary(plugin, command, id, &netns, &config)),
+            Driver::Binary => self.host.enter(|| run_binary(plugin, command, id, &netns, "", &config)),
             Driver::Native => self.host.enter(|| {
                 let invocation = Invocation { command, container_id: id, netns: &netns, ifname: "eth0", cni_args: "" };
                 berth_cni::native::run(plugin, &invocation, &config).map_err(|err| match err {
@@ -86,7 +86,8 @@ impl World {
     }
 }
 
-fn run_binary(plugin: &str, command: Command, id: &str, netns: &str, config: &Value) -> Outcome {
+/// Runs Debian's binary of `plugin` with `config` on stdin, in the calling thread's namespaces.
+pub fn run_binary(plugin: &str, command: Command, id: &str, netns: &str, cni_args: &str, config: &Value) -> Outcome {
     let binary = Path::new(PLUGIN_DIR).join(plugin);
     let mut child = Process::new(&binary)
         .env_clear()
@@ -94,6 +95,7 @@ fn run_binary(plugin: &str, command: Command, id: &str, netns: &str, config: &Va
         .env("CNI_CONTAINERID", id)
         .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", cni_args)
         .env("CNI_PATH", PLUGIN_DIR)
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::piped())
