@@ -40,12 +40,26 @@ start_bench_daemon() {
   berth_bridge=$bridge
   # BERTH_BENCH_BREAKDOWN=1: every RPC's and step's timing, printed by hack/bench/breakdown.py.
   if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then export BERTH_LOG=berth=debug; fi
+  serve_bench_berth
+}
+
+# serve_bench_berth: berth serving $work/config.toml, its log in $work/daemon.log; the image pulled.
+serve_bench_berth() {
   evict_from_page_cache "$target/release/berth"
   "$target/release/berth" serve --config "$work/config.toml" 2>"$work/daemon.log" &
   daemon_pid=$!
   for _ in $(seq 200); do [[ -S $work/run/berth/berth.sock ]] && break; sleep 0.05; done
   endpoint="unix://$work/run/berth/berth.sock"
   "$target/release/berth" -r "$endpoint" pull "$image" >/dev/null
+}
+
+# restart_bench_berth NATIVE: berth again on the same work directory and registry, with `[cni] native =
+# NATIVE` (`off`: the plugin binaries), after the previous daemon stopped and its bridge went.
+restart_bench_berth() {
+  stop_bench_daemon
+  ip link del "$berth_bridge" 2>/dev/null || true
+  BENCH_CNI_NATIVE=$1 write_bench_config "$berth_bridge"
+  serve_bench_berth
 }
 
 # write_bench_config BRIDGE: berth's $work/config.toml (root on the ext4, state on the tmpfs, the registry at
@@ -63,6 +77,7 @@ state = "$work/run/berth"
 socket = "$work/run/berth/berth.sock"
 [cni]
 conf_dir = "$work/cni"
+native = "${BENCH_CNI_NATIVE:-auto}"
 [registries."$registry"]
 insecure = true
 [log]

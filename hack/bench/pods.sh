@@ -7,9 +7,12 @@
 # of the sequential pods (torn down as kubelet does: StopContainer, RemoveContainer, StopPodSandbox,
 # RemovePodSandbox); per-pod RSS and PSS of the shims; the runtime's total PSS (daemon
 # plus per-pod processes: the memory they take together, where RSS counts the binary they share once per
-# process). Pods are wired by Debian's bridge + host-local + portmap + loopback plugins
-# (hack/cni/10-berth-bridge.conflist). Root; everything — registry, daemon, bridge, pods — runs in a network
-# namespace of its own, so the host's network is untouched.
+# process). Pods are wired by the bridge + host-local + portmap + loopback chain
+# (hack/cni/10-berth-bridge.conflist), which berth runs in process. Root; everything — registry, daemon,
+# bridge, pods — runs in a network namespace of its own, so the host's network is untouched.
+#
+# With BERTH_BENCH_BINARIES=1, berth is measured a second time with `[cni] native = "off"`: the same chain
+# executed as Debian's plugin binaries (1.1.1), as containerd executes them.
 #
 # With BERTH_BENCH_CONTAINERD=1, the same client then measures containerd (Debian's package, CRI plugin, runc;
 # hack/bench/containerd.sh) in the same namespace, after berth is stopped. Its memory per pod is its shim
@@ -52,6 +55,11 @@ run_bench() {
 start_bench_daemon berth-bench-pods berthbench0
 run_bench "berth $("$target/release/berth" --version | awk '{print $2}')"
 if [[ -n ${BERTH_BENCH_BREAKDOWN:-} ]]; then python3 hack/bench/breakdown.py "$work/daemon.log"; fi
+if [[ -n ${BERTH_BENCH_BINARIES:-} ]]; then
+  echo
+  restart_bench_berth off
+  run_bench "berth $("$target/release/berth" --version | awk '{print $2}') with the plugin binaries"
+fi
 if [[ -n ${BERTH_BENCH_CONTAINERD:-} ]]; then
   echo
   start_bench_containerd berthctd0

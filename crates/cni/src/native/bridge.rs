@@ -13,7 +13,7 @@
 //!    `isDefaultGateway` a default route through the gateway is added unless the IPAM result has one. In the
 //!    pod's namespace: `accept_dad` (and `enhanced_dad` with `enabledad`), `arp_notify`, IPv6 enabled when
 //!    an IPv6 address comes, the addresses, the link up, the routes. The bridge port must come up (it is
-//!    polled for up to 2.5 s). With `isGateway`, the gateways go on the bridge (an IPv4 bridge address that
+//!    polled for up to 3 s). With `isGateway`, the gateways go on the bridge (an IPv4 bridge address that
 //!    differs is an error unless `forceAddress`), the bridge's MAC is pinned, and forwarding is enabled; with
 //!    `ipMasq`, the rules of [`super::iptables`]. A failure after IPAM releases the addresses.
 //!    Without `ipam` the pod's interface is only set up (layer 2).
@@ -633,20 +633,25 @@ fn settle_addresses(ifname: &str) {
     }
 }
 
-/// The bridge port must be operationally up before the pod is reported ready (the binary polls at 0, 50,
-/// 500, 1000 and 1000 ms).
+/// The bridge port must be operationally up before the pod is reported ready. The kernel sets that state a
+/// moment after the link came up (its link watch runs deferred), usually within a millisecond: it is polled
+/// with growing pauses from 1 ms, up to 3 s in all (the binary polls at 0, 50, 500, 1000 and 1000 ms, so a
+/// port not up at once costs it 50 ms).
 fn wait_for_port(host: &mut Netlink, name: &str) -> Result<(), String> {
-    for (attempt, pause) in [0u64, 50, 500, 1000, 1000].into_iter().enumerate() {
-        std::thread::sleep(Duration::from_millis(pause));
+    let mut pause = Duration::ZERO;
+    let mut waited = Duration::ZERO;
+    loop {
+        std::thread::sleep(pause);
+        waited += pause;
         let link = host.link(name).map_err(|err| go_text(&err))?.ok_or("Link not found")?;
         if link.oper_up {
             return Ok(());
         }
-        if attempt == 4 {
+        if waited >= Duration::from_secs(3) {
             return Err("bridge port in error state: down".into());
         }
+        pause = (pause * 2).clamp(Duration::from_millis(1), Duration::from_millis(500));
     }
-    Ok(())
 }
 
 /// The binary's `ensureAddr`: the gateway address on the bridge unless there; an IPv4 address (or an

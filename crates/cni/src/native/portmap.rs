@@ -423,7 +423,9 @@ fn enable_localnet_routing(pod_ip: IpAddr) -> Result<(), String> {
 }
 
 /// DEL: the pod's chain and its entry rules, in each family whose iptables works; the chain of old
-/// versions (`CNI-SN-`) too.
+/// versions (`CNI-SN-`) too. With a previous result (the runtime passes the cached one), only the families
+/// of the pod's addresses are read: the other cannot hold the pod's chain, and each family's read costs a
+/// process.
 fn unforward(conf: &Conf, container_id: &str) -> Result<(), String> {
     exclusively(|| unforward_locked(conf, container_id))
 }
@@ -431,8 +433,15 @@ fn unforward(conf: &Conf, container_id: &str) -> Result<(), String> {
 fn unforward_locked(conf: &Conf, container_id: &str) -> Result<(), String> {
     let dnat = dnat_chain(conf, container_id);
     let old_snat = iptables::chain_name_with_prefix("SN-", &conf.network, container_id);
+    let families: Vec<bool> = match (conf.previous.is_some(), conf.v4, conf.v6) {
+        (true, v4, v6) if v4.is_some() || v6.is_some() => [(false, v4.is_some()), (true, v6.is_some())]
+            .into_iter()
+            .filter_map(|(v6, present)| present.then_some(v6))
+            .collect(),
+        _ => vec![false, true],
+    };
     let mut usable = 0;
-    for v6 in [false, true] {
+    for v6 in families {
         let Ok(saved) = save(v6) else { continue };
         usable += 1;
         let existing = chains(&saved);
