@@ -243,7 +243,7 @@ async fn main() {
         Some(daemon) => {
             let settle = std::env::var("BENCH_SETTLE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
             tokio::time::sleep(Duration::from_secs(settle)).await;
-            Some(kib(daemon, "Rss") / 1024.0)
+            Some((kib(daemon, "Rss") / 1024.0, kib(daemon, "Anonymous") / 1024.0))
         }
         None => None,
     };
@@ -270,8 +270,9 @@ async fn main() {
         percentile(&mut removal, 0.5),
         percentile(&mut removal, 0.9)
     );
-    if let Some(rss) = idle_after {
-        println!("daemon RSS idle after all removed {rss:5.1} MiB");
+    if let Some((rss, anonymous)) = idle_after {
+        // Anonymous is the daemon's own memory (heap, stacks); the rest is the binary's and libraries' pages.
+        println!("daemon RSS idle after all removed {rss:5.1} MiB  (anonymous {anonymous:.1} MiB)");
     }
     println!("per RPC, sequential pods, at the client:");
     for (name, samples) in &mut rpcs.0 {

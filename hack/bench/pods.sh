@@ -48,7 +48,8 @@ export BENCH_SETTLE_SECONDS=${BENCH_SETTLE_SECONDS:-12}
 run_bench() {
   sleep "$BENCH_SETTLE_SECONDS"
   printf '%s, %s pods, concurrency %s\n' "$1" "$pods" "$concurrency"
-  printf 'daemon RSS idle (image pulled)  %7.1f MiB\n' "$(awk '/^VmRSS:/ { print $2 / 1024 }' "/proc/$daemon_pid/status")"
+  printf "daemon RSS idle (image pulled)  %7.1f MiB  (anonymous %.1f MiB)\n" \
+    "$(awk "/^VmRSS:/ { print \$2 / 1024 }" "/proc/$daemon_pid/status")" "$(awk "/^RssAnon:/ { print \$2 / 1024 }" "/proc/$daemon_pid/status")"
   BENCH_DAEMON_PID=$daemon_pid "$target/release/examples/pod-bench" "$endpoint" "$image" "$pods" "$concurrency"
 }
 

@@ -258,6 +258,7 @@ fn serve(config_path: Option<PathBuf>) -> Result<(), String> {
     let path = config_path.unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
     let config = Config::load(&path, required).map_err(|err| chain(&err))?;
     crate::logging::init(&config.log);
+    crate::daemon::heap::limit_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berth-worker")

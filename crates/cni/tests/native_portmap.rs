@@ -8,7 +8,7 @@ mod support;
 use berth_cni::Command;
 use serde_json::{Value, json};
 use support::Netns;
-use support::twins::{Driver, Twins, World};
+use support::twins::{Driver, Twins, World, masked};
 
 fn bridge_config(dual_stack: bool) -> Value {
     let mut ranges = vec![json!([{"subnet": "10.66.0.0/24"}])];
@@ -265,4 +265,71 @@ fn concurrent_first_pods_keep_each_others_rules() {
             .count();
         assert_eq!(entries, 1, "one shared entry rule in {chain}:\n{rules}");
     }
+}
+
+/// A hostPort that is taken, by a host process listening on it and by another pod's mapping: neither path
+/// refuses it (portmap never checks; kubelet's scheduling keeps hostPorts apart), both leave the same rules,
+/// and the pod mapped first keeps the port's traffic until it is deleted.
+#[test]
+fn a_taken_host_port_is_mapped_the_same_way() {
+    let twins = Twins::new("taken");
+    let listeners: Vec<std::net::TcpListener> = [&twins.binary, &twins.native]
+        .into_iter()
+        .map(|world| world.host.enter(|| std::net::TcpListener::bind("0.0.0.0:8080")).expect("a host listener"))
+        .collect();
+    let second_pods = [
+        Netns::new(format!("tw-taken2-b-{}", std::process::id())),
+        Netns::new(format!("tw-taken2-n-{}", std::process::id())),
+    ];
+    let results: Vec<(Value, Value)> = [&twins.binary, &twins.native]
+        .into_iter()
+        .zip(&second_pods)
+        .map(|(world, second)| (attach(world, &world.pod, "taken-a", false), attach(world, second, "taken-b", false)))
+        .collect();
+    let config_a = |world: &World| {
+        let index = usize::from(std::ptr::eq(world, &twins.native));
+        portmap_config(&results[index].0, json!({}))
+    };
+    twins.step_with("portmap", Command::Add, "taken-a", config_a).1.expect("ADD of a port a host process holds");
+    let config_b = |index: usize| {
+        let mut config = portmap_config(&results[index].1, json!({}));
+        config["runtimeConfig"]["portMappings"] = json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]);
+        config
+    };
+    let add_b = [
+        twins.binary.invoke_in(&second_pods[0], "portmap", Driver::Binary, Command::Add, "taken-b", &config_b(0)),
+        twins.native.invoke_in(&second_pods[1], "portmap", Driver::Native, Command::Add, "taken-b", &config_b(1)),
+    ];
+    assert!(add_b[0].is_ok(), "the binary maps a port another pod maps: {:?}", add_b[0]);
+    assert_eq!(masked(&add_b[1]), masked(&add_b[0]), "the same answer");
+    twins.assert_same_state("after both pods mapped 8080");
+    let rules: String = twins.native.state()["host"]["iptables"]
+        .as_array()
+        .expect("iptables-save lines")
+        .iter()
+        .filter_map(|line| Some(format!("{}\n", line.as_str()?)))
+        .collect();
+    let first_pod_chain = rules
+        .lines()
+        .find(|line| line.starts_with("-A CNI-HOSTPORT-DNAT "))
+        .and_then(|line| line.rsplit_once("-j ").map(|(_, chain)| chain.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no jump in CNI-HOSTPORT-DNAT:\n{rules}"));
+    let first_pod_address = results[1].0["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
+    assert!(
+        rules.lines().any(|line| line.starts_with(&format!("-A {first_pod_chain} "))
+            && line.contains(&format!("--to-destination {first_pod_address}:80"))),
+        "the first pod's chain ({first_pod_chain}, {first_pod_address}) comes first:\n{rules}"
+    );
+    // Deleting the first pod hands the port to the second; deleting the second leaves no pod chain.
+    twins.step_with("portmap", Command::Del, "taken-a", config_a).1.expect("DEL");
+    let rules = twins.native.state()["host"]["iptables"].to_string();
+    assert!(rules.contains("8080"), "the second pod keeps its mapping: {rules}");
+    let del_b = [
+        twins.binary.invoke_in(&second_pods[0], "portmap", Driver::Binary, Command::Del, "taken-b", &config_b(0)),
+        twins.native.invoke_in(&second_pods[1], "portmap", Driver::Native, Command::Del, "taken-b", &config_b(1)),
+    ];
+    assert_eq!(masked(&del_b[1]), masked(&del_b[0]));
+    twins.assert_same_state("after both DELs");
+    assert!(!twins.native.state().to_string().contains("CNI-DN-"), "no pod chain left");
+    drop(listeners);
 }
