@@ -106,18 +106,27 @@ fn without_snat_with_conditions_and_another_mark_bit() {
     );
 }
 
+/// Two pods in each world: the world's own (`<tag>-a`) and a second namespace per world (`<tag>-b`), both
+/// attached by the bridge; returns the second namespaces (binary's, native's) and each world's two results.
+fn two_pods(twins: &Twins, tag: &str) -> ([Netns; 2], Vec<(Value, Value)>) {
+    let second_pods = [
+        Netns::new(format!("tw-{tag}2-b-{}", std::process::id())),
+        Netns::new(format!("tw-{tag}2-n-{}", std::process::id())),
+    ];
+    let results = [&twins.binary, &twins.native]
+        .into_iter()
+        .zip(&second_pods)
+        .map(|(world, second)| {
+            (attach(world, &world.pod, &format!("{tag}-a"), false), attach(world, second, &format!("{tag}-b"), false))
+        })
+        .collect();
+    (second_pods, results)
+}
+
 #[test]
 fn two_pods_share_the_top_level_chains() {
     let twins = Twins::new("two");
-    let second_pods = [
-        Netns::new(format!("tw-two2-b-{}", std::process::id())),
-        Netns::new(format!("tw-two2-n-{}", std::process::id())),
-    ];
-    let results: Vec<(Value, Value)> = [&twins.binary, &twins.native]
-        .into_iter()
-        .zip(&second_pods)
-        .map(|(world, second)| (attach(world, &world.pod, "two-a", false), attach(world, second, "two-b", false)))
-        .collect();
+    let (second_pods, results) = two_pods(&twins, "two");
     let config_a = |world: &World| {
         let index = usize::from(std::ptr::eq(world, &twins.native));
         portmap_config(&results[index].0, json!({}))
@@ -277,15 +286,7 @@ fn a_taken_host_port_is_mapped_the_same_way() {
         .into_iter()
         .map(|world| world.host.enter(|| std::net::TcpListener::bind("0.0.0.0:8080")).expect("a host listener"))
         .collect();
-    let second_pods = [
-        Netns::new(format!("tw-taken2-b-{}", std::process::id())),
-        Netns::new(format!("tw-taken2-n-{}", std::process::id())),
-    ];
-    let results: Vec<(Value, Value)> = [&twins.binary, &twins.native]
-        .into_iter()
-        .zip(&second_pods)
-        .map(|(world, second)| (attach(world, &world.pod, "taken-a", false), attach(world, second, "taken-b", false)))
-        .collect();
+    let (second_pods, results) = two_pods(&twins, "taken");
     let config_a = |world: &World| {
         let index = usize::from(std::ptr::eq(world, &twins.native));
         portmap_config(&results[index].0, json!({}))
