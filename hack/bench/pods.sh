@@ -48,8 +48,10 @@ export BENCH_SETTLE_SECONDS=${BENCH_SETTLE_SECONDS:-12}
 run_bench() {
   sleep "$BENCH_SETTLE_SECONDS"
   printf '%s, %s pods, concurrency %s\n' "$1" "$pods" "$concurrency"
-  printf "daemon RSS idle (image pulled)  %7.1f MiB  (anonymous %.1f MiB)\n" \
-    "$(awk "/^VmRSS:/ { print \$2 / 1024 }" "/proc/$daemon_pid/status")" "$(awk "/^RssAnon:/ { print \$2 / 1024 }" "/proc/$daemon_pid/status")"
+  # Anonymous memory is the daemon's own (heap, stacks); the rest of its RSS is pages of the binary and libc.
+  awk '/^VmRSS:/ { rss = $2 } /^RssAnon:/ { anonymous = $2 }
+       END { printf "daemon RSS idle (image pulled)  %7.1f MiB  (anonymous %.1f MiB)\n", rss / 1024, anonymous / 1024 }' \
+    "/proc/$daemon_pid/status"
   BENCH_DAEMON_PID=$daemon_pid "$target/release/examples/pod-bench" "$endpoint" "$image" "$pods" "$concurrency"
 }
 

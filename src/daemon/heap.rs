@@ -53,13 +53,13 @@ pub fn spawn_trimmer(period: Duration) -> tokio::task::JoinHandle<()> {
 
 /// How many arenas glibc may make. By default it makes one per thread that allocates while another holds
 /// an arena, up to 8 per core; each keeps its own long-lived blocks and free fragments that a trim cannot give
-/// back. After 50 pods created and removed the daemon held 13 thread arenas of 0.2 to 1 MiB each, resident.
+/// back. After 100 pods created and removed the daemon held 13 thread arenas of 0.2 to 1 MiB each, resident.
 /// Two arenas are enough for the daemon's allocation rate: its threads spend their time in syscalls.
 const ARENAS: i32 = 2;
 
 /// Caps the allocator's arenas at [`ARENAS`]; call before the runtime starts its threads.
 pub fn limit_arenas() {
-    // SAFETY: mallopt only sets an allocator parameter; with one thread running nothing can race it.
+    // SAFETY: mallopt only sets an allocator parameter, under the allocator's own lock.
     let accepted = unsafe { nix::libc::mallopt(nix::libc::M_ARENA_MAX, ARENAS) };
     if accepted != 1 {
         tracing::debug!("the allocator refused M_ARENA_MAX={ARENAS}; it keeps one arena per busy thread");

@@ -8,7 +8,7 @@ mod support;
 use berth_cni::Command;
 use serde_json::{Value, json};
 use support::Netns;
-use support::twins::{Driver, Twins, World, masked};
+use support::twins::{Driver, Outcome, Twins, World, masked};
 
 fn bridge_config(dual_stack: bool) -> Value {
     let mut ranges = vec![json!([{"subnet": "10.66.0.0/24"}])];
@@ -106,42 +106,68 @@ fn without_snat_with_conditions_and_another_mark_bit() {
     );
 }
 
-/// Two pods in each world: the world's own (`<tag>-a`) and a second namespace per world (`<tag>-b`), both
-/// attached by the bridge; returns the second namespaces (binary's, native's) and each world's two results.
-fn two_pods(twins: &Twins, tag: &str) -> ([Netns; 2], Vec<(Value, Value)>) {
-    let second_pods = [
-        Netns::new(format!("tw-{tag}2-b-{}", std::process::id())),
-        Netns::new(format!("tw-{tag}2-n-{}", std::process::id())),
-    ];
-    let results = [&twins.binary, &twins.native]
-        .into_iter()
-        .zip(&second_pods)
-        .map(|(world, second)| {
-            (attach(world, &world.pod, &format!("{tag}-a"), false), attach(world, second, &format!("{tag}-b"), false))
-        })
-        .collect();
-    (second_pods, results)
+/// `portmap_config` for a pod whose result is `previous`, mapping `mappings` instead of [`mappings()`].
+fn portmap_with(previous: &Value, mappings: Value) -> Value {
+    let mut config = portmap_config(previous, json!({}));
+    config["runtimeConfig"]["portMappings"] = mappings;
+    config
+}
+
+/// Two pods in each world, both attached by the bridge: the world's own (`<tag>-a`) and a second namespace
+/// per world (`<tag>-b`).
+struct TwoPods {
+    tag: String,
+    /// The second pods' namespaces: the binary world's, the native world's.
+    second: [Netns; 2],
+    /// Each world's (first pod's result, second pod's result), in the same order.
+    results: Vec<(Value, Value)>,
+}
+
+impl TwoPods {
+    fn attach(twins: &Twins, tag: &str) -> TwoPods {
+        let second = [
+            Netns::new(format!("tw-{tag}2-b-{}", std::process::id())),
+            Netns::new(format!("tw-{tag}2-n-{}", std::process::id())),
+        ];
+        let results = [&twins.binary, &twins.native]
+            .into_iter()
+            .zip(&second)
+            .map(|(world, second)| {
+                (
+                    attach(world, &world.pod, &format!("{tag}-a"), false),
+                    attach(world, second, &format!("{tag}-b"), false),
+                )
+            })
+            .collect();
+        TwoPods { tag: tag.to_owned(), second, results }
+    }
+
+    /// The portmap configuration of `world`'s first pod, with the default [`mappings()`].
+    fn first_config(&self, twins: &Twins, world: &World) -> Value {
+        let index = usize::from(std::ptr::eq(world, &twins.native));
+        portmap_config(&self.results[index].0, json!({}))
+    }
+
+    /// portmap `command` for each world's second pod, mapping `mappings`: the binary's answer, the native one.
+    fn second_step(&self, twins: &Twins, command: Command, mappings: &Value) -> [Outcome; 2] {
+        let id = format!("{}-b", self.tag);
+        let config = |index: usize| portmap_with(&self.results[index].1, mappings.clone());
+        [
+            twins.binary.invoke_in(&self.second[0], "portmap", Driver::Binary, command, &id, &config(0)),
+            twins.native.invoke_in(&self.second[1], "portmap", Driver::Native, command, &id, &config(1)),
+        ]
+    }
 }
 
 #[test]
 fn two_pods_share_the_top_level_chains() {
     let twins = Twins::new("two");
-    let (second_pods, results) = two_pods(&twins, "two");
-    let config_a = |world: &World| {
-        let index = usize::from(std::ptr::eq(world, &twins.native));
-        portmap_config(&results[index].0, json!({}))
-    };
+    let pods = TwoPods::attach(&twins, "two");
+    let config_a = |world: &World| pods.first_config(&twins, world);
     twins.step_with("portmap", Command::Add, "two-a", config_a).1.expect("ADD");
     // The second pod maps other ports; it runs in each world's second pod namespace.
-    let config_b = |index: usize| {
-        let mut config = portmap_config(&results[index].1, json!({}));
-        config["runtimeConfig"]["portMappings"] = json!([{"hostPort": 7070, "containerPort": 70, "protocol": "tcp"}]);
-        config
-    };
-    let binary =
-        twins.binary.invoke_in(&second_pods[0], "portmap", Driver::Binary, Command::Add, "two-b", &config_b(0));
-    let native =
-        twins.native.invoke_in(&second_pods[1], "portmap", Driver::Native, Command::Add, "two-b", &config_b(1));
+    let mappings_b = json!([{"hostPort": 7070, "containerPort": 70, "protocol": "tcp"}]);
+    let [binary, native] = pods.second_step(&twins, Command::Add, &mappings_b);
     assert!(binary.is_ok() && native.is_ok(), "{binary:?} {native:?}");
     twins.assert_same_state("after the second pod's ADD");
     // Deleting the first pod leaves the shared chains and the second pod's rules.
@@ -149,10 +175,7 @@ fn two_pods_share_the_top_level_chains() {
     let rules = twins.native.state()["host"]["iptables"].to_string();
     assert!(rules.contains("7070") && rules.contains("CNI-HOSTPORT-SETMARK"), "{rules}");
     assert!(!rules.contains("8080"), "{rules}");
-    let binary =
-        twins.binary.invoke_in(&second_pods[0], "portmap", Driver::Binary, Command::Del, "two-b", &config_b(0));
-    let native =
-        twins.native.invoke_in(&second_pods[1], "portmap", Driver::Native, Command::Del, "two-b", &config_b(1));
+    let [binary, native] = pods.second_step(&twins, Command::Del, &mappings_b);
     assert_eq!(native, binary);
     twins.assert_same_state("after both DELs");
 }
@@ -254,9 +277,8 @@ fn concurrent_first_pods_keep_each_others_rules() {
     std::thread::scope(|scope| {
         for (i, (pod, result)) in pods.iter().zip(&results).enumerate() {
             scope.spawn(move || {
-                let mut config = portmap_config(result, json!({}));
-                config["runtimeConfig"]["portMappings"] =
-                    json!([{"hostPort": 7100 + i, "containerPort": 80, "protocol": "tcp"}]);
+                let config =
+                    portmap_with(result, json!([{"hostPort": 7100 + i, "containerPort": 80, "protocol": "tcp"}]));
                 world
                     .invoke_in(pod, "portmap", Driver::Native, Command::Add, &format!("conc-{i}"), &config)
                     .expect("portmap ADD");
@@ -286,21 +308,11 @@ fn a_taken_host_port_is_mapped_the_same_way() {
         .into_iter()
         .map(|world| world.host.enter(|| std::net::TcpListener::bind("0.0.0.0:8080")).expect("a host listener"))
         .collect();
-    let (second_pods, results) = two_pods(&twins, "taken");
-    let config_a = |world: &World| {
-        let index = usize::from(std::ptr::eq(world, &twins.native));
-        portmap_config(&results[index].0, json!({}))
-    };
+    let pods = TwoPods::attach(&twins, "taken");
+    let config_a = |world: &World| pods.first_config(&twins, world);
     twins.step_with("portmap", Command::Add, "taken-a", config_a).1.expect("ADD of a port a host process holds");
-    let config_b = |index: usize| {
-        let mut config = portmap_config(&results[index].1, json!({}));
-        config["runtimeConfig"]["portMappings"] = json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]);
-        config
-    };
-    let add_b = [
-        twins.binary.invoke_in(&second_pods[0], "portmap", Driver::Binary, Command::Add, "taken-b", &config_b(0)),
-        twins.native.invoke_in(&second_pods[1], "portmap", Driver::Native, Command::Add, "taken-b", &config_b(1)),
-    ];
+    let mappings_b = json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]);
+    let add_b = pods.second_step(&twins, Command::Add, &mappings_b);
     assert!(add_b[0].is_ok(), "the binary maps a port another pod maps: {:?}", add_b[0]);
     assert_eq!(masked(&add_b[1]), masked(&add_b[0]), "the same answer");
     twins.assert_same_state("after both pods mapped 8080");
@@ -315,7 +327,8 @@ fn a_taken_host_port_is_mapped_the_same_way() {
         .find(|line| line.starts_with("-A CNI-HOSTPORT-DNAT "))
         .and_then(|line| line.rsplit_once("-j ").map(|(_, chain)| chain.trim().to_owned()))
         .unwrap_or_else(|| panic!("no jump in CNI-HOSTPORT-DNAT:\n{rules}"));
-    let first_pod_address = results[1].0["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
+    let first_pod_address =
+        pods.results[1].0["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned();
     assert!(
         rules.lines().any(|line| line.starts_with(&format!("-A {first_pod_chain} "))
             && line.contains(&format!("--to-destination {first_pod_address}:80"))),
@@ -325,10 +338,7 @@ fn a_taken_host_port_is_mapped_the_same_way() {
     twins.step_with("portmap", Command::Del, "taken-a", config_a).1.expect("DEL");
     let rules = twins.native.state()["host"]["iptables"].to_string();
     assert!(rules.contains("8080"), "the second pod keeps its mapping: {rules}");
-    let del_b = [
-        twins.binary.invoke_in(&second_pods[0], "portmap", Driver::Binary, Command::Del, "taken-b", &config_b(0)),
-        twins.native.invoke_in(&second_pods[1], "portmap", Driver::Native, Command::Del, "taken-b", &config_b(1)),
-    ];
+    let del_b = pods.second_step(&twins, Command::Del, &mappings_b);
     assert_eq!(masked(&del_b[1]), masked(&del_b[0]));
     twins.assert_same_state("after both DELs");
     assert!(!twins.native.state().to_string().contains("CNI-DN-"), "no pod chain left");
