@@ -71,9 +71,13 @@ sleep 12
 python3 hack/link-order/resident-functions.py "$binary" "$cold/berth" > "$work/pull.txt"
 BENCH_DAEMON_PID=$daemon_pid "$target/release/examples/pod-bench" "$endpoint" "$image" 10 3 >/dev/null
 sleep 12
+python3 hack/link-order/resident-functions.py "$binary" "$cold/berth" --mapped-by "$daemon_pid" > "$work/pods-daemon.txt"
 python3 hack/link-order/resident-functions.py "$binary" "$cold/berth" > "$work/pods.txt"
-# The idle set first, then what the pull added, then what the pods added: a daemon that only pulled does
-# not map the pod code's pages.
-awk '!seen[$0]++' "$work/idle.txt" "$work/pull.txt" "$work/pods.txt" > hack/link-order/berth.txt
-printf 'hack/link-order/berth.txt: %s functions (idle daemon %s, with a pull %s)\n' \
-  "$(wc -l < hack/link-order/berth.txt)" "$(wc -l < "$work/idle.txt")" "$(wc -l < "$work/pull.txt")"
+# The idle set first, then what the pull added, then what the pods added to the daemon, then the pods'
+# shims and container inits: a daemon that only pulled does not map the pod code's pages, and one that ran
+# pods does not map the shim's and the init's, which it never runs.
+awk '!seen[$0]++' "$work/idle.txt" "$work/pull.txt" "$work/pods-daemon.txt" "$work/pods.txt" \
+  > hack/link-order/berth.txt
+printf 'hack/link-order/berth.txt: %s functions (idle daemon %s, with a pull %s, daemon after pods %s)\n' \
+  "$(wc -l < hack/link-order/berth.txt)" "$(wc -l < "$work/idle.txt")" "$(wc -l < "$work/pull.txt")" \
+  "$(wc -l < "$work/pods-daemon.txt")"

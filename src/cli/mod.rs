@@ -262,6 +262,7 @@ fn serve(config_path: Option<PathBuf>) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berth-worker")
+        .thread_keep_alive(crate::daemon::heap::BLOCKING_THREAD_KEEP_ALIVE)
         .build()
         .map_err(|err| format!("cannot start the async runtime: {err}"))?;
     runtime.block_on(crate::daemon::serve(config)).map_err(|err| chain(&err))

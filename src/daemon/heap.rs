@@ -1,12 +1,15 @@
-//! Gives the heap's free pages back to the kernel while the daemon works.
+//! Gives the heap's free pages back to the kernel while the daemon works, and once more when it goes quiet.
 //!
 //! glibc's allocator keeps what a thread freed for that thread's arena to reuse, and the daemon's tokio
 //! workers and blocking threads get an arena each. After a burst of work (pods created and removed, an image
 //! pulled) the daemon so holds megabytes of free heap as resident memory: with 50 pods created and removed,
 //! 6.3 MiB anonymous of which 2.1 MB was in use (`malloc_stats`), 3.8 MiB after one `malloc_trim(0)`.
-//! [`spawn_trimmer`] trims once per period in which an RPC finished: kubelet polls every second, so a node's
-//! daemon is never idle for long, and a trim costs well under a millisecond. Trimming only unmaps free pages
-//! (madvise); nothing in use moves, and a page the allocator needs again is faulted back in.
+//! [`spawn_trimmer`] trims at most once per [`TrimSchedule::busy_period`] while RPCs finish (kubelet polls
+//! every second, so a node's daemon is never idle for long), and once more when none has finished for
+//! [`TrimSchedule::quiet`]: by then the blocking threads that served the burst have exited (their keep-alive,
+//! [`BLOCKING_THREAD_KEEP_ALIVE`], is shorter) and handed their cached blocks back, which no busy-time trim
+//! could return. A trim costs well under a millisecond; it only unmaps free pages (madvise), nothing in use
+//! moves, and a page the allocator needs again is faulted back in.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,24 +17,72 @@ use std::time::{Duration, Instant};
 /// RPCs finished since the daemon started (bumped by the RPC trace layer).
 static FINISHED_RPCS: AtomicU64 = AtomicU64::new(0);
 
+/// How long an idle blocking thread of the daemon's runtime waits for work before it exits (tokio's default
+/// is 10 s). Shorter than [`TrimSchedule::quiet`], so the quiet trim comes after the burst's threads are gone.
+pub const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(2);
+
 /// Called once per finished RPC.
 pub fn note_rpc_finished() {
     FINISHED_RPCS.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Every `period`, if an RPC finished since the last look, returns the heap's free pages to the kernel.
-pub fn spawn_trimmer(period: Duration) -> tokio::task::JoinHandle<()> {
+/// When to trim, given how many RPCs have finished so far: the trimmer's decisions without its clock.
+#[derive(Debug)]
+pub struct TrimSchedule {
+    /// While RPCs keep finishing, at most one trim per this period.
+    busy_period: Duration,
+    /// After the last finished RPC, one more trim once this long has passed without another.
+    quiet: Duration,
+    seen: u64,
+    last_activity: Instant,
+    last_trim: Instant,
+    /// Work finished since the last trim.
+    untrimmed: bool,
+}
+
+impl TrimSchedule {
+    pub fn new(busy_period: Duration, quiet: Duration, now: Instant, finished: u64) -> TrimSchedule {
+        TrimSchedule { busy_period, quiet, seen: finished, last_activity: now, last_trim: now, untrimmed: false }
+    }
+
+    /// Whether to trim now; `finished` is the count of finished RPCs at `now`.
+    pub fn should_trim(&mut self, now: Instant, finished: u64) -> bool {
+        let active = finished != self.seen;
+        if active {
+            self.seen = finished;
+            self.last_activity = now;
+        }
+        let due = if active {
+            // Busy: keep resident memory from growing through a long burst, at the busy pace.
+            now.duration_since(self.last_trim) >= self.busy_period
+        } else {
+            // Quiet since the last activity: the last trim of the burst, if anything is left to trim.
+            self.untrimmed && now.duration_since(self.last_activity) >= self.quiet
+        };
+        if due {
+            self.last_trim = now;
+            self.untrimmed = false;
+        } else if active {
+            self.untrimmed = true;
+        }
+        due
+    }
+}
+
+/// How often the trimmer looks at the RPC count.
+const TRIM_TICK: Duration = Duration::from_secs(1);
+
+/// Runs [`TrimSchedule`] on the RPC count: trims every `busy_period` while RPCs finish and once after `quiet`.
+pub fn spawn_trimmer(busy_period: Duration, quiet: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut seen = FINISHED_RPCS.load(Ordering::Relaxed);
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut schedule = TrimSchedule::new(busy_period, quiet, Instant::now(), FINISHED_RPCS.load(Ordering::Relaxed));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TRIM_TICK, TRIM_TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let finished = FINISHED_RPCS.load(Ordering::Relaxed);
-            if finished == seen {
+            if !schedule.should_trim(Instant::now(), FINISHED_RPCS.load(Ordering::Relaxed)) {
                 continue;
             }
-            seen = finished;
             // The resident figures cost two reads of /proc: only for a debug log that is on.
             if !tracing::enabled!(tracing::Level::DEBUG) {
                 trim();
@@ -90,6 +141,47 @@ pub fn resident_anonymous_kib() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(start: Instant, seconds: u64) -> Instant {
+        start + Duration::from_secs(seconds)
+    }
+
+    #[test]
+    fn a_burst_is_trimmed_at_the_busy_pace_and_once_more_when_quiet() {
+        let start = Instant::now();
+        let mut schedule = TrimSchedule::new(Duration::from_secs(10), Duration::from_secs(4), start, 0);
+        // An idle daemon never trims.
+        assert!(!schedule.should_trim(at(start, 1), 0));
+        assert!(!schedule.should_trim(at(start, 30), 0));
+        // A burst of 12 s with an RPC finishing every second: one trim per 10 s.
+        let trims: Vec<u64> = (31..=42).filter(|&s| schedule.should_trim(at(start, s), s)).collect();
+        assert_eq!(trims, vec![31, 41]);
+        // Quiet from 42 on: nothing before 4 s have passed, then exactly one trim.
+        assert!(!schedule.should_trim(at(start, 45), 42));
+        assert!(schedule.should_trim(at(start, 46), 42));
+        assert!(!schedule.should_trim(at(start, 47), 42));
+        assert!(!schedule.should_trim(at(start, 100), 42));
+    }
+
+    #[test]
+    fn a_single_rpc_after_a_long_idle_time_is_trimmed_at_once_and_not_again() {
+        let start = Instant::now();
+        let mut schedule = TrimSchedule::new(Duration::from_secs(10), Duration::from_secs(4), start, 0);
+        assert!(schedule.should_trim(at(start, 60), 1));
+        // Its quiet trim would find nothing new: the busy trim came after the last activity.
+        assert!(!schedule.should_trim(at(start, 65), 1));
+    }
+
+    #[test]
+    fn rpcs_right_after_a_trim_get_their_quiet_trim() {
+        let start = Instant::now();
+        let mut schedule = TrimSchedule::new(Duration::from_secs(10), Duration::from_secs(4), start, 0);
+        assert!(schedule.should_trim(at(start, 20), 1));
+        // Finished 1 s later: too soon for the busy pace, so it waits for the quiet trim.
+        assert!(!schedule.should_trim(at(start, 21), 2));
+        assert!(!schedule.should_trim(at(start, 24), 2));
+        assert!(schedule.should_trim(at(start, 25), 2));
+    }
 
     /// What a burst on another thread leaves behind: its arena keeps the freed blocks resident (one block
     /// still in use at the top keeps the arena from shrinking on its own); trimming gives them back.
