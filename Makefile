@@ -4,7 +4,7 @@ CARGO ?= cargo
 # `make run CONFIG=path` uses that file; by default berth reads /etc/berth/config.toml if it exists.
 CONFIG ?=
 
-.PHONY: all deps build release run install image image-check chart-check test lint fmt-check clippy unit e2e fuzz fuzz-check conformance bench clean
+.PHONY: all deps build release run install image image-check link-order-check chart-check test lint fmt-check clippy unit e2e fuzz fuzz-check conformance bench clean
 
 all: build
 
@@ -39,6 +39,10 @@ image: $(if $(BINARY),,release)
 # by berth itself (hack/image-check.sh).
 image-check: release
 	bash hack/image-check.sh
+
+# Fails when the release build no longer finds most of the recorded function order (hack/link-order.sh).
+link-order-check: release
+	bash hack/link-order-check.sh
 
 # Lints and renders charts/berth with the real helm (hack/helm.sh installs it) and checks the DaemonSet.
 chart-check:
