@@ -696,38 +696,61 @@ fn enable_forwarding(v6: bool) -> std::io::Result<()> {
     write_sysctl(key, "1")
 }
 
+/// The pod's interface as DEL finds it: its index and its global unicast addresses with their prefixes.
+type PodLink = (u32, Vec<(IpAddr, u8)>);
+
 fn del(invocation: &Invocation<'_>, conf: &Conf, config: &Value) -> Result<(), PluginError> {
     let release = || if conf.layer3 { host_local::run(invocation, config).map(|_| ()) } else { Ok(()) };
     if invocation.netns.is_empty() {
         return release();
     }
     let ifname = invocation.ifname;
-    let removed = netns::within(invocation.netns, || -> Result<Vec<(IpAddr, u8)>, String> {
+    let found = netns::within(invocation.netns, || -> Result<Option<PodLink>, String> {
         let mut pod = Netlink::open().map_err(|err| format!("open a netlink socket: {err}"))?;
         let Some(link) = pod.link(ifname).map_err(|err| format!("failed to lookup {ifname:?}: {}", go_text(&err)))?
         else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         let addresses = pod
             .addresses(link.index)
             .map_err(|err| format!("failed to get IP addresses for {ifname:?}: {}", go_text(&err)))?;
-        pod.delete_link(link.index).map_err(|err| format!("failed to delete {ifname:?}: {}", go_text(&err)))?;
-        Ok(addresses.into_iter().filter(|a| is_global_unicast(a.ip)).map(|a| (a.ip, a.prefix)).collect())
+        let global = addresses.into_iter().filter(|a| is_global_unicast(a.ip)).map(|a| (a.ip, a.prefix)).collect();
+        Ok(Some((link.index, global)))
     });
-    let removed = match removed {
-        Ok(Ok(removed)) => removed,
+    let (index, removed) = match found {
+        Ok(Ok(Some(found))) => found,
+        Ok(Ok(None)) => return release(),
         Ok(Err(err)) => return Err(internal(err)),
         Err(Unusable::Missing(_)) => return release(),
         Err(err) => return Err(internal(err.to_string())),
     };
-    release()?;
-    if conf.layer3 && conf.ip_masq && !removed.is_empty() {
-        let addresses: Vec<Masqueraded> = removed.iter().map(|&(ip, prefix)| Masqueraded { ip, prefix }).collect();
-        let chain = iptables::chain_name(&conf.network, invocation.container_id);
-        let comment = iptables::comment(&conf.network, invocation.container_id);
-        iptables::tear_down(&addresses, &chain, &comment).map_err(internal)?;
-    }
-    Ok(())
+    let masqueraded = conf.layer3 && conf.ip_masq && !removed.is_empty();
+    // The link and the masquerading rules go at once: each waits for the kernel (the veth's unregistration
+    // and the release of the nftables commit each wait for an RCU grace period, 10-20 ms apiece on a node),
+    // and the waits overlap. The errors are reported in the binary's order: link, address, rules.
+    std::thread::scope(|scope| {
+        let rules = masqueraded.then(|| {
+            scope.spawn(|| {
+                let addresses: Vec<Masqueraded> =
+                    removed.iter().map(|&(ip, prefix)| Masqueraded { ip, prefix }).collect();
+                let chain = iptables::chain_name(&conf.network, invocation.container_id);
+                let comment = iptables::comment(&conf.network, invocation.container_id);
+                iptables::tear_down(&addresses, &chain, &comment)
+            })
+        });
+        let deleted = netns::within(invocation.netns, || -> Result<(), String> {
+            let mut pod = Netlink::open().map_err(|err| format!("open a netlink socket: {err}"))?;
+            pod.delete_link(index).map_err(|err| format!("failed to delete {ifname:?}: {}", go_text(&err)))
+        });
+        let rules = rules.map(|rules| rules.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        match deleted {
+            Ok(Ok(())) | Err(Unusable::Missing(_)) => {}
+            Ok(Err(err)) => return Err(internal(err)),
+            Err(err) => return Err(internal(err.to_string())),
+        }
+        release()?;
+        rules.unwrap_or(Ok(())).map_err(internal)
+    })
 }
 
 fn check(invocation: &Invocation<'_>, conf: &Conf, config: &Value) -> Result<(), PluginError> {
