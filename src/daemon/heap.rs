@@ -36,36 +36,36 @@ pub struct TrimSchedule {
     seen: u64,
     last_activity: Instant,
     last_trim: Instant,
-    /// Work finished since the last trim.
-    untrimmed: bool,
+    /// RPCs finished since the last quiet trim. A busy trim does not clear it: one right after the burst's
+    /// last RPC comes before its blocking threads have exited.
+    quiet_trim_due: bool,
 }
 
 impl TrimSchedule {
     pub fn new(busy_period: Duration, quiet: Duration, now: Instant, finished: u64) -> TrimSchedule {
-        TrimSchedule { busy_period, quiet, seen: finished, last_activity: now, last_trim: now, untrimmed: false }
+        TrimSchedule { busy_period, quiet, seen: finished, last_activity: now, last_trim: now, quiet_trim_due: false }
     }
 
     /// Whether to trim now; `finished` is the count of finished RPCs at `now`.
     pub fn should_trim(&mut self, now: Instant, finished: u64) -> bool {
-        let active = finished != self.seen;
-        if active {
+        if finished != self.seen {
             self.seen = finished;
             self.last_activity = now;
-        }
-        let due = if active {
+            self.quiet_trim_due = true;
             // Busy: keep resident memory from growing through a long burst, at the busy pace.
-            now.duration_since(self.last_trim) >= self.busy_period
-        } else {
-            // Quiet since the last activity: the last trim of the burst, if anything is left to trim.
-            self.untrimmed && now.duration_since(self.last_activity) >= self.quiet
-        };
-        if due {
-            self.last_trim = now;
-            self.untrimmed = false;
-        } else if active {
-            self.untrimmed = true;
+            if now.duration_since(self.last_trim) >= self.busy_period {
+                self.last_trim = now;
+                return true;
+            }
+            return false;
         }
-        due
+        // Quiet since the last activity: the last trim of the burst.
+        if self.quiet_trim_due && now.duration_since(self.last_activity) >= self.quiet {
+            self.last_trim = now;
+            self.quiet_trim_due = false;
+            return true;
+        }
+        false
     }
 }
 
@@ -164,12 +164,15 @@ mod tests {
     }
 
     #[test]
-    fn a_single_rpc_after_a_long_idle_time_is_trimmed_at_once_and_not_again() {
+    fn a_busy_trim_right_after_the_last_rpc_still_gets_the_quiet_trim() {
         let start = Instant::now();
         let mut schedule = TrimSchedule::new(Duration::from_secs(10), Duration::from_secs(4), start, 0);
+        // A single RPC after a long idle time is trimmed at once, at the busy pace...
         assert!(schedule.should_trim(at(start, 60), 1));
-        // Its quiet trim would find nothing new: the busy trim came after the last activity.
-        assert!(!schedule.should_trim(at(start, 65), 1));
+        // ...and once more when quiet: its blocking threads exit only after that first trim.
+        assert!(!schedule.should_trim(at(start, 63), 1));
+        assert!(schedule.should_trim(at(start, 64), 1));
+        assert!(!schedule.should_trim(at(start, 90), 1));
     }
 
     #[test]
