@@ -142,48 +142,59 @@ pub fn resident_anonymous_kib() -> u64 {
 mod tests {
     use super::*;
 
-    fn at(start: Instant, seconds: u64) -> Instant {
-        start + Duration::from_secs(seconds)
+    /// A schedule with a 10 s busy period and 4 s of quiet, asked at whole seconds after its start.
+    struct Seconds {
+        start: Instant,
+        schedule: TrimSchedule,
+    }
+
+    impl Seconds {
+        fn new() -> Seconds {
+            let start = Instant::now();
+            Seconds { start, schedule: TrimSchedule::new(Duration::from_secs(10), Duration::from_secs(4), start, 0) }
+        }
+
+        /// Whether the schedule trims `second` s after its start, with `finished` RPCs finished by then.
+        fn trims(&mut self, second: u64, finished: u64) -> bool {
+            self.schedule.should_trim(self.start + Duration::from_secs(second), finished)
+        }
     }
 
     #[test]
     fn a_burst_is_trimmed_at_the_busy_pace_and_once_more_when_quiet() {
-        let start = Instant::now();
-        let mut schedule = TrimSchedule::new(Duration::from_secs(10), Duration::from_secs(4), start, 0);
+        let mut run = Seconds::new();
         // An idle daemon never trims.
-        assert!(!schedule.should_trim(at(start, 1), 0));
-        assert!(!schedule.should_trim(at(start, 30), 0));
+        assert!(!run.trims(1, 0));
+        assert!(!run.trims(30, 0));
         // A burst of 12 s with an RPC finishing every second: one trim per 10 s.
-        let trims: Vec<u64> = (31..=42).filter(|&s| schedule.should_trim(at(start, s), s)).collect();
+        let trims: Vec<u64> = (31..=42).filter(|&s| run.trims(s, s)).collect();
         assert_eq!(trims, vec![31, 41]);
         // Quiet from 42 on: nothing before 4 s have passed, then exactly one trim.
-        assert!(!schedule.should_trim(at(start, 45), 42));
-        assert!(schedule.should_trim(at(start, 46), 42));
-        assert!(!schedule.should_trim(at(start, 47), 42));
-        assert!(!schedule.should_trim(at(start, 100), 42));
+        assert!(!run.trims(45, 42));
+        assert!(run.trims(46, 42));
+        assert!(!run.trims(47, 42));
+        assert!(!run.trims(100, 42));
+    }
+
+    /// Asks a new schedule at each (second, RPCs finished by then, whether it must trim), in order.
+    fn expect(steps: &[(u64, u64, bool)]) {
+        let mut run = Seconds::new();
+        for &(second, finished, trim) in steps {
+            assert_eq!(run.trims(second, finished), trim, "at {second} s with {finished} RPCs finished");
+        }
     }
 
     #[test]
     fn a_busy_trim_right_after_the_last_rpc_still_gets_the_quiet_trim() {
-        let start = Instant::now();
-        let mut schedule = TrimSchedule::new(Duration::from_secs(10), Duration::from_secs(4), start, 0);
-        // A single RPC after a long idle time is trimmed at once, at the busy pace...
-        assert!(schedule.should_trim(at(start, 60), 1));
-        // ...and once more when quiet: its blocking threads exit only after that first trim.
-        assert!(!schedule.should_trim(at(start, 63), 1));
-        assert!(schedule.should_trim(at(start, 64), 1));
-        assert!(!schedule.should_trim(at(start, 90), 1));
+        // A single RPC after a long idle time is trimmed at once, at the busy pace, and once more when quiet:
+        // its blocking threads exit only after that first trim.
+        expect(&[(60, 1, true), (63, 1, false), (64, 1, true), (90, 1, false)]);
     }
 
     #[test]
     fn rpcs_right_after_a_trim_get_their_quiet_trim() {
-        let start = Instant::now();
-        let mut schedule = TrimSchedule::new(Duration::from_secs(10), Duration::from_secs(4), start, 0);
-        assert!(schedule.should_trim(at(start, 20), 1));
-        // Finished 1 s later: too soon for the busy pace, so it waits for the quiet trim.
-        assert!(!schedule.should_trim(at(start, 21), 2));
-        assert!(!schedule.should_trim(at(start, 24), 2));
-        assert!(schedule.should_trim(at(start, 25), 2));
+        // Finished 1 s after a trim: too soon for the busy pace, so they wait for the quiet trim.
+        expect(&[(20, 1, true), (21, 2, false), (24, 2, false), (25, 2, true)]);
     }
 
     /// What a burst on another thread leaves behind: its arena keeps the freed blocks resident (one block
