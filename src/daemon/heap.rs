@@ -4,11 +4,10 @@
 //! workers and blocking threads get an arena each. After a burst of work (pods created and removed, an image
 //! pulled) the daemon so holds megabytes of free heap as resident memory: with 50 pods created and removed,
 //! 6.3 MiB anonymous of which 2.1 MB was in use (`malloc_stats`), 3.8 MiB after one `malloc_trim(0)`.
-//! [`spawn_trimmer`] trims at most once per [`TrimSchedule::busy_period`] while RPCs finish (kubelet polls
-//! every second, so a node's daemon is never idle for long), and once more when none has finished for
-//! [`TrimSchedule::quiet`]: by then the blocking threads that served the burst have exited (their keep-alive,
-//! [`BLOCKING_THREAD_KEEP_ALIVE`], is shorter) and handed their cached blocks back, which no busy-time trim
-//! could return. A trim costs well under a millisecond; it only unmaps free pages (madvise), nothing in use
+//! [`spawn_trimmer`] trims at most once per [`BUSY_PERIOD`] while RPCs finish (kubelet polls every second, so
+//! a node's daemon is never idle for long), and once more when none has finished for [`QUIET`]: by then the
+//! blocking threads that served the burst have exited (their keep-alive, [`BLOCKING_THREAD_KEEP_ALIVE`], is
+//! shorter) and handed their cached blocks back, which no busy-time trim could return. A trim costs well under a millisecond; it only unmaps free pages (madvise), nothing in use
 //! moves, and a page the allocator needs again is faulted back in.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,9 +16,15 @@ use std::time::{Duration, Instant};
 /// RPCs finished since the daemon started (bumped by the RPC trace layer).
 static FINISHED_RPCS: AtomicU64 = AtomicU64::new(0);
 
+/// While RPCs keep finishing, at most one trim per this period.
+const BUSY_PERIOD: Duration = Duration::from_secs(10);
+/// After the last finished RPC, one more trim once this long has passed without another.
+const QUIET: Duration = Duration::from_secs(5);
+
 /// How long an idle blocking thread of the daemon's runtime waits for work before it exits (tokio's default
-/// is 10 s). Shorter than [`TrimSchedule::quiet`], so the quiet trim comes after the burst's threads are gone.
+/// is 10 s). Shorter than [`QUIET`], so the quiet trim comes after the burst's threads are gone.
 pub const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(2);
+const _: () = assert!(BLOCKING_THREAD_KEEP_ALIVE.as_millis() < QUIET.as_millis());
 
 /// Called once per finished RPC.
 pub fn note_rpc_finished() {
@@ -28,7 +33,7 @@ pub fn note_rpc_finished() {
 
 /// When to trim, given how many RPCs have finished so far: the trimmer's decisions without its clock.
 #[derive(Debug)]
-pub struct TrimSchedule {
+struct TrimSchedule {
     /// While RPCs keep finishing, at most one trim per this period.
     busy_period: Duration,
     /// After the last finished RPC, one more trim once this long has passed without another.
@@ -42,12 +47,12 @@ pub struct TrimSchedule {
 }
 
 impl TrimSchedule {
-    pub fn new(busy_period: Duration, quiet: Duration, now: Instant, finished: u64) -> TrimSchedule {
+    fn new(busy_period: Duration, quiet: Duration, now: Instant, finished: u64) -> TrimSchedule {
         TrimSchedule { busy_period, quiet, seen: finished, last_activity: now, last_trim: now, quiet_trim_due: false }
     }
 
     /// Whether to trim now; `finished` is the count of finished RPCs at `now`.
-    pub fn should_trim(&mut self, now: Instant, finished: u64) -> bool {
+    fn should_trim(&mut self, now: Instant, finished: u64) -> bool {
         if finished != self.seen {
             self.seen = finished;
             self.last_activity = now;
@@ -72,10 +77,10 @@ impl TrimSchedule {
 /// How often the trimmer looks at the RPC count.
 const TRIM_TICK: Duration = Duration::from_secs(1);
 
-/// Runs [`TrimSchedule`] on the RPC count: trims every `busy_period` while RPCs finish and once after `quiet`.
-pub fn spawn_trimmer(busy_period: Duration, quiet: Duration) -> tokio::task::JoinHandle<()> {
+/// Runs [`TrimSchedule`] on the RPC count: trims every [`BUSY_PERIOD`] while RPCs finish and once after [`QUIET`].
+pub fn spawn_trimmer() -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut schedule = TrimSchedule::new(busy_period, quiet, Instant::now(), FINISHED_RPCS.load(Ordering::Relaxed));
+        let mut schedule = TrimSchedule::new(BUSY_PERIOD, QUIET, Instant::now(), FINISHED_RPCS.load(Ordering::Relaxed));
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TRIM_TICK, TRIM_TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -75,11 +75,6 @@ impl Kinded for ServeError {
     }
 }
 
-/// How often the daemon gives its heap's free pages back to the kernel while it works ([`heap`]).
-const HEAP_TRIM_PERIOD: Duration = Duration::from_secs(10);
-/// How long after its last finished RPC the daemon gives its free pages back once more.
-const HEAP_TRIM_QUIET: Duration = Duration::from_secs(5);
-
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     crate::failpoints::arm_from_env();
@@ -180,7 +175,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     } else {
         None
     };
-    let _heap_trimmer = heap::spawn_trimmer(HEAP_TRIM_PERIOD, HEAP_TRIM_QUIET);
+    let _heap_trimmer = heap::spawn_trimmer();
     let cri = Cri::new(context);
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|source| ServeError::Signal { signal: "SIGTERM", source })?;
