@@ -13,6 +13,13 @@ use crate::digest::Digest;
 
 pub const DOCKER_HUB: &str = "docker.io";
 
+/// The longest name (`registry/repository`, normalized) distribution/reference accepts (`NameTotalLengthMax`).
+/// With the tag's 128 and a digest's 71 characters, a reference's printed form stays far below
+/// [`MAX_TEXT`], so whatever parses prints as something that parses back.
+const MAX_NAME: usize = 255;
+/// What is read at all: longer text is refused before it is looked at.
+const MAX_TEXT: usize = 4096;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reference {
     pub registry: String,
@@ -74,8 +81,8 @@ impl FromStr for Reference {
         if text.is_empty() {
             return Err(fail("it is empty"));
         }
-        if text.len() > 4096 {
-            return Err(fail("it is longer than 4096 characters"));
+        if text.len() > MAX_TEXT {
+            return Err(fail(&format!("it is longer than {MAX_TEXT} characters")));
         }
         let (rest, digest) = match text.split_once('@') {
             Some((rest, digest)) => {
@@ -113,6 +120,9 @@ impl FromStr for Reference {
         } else {
             repository
         };
+        if registry.len() + 1 + repository.len() > MAX_NAME {
+            return Err(fail(&format!("the name {registry}/{repository} is longer than {MAX_NAME} characters")));
+        }
         if !repository.split('/').all(valid_component) {
             return Err(fail(
                 "repository path components are lowercase letters and digits separated by '.', '_', '__' or '-'",
@@ -216,5 +226,18 @@ mod tests {
         {
             assert!(bad.parse::<Reference>().is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn names_are_limited_after_normalization() {
+        // Normalizing adds `docker.io/library/` and `:latest`: a name near the text limit would print as
+        // a reference that no longer parses. The limit is distribution's, on the normalized name.
+        let longest = "a".repeat(MAX_NAME - "docker.io/library/".len());
+        assert_eq!(parse(&longest).name().len(), MAX_NAME);
+        let err = format!("{longest}a").parse::<Reference>().unwrap_err();
+        assert!(err.reason.contains("longer than 255"), "{err}");
+        assert!("a".repeat(4000).parse::<Reference>().is_err());
+        let reference = parse(&format!("{longest}:{}@{}", "t".repeat(128), Digest::of(b"x")));
+        assert_eq!(parse(&reference.to_string()), reference, "the longest reference prints as itself");
     }
 }
