@@ -725,9 +725,10 @@ fn del(invocation: &Invocation<'_>, conf: &Conf, config: &Value) -> Result<(), P
         Err(err) => return Err(internal(err.to_string())),
     };
     let masqueraded = conf.layer3 && conf.ip_masq && !removed.is_empty();
-    // The link and the masquerading rules go at once: each waits for the kernel (the veth's unregistration
-    // and the release of the nftables commit each wait for an RCU grace period, 10-20 ms apiece on a node),
-    // and the waits overlap. The errors are reported in the binary's order: link, address, rules.
+    // The link and the masquerading rules go at once: the veth's unregistration waits for an RCU grace
+    // period (10-20 ms on a node), and so does an iptables-restore that deletes, when it exits (on the
+    // legacy backend; on nf_tables the rules go over a socket kept open, without a wait), and the waits
+    // overlap. The errors are reported in the binary's order: link, address, rules.
     std::thread::scope(|scope| {
         let rules = masqueraded.then(|| {
             scope.spawn(|| {

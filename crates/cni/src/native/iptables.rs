@@ -15,8 +15,9 @@
 //! change atomically: the chain is declared (which creates it, or empties an existing one, which is then
 //! refilled with its old rules plus the new ones, as appending only-if-missing would leave it), and the
 //! POSTROUTING jump is appended unless present. Teardown deletes the jumps the binary would delete (`-s
-//! <address>/32`, and `-s <subnet>` of older versions), then flushes and deletes the chain. The `iptables`
-//! found on PATH is used, as the binary uses it, so the node's choice of the nft or legacy backend holds.
+//! <address>/32`, and `-s <subnet>` of older versions), then flushes and deletes the chain (on the nf_tables
+//! backend without a process, see `nftables`). The `iptables` found on PATH is used, as the binary uses it,
+//! so the node's choice of the nft or legacy backend holds.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -138,7 +139,23 @@ pub fn set_up(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(
 }
 
 /// Removes what [`set_up`] (or the binary) made for `addresses`; what is already gone is no error.
+///
+/// On the nf_tables backend through [`nftables`](super::nftables) (no process, no wait at its exit): the
+/// POSTROUTING rules that jump to the pod's chain with the pod's comment, then the chain. The binary deletes
+/// the jumps it knows by their source (`-s <address>/32`, `-s <subnet>`); a jump to this chain with this
+/// comment can only be one of those.
 pub fn tear_down(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(), String> {
+    if super::nftables::nft_backend() {
+        return exclusively(|| {
+            for v6 in [false, true].into_iter().filter(|v6| addresses.iter().any(|a| a.ip.is_ipv6() == *v6)) {
+                let ours = |rule: &super::nftables::Rule| {
+                    rule.jump.as_deref() == Some(chain) && rule.comment.as_deref() == Some(comment)
+                };
+                super::nftables::tear_down(v6, &["POSTROUTING"], ours, &[chain])?;
+            }
+            Ok(())
+        });
+    }
     let quoted = save_quoted(comment);
     per_family(addresses, |v6, family, saved| {
         let mut batch = String::from("*nat\n");

@@ -9,7 +9,8 @@
 //!
 //! Modules: `bridge` (the pod's veth on a Linux bridge, gateway, masquerading), `host_local` (IPAM: address
 //! leases under `/var/lib/cni/networks/<network>`), `loopback` (the pod's `lo`), `portmap` (hostPorts),
-//! `iptables` (the nat rules of bridge and portmap), `netlink` (links, addresses and routes),
+//! `iptables` (the nat rules of bridge and portmap), `nftables` (their deletion on the nf_tables backend),
+//! `netlink` (links, addresses and routes),
 //! `conntrack` (portmap's stale UDP entries), `netns` (running code inside a network namespace).
 
 pub mod bridge;
@@ -19,6 +20,7 @@ pub mod iptables;
 pub mod loopback;
 pub mod netlink;
 pub mod netns;
+mod nftables;
 pub mod portmap;
 
 use serde_json::Value;

@@ -511,6 +511,81 @@ impl Channel {
         }
     }
 
+    /// Sends `requests` in one datagram, each asking for an acknowledgement, and reads the answers: for an
+    /// nfnetlink batch (the first and last requests being its begin and end markers, which are not
+    /// acknowledged), whose requests the kernel applies all or none of. The kernel handles a datagram sent
+    /// to it before `send` returns, so every answer is queued by then; they are read without waiting.
+    /// On failure: the index in `requests` of the first request refused, and why.
+    pub(super) fn batch<T>(
+        &mut self,
+        operation: &'static str,
+        requests: Vec<NetlinkMessage<T>>,
+    ) -> Result<(), (usize, NetlinkError)>
+    where
+        T: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+    {
+        let first = self.sequence.wrapping_add(1);
+        let last = requests.len().saturating_sub(1);
+        let mut datagram = Vec::new();
+        for (index, mut request) in requests.into_iter().enumerate() {
+            self.sequence = self.sequence.wrapping_add(1);
+            let markers = index == 0 || index == last;
+            request.header.flags = NLM_F_REQUEST | if markers { 0 } else { NLM_F_ACK };
+            request.header.sequence_number = self.sequence;
+            request.finalize();
+            let start = datagram.len();
+            datagram.resize(start + request.buffer_len(), 0);
+            request.serialize(&mut datagram[start..]);
+        }
+        let whole = |err: NetlinkError| (0, err);
+        self.socket.send(&datagram, 0).map_err(|err| whole(err.into()))?;
+
+        let index_of = |sequence: u32| sequence.wrapping_sub(first) as usize;
+        let mut acknowledged = 0;
+        let mut refused: Option<(usize, NetlinkError)> = None;
+        self.socket.set_non_blocking(true).map_err(|err| whole(err.into()))?;
+        let read = loop {
+            let datagram = match self.socket.recv_from_full() {
+                Ok((datagram, _)) => datagram,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(err) => break Err(whole(err.into())),
+            };
+            let mut rest = datagram.as_slice();
+            while !rest.is_empty() {
+                let malformed = |err| whole(NetlinkError::Malformed(format!("{operation}: {err}")));
+                let header = NetlinkBuffer::new_checked(rest).map_err(malformed)?;
+                let length = header.length() as usize;
+                let index = index_of(header.sequence_number());
+                let bytes = &rest[..length];
+                rest = &rest[length.next_multiple_of(4).min(rest.len())..];
+                if index > last {
+                    continue;
+                }
+                if let NetlinkPayload::Error(error) =
+                    NetlinkMessage::<T>::deserialize(bytes).map_err(malformed)?.payload
+                {
+                    acknowledged += 1;
+                    if let Some(code) = error.code
+                        && refused.as_ref().is_none_or(|(earlier, _)| index < *earlier)
+                    {
+                        refused = Some((index, NetlinkError::Kernel { operation, errno: code.get().wrapping_neg() }));
+                    }
+                }
+            }
+        };
+        self.socket.set_non_blocking(false).map_err(|err| whole(err.into()))?;
+        read?;
+        match refused {
+            Some(refused) => Err(refused),
+            None if acknowledged < last.saturating_sub(1) => Err(whole(NetlinkError::Malformed(format!(
+                "{operation}: {acknowledged} of {} requests answered",
+                last.saturating_sub(1)
+            )))),
+            None => Ok(()),
+        }
+    }
+
     /// The next datagram, whole whatever its size.
     fn receive(&self) -> Result<Vec<u8>, NetlinkError> {
         loop {

@@ -33,6 +33,7 @@ use serde_json::Value;
 
 use super::iptables::{self, chains, ensure_chain, exclusively, restore, save, save_quoted};
 use super::netlink::Netlink;
+use super::nftables;
 use super::{CODE_INTERNAL, Invocation, failed, json_kind, parse_cidr};
 use crate::error::PluginError;
 use crate::exec::Command;
@@ -440,6 +441,19 @@ fn unforward_locked(conf: &Conf, container_id: &str) -> Result<(), String> {
             .collect(),
         _ => vec![false, true],
     };
+    if nftables::nft_backend() {
+        // The same deletions through nf_tables (no process, no wait at its exit); both families' tables
+        // are reachable there, so neither is skipped.
+        for v6 in families {
+            let ours = |rule: &nftables::Rule| {
+                let target = if rule.chain == TOP_LEVEL_DNAT { &dnat } else { &old_snat };
+                rule.jump.as_deref() == Some(target.as_str())
+            };
+            nftables::tear_down(v6, &[TOP_LEVEL_DNAT, OLD_TOP_LEVEL_SNAT], ours, &[&dnat, &old_snat])
+                .map_err(|err| format!("could not teardown {} dnat: {err}", if v6 { "ipv6" } else { "ipv4" }))?;
+        }
+        return Ok(());
+    }
     let mut usable = 0;
     for v6 in families {
         let Ok(saved) = save(v6) else { continue };
