@@ -725,10 +725,11 @@ fn del(invocation: &Invocation<'_>, conf: &Conf, config: &Value) -> Result<(), P
         Err(err) => return Err(internal(err.to_string())),
     };
     let masqueraded = conf.layer3 && conf.ip_masq && !removed.is_empty();
-    // The link and the masquerading rules go at once: the veth's unregistration waits for an RCU grace
-    // period (10-20 ms on a node), and so does an iptables-restore that deletes, when it exits (on the
-    // legacy backend; on nf_tables the rules go over a socket kept open, without a wait), and the waits
-    // overlap. The errors are reported in the binary's order: link, address, rules.
+    // The link and the masquerading rules go at once: on the legacy backend, the iptables-restore that
+    // deletes the rules waits for an RCU grace period when it exits (10-20 ms on a node), and the link's
+    // deletion overlaps it (on nf_tables the rules go over a socket kept open, without a wait; the link's
+    // deletion returns as soon as the kernel unlisted it). The errors are reported in the binary's order:
+    // link, address, rules.
     std::thread::scope(|scope| {
         let rules = masqueraded.then(|| {
             scope.spawn(|| {
@@ -740,8 +741,8 @@ fn del(invocation: &Invocation<'_>, conf: &Conf, config: &Value) -> Result<(), P
             })
         });
         let deleted = netns::within(invocation.netns, || -> Result<(), String> {
-            let mut pod = Netlink::open().map_err(|err| format!("open a netlink socket: {err}"))?;
-            pod.delete_link(index).map_err(|err| format!("failed to delete {ifname:?}: {}", go_text(&err)))
+            Netlink::delete_link_until_unlisted(index)
+                .map_err(|err| format!("failed to delete {ifname:?}: {}", go_text(&err)))
         });
         let rules = rules.map(|rules| rules.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
         match deleted {

@@ -44,6 +44,9 @@ const IFLA_BRPORT_MODE: u16 = 4;
 /// started again before giving up.
 const DUMP_ATTEMPTS: usize = 5;
 
+/// The multicast group of link announcements (`RTMGRP_LINK`, include/uapi/linux/rtnetlink.h).
+const RTMGRP_LINK: u32 = 1;
+
 /// A NETLINK_ROUTE socket bound to the network namespace of the thread that opened it.
 #[derive(Debug)]
 pub struct Netlink {
@@ -264,6 +267,51 @@ impl Netlink {
         let mut message = LinkMessage::default();
         message.header.index = index;
         self.acknowledged("RTM_DELLINK", RouteNetlinkMessage::DelLink(message), 0)
+    }
+
+    /// Deletes link `index` (a veth with its peer) and returns as soon as the kernel has taken it out of
+    /// the namespace, which it announces to the link group (`RTM_DELLINK`), instead of when it answers the
+    /// request: between the two, with the link, its peer, their addresses and routes already gone from
+    /// every view and the rtnl lock released, the kernel waits for an RCU barrier (`netdev_run_todo`, 10-20
+    /// ms on a node) before it frees the devices. The request is sent, and its answer read, on a thread of
+    /// its own that ends with the answer; when that answer comes first (the deletion failed, or the
+    /// announcement was lost to a full socket buffer), it decides. Call it on a thread in the link's
+    /// namespace (the sockets are opened there).
+    pub fn delete_link_until_unlisted(index: u32) -> Result<(), NetlinkError> {
+        let mut watcher = Socket::new(NETLINK_ROUTE)?;
+        // Subscribed before the request is sent, so the announcement cannot be missed.
+        watcher.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+        let mut requester = Netlink::open()?;
+        let answered = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).map_err(io::Error::from)?;
+        let answered_by_requester = answered.try_clone()?;
+        let (answer_sender, answer) = std::sync::mpsc::channel();
+        std::thread::Builder::new().name("netlink-dellink".into()).spawn(move || {
+            let _ = answer_sender.send(requester.delete_link(index));
+            let _ = rustix::io::write(&answered_by_requester, &1u64.to_ne_bytes());
+        })?;
+        let wait_for_answer =
+            || answer.recv().unwrap_or_else(|_| Err(NetlinkError::Malformed("RTM_DELLINK: no answer".into())));
+        loop {
+            let mut ready = [
+                rustix::event::PollFd::new(&watcher, rustix::event::PollFlags::IN),
+                rustix::event::PollFd::new(&answered, rustix::event::PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut ready, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return wait_for_answer(),
+            }
+            if !ready[1].revents().is_empty() {
+                return wait_for_answer();
+            }
+            if ready[0].revents().is_empty() {
+                continue;
+            }
+            let Ok((datagram, _)) = watcher.recv_from_full() else { return wait_for_answer() };
+            if announces_deletion(&datagram, index) {
+                return Ok(());
+            }
+        }
     }
 
     /// The IPv4 and IPv6 addresses of a link (IPv4 first), as `netlink.AddrList` reads them: the local
@@ -596,6 +644,23 @@ impl Channel {
             }
         }
     }
+}
+
+/// Whether `datagram`, read from the link group, holds the announcement that link `index` was deleted.
+fn announces_deletion(datagram: &[u8], index: u32) -> bool {
+    let mut rest = datagram;
+    while let Ok(header) = NetlinkBuffer::new_checked(rest) {
+        let length = header.length() as usize;
+        let bytes = &rest[..length];
+        rest = &rest[length.next_multiple_of(4).min(rest.len())..];
+        if let Ok(NetlinkMessage { payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)), .. }) =
+            NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+            && link.header.index == index
+        {
+            return true;
+        }
+    }
+    false
 }
 
 impl Link {

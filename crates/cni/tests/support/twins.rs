@@ -97,7 +97,9 @@ pub fn run_binary(plugin: &str, command: Command, id: &str, netns: &str, cni_arg
         .env("CNI_IFNAME", "eth0")
         .env("CNI_ARGS", cni_args)
         .env("CNI_PATH", PLUGIN_DIR)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        // The test's own PATH first, as a runtime passes its PATH on (a test may point `iptables` at a
+        // backend of its choice), then where Debian keeps the tools.
+        .env("PATH", format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", std::env::var("PATH").unwrap_or_default()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
