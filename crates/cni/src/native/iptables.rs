@@ -104,9 +104,19 @@ pub(super) fn save_quoted(comment: &str) -> String {
 }
 
 /// Adds the masquerading rules for `addresses` (one family each call is not required: they are grouped).
+///
+/// A pod's chain that does not exist yet has no rules and nothing jumps to it, so on the nf_tables backend,
+/// where asking whether the chain exists costs no process, the table is read only when it does (a repeated
+/// ADD): the first ADD of a pod writes its batch straight away.
 pub fn set_up(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(), String> {
     let quoted = save_quoted(comment);
-    per_family(addresses, |v6, family, saved| {
+    let read_table = |v6: bool| {
+        if super::nftables::nft_backend() && !super::nftables::chain_exists(v6, chain)? {
+            return Ok(String::new());
+        }
+        save(v6)
+    };
+    per_family_read_by(addresses, read_table, |v6, family, saved| {
         let multicast = if v6 { "ff00::/8" } else { "224.0.0.0/4" };
         let chain_rule = format!("-A {chain} ");
         let mut rules: Vec<String> =
@@ -185,13 +195,22 @@ pub fn tear_down(addresses: &[Masqueraded], chain: &str, comment: &str) -> Resul
 /// iptables-save prints it, one family after the other and holding [`NAT_TABLE`].
 fn per_family(
     addresses: &[Masqueraded],
+    work: impl FnMut(bool, &[Masqueraded], &str) -> Result<(), String>,
+) -> Result<(), String> {
+    per_family_read_by(addresses, save, work)
+}
+
+/// The same with the table read by `read_table` (which may know that what `work` looks for is absent).
+fn per_family_read_by(
+    addresses: &[Masqueraded],
+    read_table: impl Fn(bool) -> Result<String, String>,
     mut work: impl FnMut(bool, &[Masqueraded], &str) -> Result<(), String>,
 ) -> Result<(), String> {
     exclusively(|| {
         for v6 in [false, true] {
             let family: Vec<Masqueraded> = addresses.iter().copied().filter(|a| a.ip.is_ipv6() == v6).collect();
             if !family.is_empty() {
-                work(v6, &family, &save(v6)?)?;
+                work(v6, &family, &read_table(v6)?)?;
             }
         }
         Ok(())

@@ -93,9 +93,7 @@ pub(super) fn tear_down(
                 }
             }
             for chain in chains {
-                if !chain_exists(channel, family, chain)
-                    .map_err(|err| format!("nf_tables: get {table} {chain}: {err}"))?
-                {
+                if !exists(channel, family, chain).map_err(|err| format!("nf_tables: get {table} {chain}: {err}"))? {
                     continue;
                 }
                 deletions.push((
@@ -136,6 +134,15 @@ pub(super) fn tear_down(
             }
         }
         unreachable!("the last attempt returns")
+    })
+}
+
+/// Whether `chain` exists in the nat table of one family (`v6`).
+pub(super) fn chain_exists(v6: bool, chain: &str) -> Result<bool, String> {
+    let family = if v6 { NetfilterProtoFamily::IPv6 } else { NetfilterProtoFamily::IPv4 };
+    with_host_socket(|channel| {
+        exists(channel, family, chain)
+            .map_err(|err| format!("nf_tables: get {} nat {chain}: {err}", if v6 { "ip6" } else { "ip" }))
     })
 }
 
@@ -184,7 +191,7 @@ fn rules(channel: &mut Channel, family: NetfilterProtoFamily, chain: &str) -> Re
 }
 
 /// Whether `chain` exists in the nat table of `family`.
-fn chain_exists(channel: &mut Channel, family: NetfilterProtoFamily, chain: &str) -> Result<bool, NetlinkError> {
+fn exists(channel: &mut Channel, family: NetfilterProtoFamily, chain: &str) -> Result<bool, NetlinkError> {
     let request = message(
         family,
         0,
