@@ -80,31 +80,15 @@ pub(super) fn tear_down(
                 let rules =
                     rules(channel, family, chain).map_err(|err| format!("nf_tables: list {table} {chain}: {err}"))?;
                 for rule in rules.into_iter().filter(|rule| select(rule)) {
-                    deletions.push((
-                        format!("delete rule {} of {table} {}", rule.handle, rule.chain),
-                        NfTablesMessage::DeleteRule(RuleMessage {
-                            attributes: vec![
-                                RuleAttribute::Table(TABLE.to_owned()),
-                                RuleAttribute::Chain(rule.chain),
-                                RuleAttribute::Handle(rule.handle),
-                            ],
-                        }),
-                    ));
+                    let what = format!("delete rule {} of {table} {}", rule.handle, rule.chain);
+                    deletions.push((what, delete_rules(&rule.chain, Some(rule.handle))));
                 }
             }
             for chain in chains {
                 if !exists(channel, family, chain).map_err(|err| format!("nf_tables: get {table} {chain}: {err}"))? {
                     continue;
                 }
-                deletions.push((
-                    format!("flush {table} {chain}"),
-                    NfTablesMessage::DeleteRule(RuleMessage {
-                        attributes: vec![
-                            RuleAttribute::Table(TABLE.to_owned()),
-                            RuleAttribute::Chain((*chain).to_owned()),
-                        ],
-                    }),
-                ));
+                deletions.push((format!("flush {table} {chain}"), delete_rules(chain, None)));
                 deletions.push((
                     format!("delete chain {table} {chain}"),
                     NfTablesMessage::DeleteChain(ChainMessage {
@@ -135,6 +119,13 @@ pub(super) fn tear_down(
         }
         unreachable!("the last attempt returns")
     })
+}
+
+/// `NFT_MSG_DELRULE` in the nat table: the rule `handle` of `chain`, or without a handle every rule of it.
+fn delete_rules(chain: &str, handle: Option<u64>) -> NfTablesMessage {
+    let mut attributes = vec![RuleAttribute::Table(TABLE.to_owned()), RuleAttribute::Chain(chain.to_owned())];
+    attributes.extend(handle.map(RuleAttribute::Handle));
+    NfTablesMessage::DeleteRule(RuleMessage { attributes })
 }
 
 /// Whether `chain` exists in the nat table of one family (`v6`).
