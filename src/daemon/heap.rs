@@ -7,8 +7,9 @@
 //! [`spawn_trimmer`] trims at most once per [`BUSY_PERIOD`] while RPCs finish (kubelet polls every second, so
 //! a node's daemon is never idle for long), and once more when none has finished for [`QUIET`]: by then the
 //! blocking threads that served the burst have exited (their keep-alive, [`BLOCKING_THREAD_KEEP_ALIVE`], is
-//! shorter) and handed their cached blocks back, which no busy-time trim could return. A trim costs well under a millisecond; it only unmaps free pages (madvise), nothing in use
-//! moves, and a page the allocator needs again is faulted back in.
+//! shorter) and handed their cached blocks back, which no busy-time trim could return. A trim costs well
+//! under a millisecond; it only unmaps free pages (madvise), nothing in use moves, and a page the allocator
+//! needs again is faulted back in.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -102,16 +102,17 @@ pub(super) fn tear_down(
             if deletions.is_empty() {
                 return Ok(());
             }
+            let (described, deletions): (Vec<String>, Vec<NfTablesMessage>) = deletions.into_iter().unzip();
             let mut requests =
                 vec![message(NetfilterProtoFamily::Unspec, NFNL_SUBSYS_NFTABLES, ControlMessage::BatchBegin)];
-            requests.extend(deletions.iter().map(|(_, deletion)| message(family, 0, deletion.clone())));
+            requests.extend(deletions.into_iter().map(|deletion| message(family, 0, deletion)));
             requests.push(message(NetfilterProtoFamily::Unspec, NFNL_SUBSYS_NFTABLES, ControlMessage::BatchEnd));
             match channel.batch("nf_tables batch", requests) {
                 Ok(()) => return Ok(()),
                 // A rule read above was deleted by another writer before the commit: read again.
                 Err((_, err)) if err.errno() == Some(libc::ENOENT) && attempt < ATTEMPTS => continue,
                 Err((index, err)) => {
-                    let what = index.checked_sub(1).and_then(|i| deletions.get(i)).map_or("commit", |(what, _)| what);
+                    let what = index.checked_sub(1).and_then(|i| described.get(i)).map_or("commit", String::as_str);
                     let why = err.errno().map_or_else(|| err.to_string(), errno_text);
                     return Err(format!("nf_tables: {what}: {why}"));
                 }
@@ -174,10 +175,9 @@ fn rules(channel: &mut Channel, family: NetfilterProtoFamily, chain: &str) -> Re
     Ok(answers
         .into_iter()
         .filter_map(|answer| match answer.inner {
-            NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(rule)) => Some(read_rule(rule)),
+            NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(rule)) => read_rule(rule),
             _ => None,
         })
-        .flatten()
         .collect())
 }
 
@@ -205,13 +205,7 @@ fn read_rule(message: RuleMessage) -> Option<Rule> {
             RuleAttribute::Chain(name) => chain = Some(name),
             RuleAttribute::Handle(value) => handle = Some(value),
             RuleAttribute::Expressions(expressions) => {
-                for data in expressions.into_iter().filter_map(|expression| match expression {
-                    ListAttribute::Element(parts) => parts.into_iter().find_map(|part| match part {
-                        ExpressionAttribute::Data(data) => Some(data),
-                        _ => None,
-                    }),
-                    _ => None,
-                }) {
+                for data in expressions.into_iter().filter_map(expression_data) {
                     match data {
                         Expressions::Immediate(parts) => jump = jump.or_else(|| jump_target(&parts)),
                         Expressions::Other { expression_type, attributes } if expression_type == "match" => {
@@ -225,6 +219,15 @@ fn read_rule(message: RuleMessage) -> Option<Rule> {
         }
     }
     Some(Rule { chain: chain?, handle: handle?, jump, comment })
+}
+
+/// An expression's type-specific data.
+fn expression_data(expression: ListAttribute<ExpressionAttribute>) -> Option<Expressions> {
+    let ListAttribute::Element(parts) = expression else { return None };
+    parts.into_iter().find_map(|part| match part {
+        ExpressionAttribute::Data(data) => Some(data),
+        _ => None,
+    })
 }
 
 /// The chain an `immediate` expression jumps to.
