@@ -187,7 +187,9 @@ for part in "${parts[@]}"; do
     failed=1
     case $part in
       critest*|node-e2e*) sed -n '2,$p' "$run/$part/summary.txt" 2>/dev/null | tee -a "$summary" ;;
-      kubelet) grep -E '^(FAIL|ERROR)' "$run/kubelet.log" | tee -a "$summary" || tail -20 "$run/kubelet.log" ;;
+      # a failed check's line and the indented lines that go on with its reasons
+      kubelet) awk '/^(FAIL|ERROR)/ { on = 1; print; next } on && /^  / { print; next } { on = 0 }' \
+                 "$run/kubelet.log" | tee -a "$summary" | grep . || tail -20 "$run/kubelet.log" ;;
     esac
   fi
 done

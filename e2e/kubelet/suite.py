@@ -299,35 +299,60 @@ class Suite:
             r'^kubelet_runtime_operations_errors_total\{operation_type="([^"]+)"\} (\S+)$', metrics, re.M)}
         failed = {k: v for k, v in errors.items() if v > 0}
         logged = self.logged_runtime_errors()
-        # A call the kubelet itself gave up on is counted as an error too: its own context was cancelled (a
-        # pod worker's, when the pod is deleted mid-sync), and grpc-go answers "context canceled" locally
-        # without the runtime ever failing. Those, and only when the log accounts for every counted error of
-        # the operation, are not berth's failures.
-        cancelled = {op: n for op, n in failed.items()
-                     if logged.get(op) and all(CLIENT_CANCELLED in err for err in logged[op]) and len(logged[op]) >= n}
-        for op, n in sorted(cancelled.items()):
-            print("note: %d %s call(s) cancelled by the kubelet itself (%s)" % (n, op, logged[op][0]), flush=True)
-        real = {k: v for k, v in failed.items() if k not in cancelled}
+        # Two kinds of counted errors are the kubelet's own, not berth's failures, and only when its log
+        # accounts for every counted error of the operation:
+        # - a call the kubelet gave up on itself: its own context was cancelled (a pod worker's, when the pod
+        #   is deleted mid-sync), and grpc-go answers "context canceled" locally without the runtime ever
+        #   failing;
+        # - ContainerStatus answered NotFound for a container the kubelet had already removed itself. Its
+        #   container deletor and its garbage collector both remove dead containers, and the second to come
+        #   asks for the status first (to find the log to delete), so it meets the first one's removal.
+        own = {}
+        for op, n in failed.items():
+            reasons = [self.kubelets_own(op, error) for error in logged.get(op, [])]
+            if reasons and all(reasons) and len(reasons) >= n:
+                own[op] = reasons
+        for op, reasons in sorted(own.items()):
+            print("note: %d %s error(s) of the kubelet's own: %s" % (len(reasons), op, "; ".join(sorted(set(reasons)))),
+                  flush=True)
+        real = {k: v for k, v in failed.items() if k not in own}
         why = "errors by operation: %s" % real
         for op in sorted(real):
-            why += "\n  %s: %s" % (op, "; ".join(logged.get(op, ["(no error line in the kubelet log)"])[:5]))
+            why += "\n  %s: %s" % (op, "; ".join(e["err"] for e in logged.get(op, [])[:5])
+                                   or "(no error line in the kubelet log)")
         self.check("kubelet: no runtime operation failed (kubelet_runtime_operations_errors_total)", not real, why)
+
+    @staticmethod
+    def kubelets_own(op, error):
+        """Why a logged error of a CRI call is the kubelet's own doing, or None when it may be berth's."""
+        if CLIENT_CANCELLED in error["err"]:
+            return "cancelled by the kubelet itself"
+        if op == "container_status" and "code = NotFound" in error["err"] and error["removed"]:
+            return "status of a container the kubelet had removed itself"
+        return None
 
     def logged_runtime_errors(self):
         """The errors the kubelet logged for its CRI calls, by operation type as the metrics name them
         ("Version from runtime service failed" err="..." is operation "version", "PodSandboxStatus ..."
-        is "podsandbox_status")."""
+        is "podsandbox_status"). Each is {"err": the error, "removed": whether the kubelet had logged removing
+        the container the call named (its "RemoveContainer" line) before it}."""
         path = os.path.join(self.kubelet_dir, "kubelet.log")
         logged = {}
         try:
             lines = open(path, errors="replace").read().splitlines()
         except OSError:
             return logged
+        removed = set()
         for line in lines:
+            m = re.search(r'"RemoveContainer" containerID="([0-9a-f]+)"', line)
+            if m:
+                removed.add(m.group(1))
             m = re.search(r'"(\w+)\b[^"]* from (?:runtime|image) service failed" err="((?:[^"\\]|\\.)*)"', line)
             if m:
                 op = re.sub(r"(?<!^)(?=[A-Z])", "_", m.group(1)).lower().replace("pod_sandbox", "podsandbox")
-                logged.setdefault(op, []).append(m.group(2))
+                container = re.search(r' containerID="([0-9a-f]+)"', line)
+                logged.setdefault(op, []).append({"err": m.group(2),
+                                                  "removed": bool(container) and container.group(1) in removed})
         return logged
 
     def check_deleted_while_starting(self):
