@@ -313,8 +313,8 @@ class Suite:
             if reasons and all(reasons) and len(reasons) >= n:
                 own[op] = reasons
         for op, reasons in sorted(own.items()):
-            print("note: %d %s error(s) of the kubelet's own: %s" % (len(reasons), op, "; ".join(sorted(set(reasons)))),
-                  flush=True)
+            print("note: %d %s error(s) counted, %d logged, all the kubelet's own: %s"
+                  % (failed[op], op, len(reasons), "; ".join(sorted(set(reasons)))), flush=True)
         real = {k: v for k, v in failed.items() if k not in own}
         why = "errors by operation: %s" % real
         for op in sorted(real):
