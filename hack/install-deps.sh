@@ -29,6 +29,8 @@ PACKAGES=(
   umoci
   iproute2
   iptables
+  # nft: the CNI tests compare the nat rules each path writes as nf_tables holds them
+  nftables
   util-linux
   python3
   protobuf-compiler

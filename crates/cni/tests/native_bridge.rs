@@ -76,6 +76,62 @@ fn dual_stack_with_masquerade_and_old_result_version() {
     same_lifecycle("ds", config, false);
 }
 
+/// On a node whose nat tables exist already (kube-proxy's rules in POSTROUTING), the native path writes a
+/// new pod's masquerading chain and jump itself (over nf_tables, no iptables process): the rules must be
+/// the binary's, expression by expression, for both families and a second pod, and DEL must remove them.
+#[test]
+fn dual_stack_masquerade_on_an_existing_nat_table() {
+    let twins = Twins::new("nt");
+    for world in [&twins.binary, &twins.native] {
+        for (tool, source) in [("iptables", "198.51.100.0/24"), ("ip6tables", "2001:db8::/64")] {
+            support::run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &world.host.name,
+                    tool,
+                    "-w",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-s",
+                    source,
+                    "-m",
+                    "comment",
+                    "--comment",
+                    "node rule",
+                    "-j",
+                    "RETURN",
+                ],
+            );
+        }
+    }
+    twins.assert_same_state("the node's own rules");
+    let mut config = ipv4_config();
+    config["ipam"] = json!({"type": "host-local", "ranges": [[{"subnet": "10.76.0.0/23"}], [{"subnet": "fd76::/64"}]]});
+    let second_pod = |which: &str| Netns::new(format!("bnb-nt-{which}-{}", std::process::id()));
+    let (binary_pod, native_pod) = (second_pod("b"), second_pod("n"));
+    let second = |command: Command| {
+        let binary = twins.binary.invoke_in(&binary_pod, "bridge", Driver::Binary, command, "nt-2", &config);
+        let native = twins.native.invoke_in(&native_pod, "bridge", Driver::Native, command, "nt-2", &config);
+        assert_eq!(masked(&native), masked(&binary), "{command} of the second pod: native vs binary");
+        twins.assert_same_state(&format!("after {command} of the second pod"));
+        native
+    };
+    twins.step("bridge", Command::Add, "nt-1", &config).expect("ADD");
+    second(Command::Add).expect("ADD of the second pod");
+    let state = twins.native.state();
+    let rules = state["host"]["nf_tables"].to_string();
+    assert!(rules.contains("target name MASQUERADE") && rules.contains("jump -> CNI-"), "pod rules: {state:#}");
+    twins.step("bridge", Command::Del, "nt-1", &config).expect("DEL");
+    second(Command::Del).expect("DEL of the second pod");
+    let state = twins.native.state();
+    assert!(!state.to_string().contains("CNI-"), "no pod rules left: {state:#}");
+    assert!(state.to_string().contains("node rule"), "the node's rules stay: {state:#}");
+}
+
 #[test]
 fn layer_2_without_ipam() {
     let mut config = ipv4_config();

@@ -20,8 +20,10 @@
 //! so the node's choice of the nft or legacy backend holds.
 
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
+
+use super::nftables::{Action, AddressMatch, NatRule};
 
 /// Serializes this process's read-modify-write of the nat tables: two pods set up at once must not both
 /// see a rule missing and both add it. (Processes outside berth are not covered, as the binaries' own
@@ -106,46 +108,92 @@ pub(super) fn save_quoted(comment: &str) -> String {
 /// Adds the masquerading rules for `addresses` (one family each call is not required: they are grouped).
 ///
 /// A pod's chain that does not exist yet has no rules and nothing jumps to it, so on the nf_tables backend,
-/// where asking whether the chain exists costs no process, the table is read only when it does (a repeated
-/// ADD): the first ADD of a pod writes its batch straight away.
+/// where asking whether the chain exists costs no process, the first ADD of a pod writes its rules over
+/// nf_tables' netlink API in one transaction (see `nftables`), or, where the table has not been made yet,
+/// with `iptables-restore` straight away. The table is read, with `iptables-save`, only for a repeated ADD
+/// or on the legacy backend.
 pub fn set_up(addresses: &[Masqueraded], chain: &str, comment: &str) -> Result<(), String> {
-    let quoted = save_quoted(comment);
+    let nft = super::nftables::nft_backend();
+    // None: the chain does not exist (nf_tables said so), so neither do its rules or jumps.
     let read_table = |v6: bool| {
-        if super::nftables::nft_backend() && !super::nftables::chain_exists(v6, chain)? {
-            return Ok(String::new());
+        if nft && !super::nftables::chain_exists(v6, chain)? {
+            return Ok(None);
         }
-        save(v6)
+        save(v6).map(Some)
     };
-    per_family_read_by(addresses, read_table, |v6, family, saved| {
-        let multicast = if v6 { "ff00::/8" } else { "224.0.0.0/4" };
-        let chain_rule = format!("-A {chain} ");
-        let mut rules: Vec<String> =
-            saved.lines().filter(|line| line.starts_with(&chain_rule)).map(str::to_owned).collect();
-        let mut jumps = Vec::new();
+    per_family_read_by(addresses, read_table, |v6, family, saved: Option<String>| {
+        let multicast: IpAddr =
+            if v6 { Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0).into() } else { Ipv4Addr::new(224, 0, 0, 0).into() };
+        let multicast_prefix = if v6 { 8 } else { 4 };
+        let rule = |chain: &str, source: bool, network: IpAddr, prefix: u8, inverted: bool, action: Action| NatRule {
+            chain: chain.to_owned(),
+            address: AddressMatch { source, network, prefix, inverted },
+            comment: comment.to_owned(),
+            action,
+        };
+        let (mut rules, mut jumps) = (Vec::new(), Vec::new());
         for address in family {
-            let subnet = network_of(address.ip, address.prefix);
-            let host = host_prefix(address.ip);
-            for rule in [
-                format!("-A {chain} -d {subnet} -m comment --comment {quoted} -j ACCEPT"),
-                format!("-A {chain} ! -d {multicast} -m comment --comment {quoted} -j MASQUERADE"),
+            for wanted in [
+                rule(chain, false, network_of(address.ip, address.prefix), address.prefix, false, Action::Accept),
+                rule(chain, false, multicast, multicast_prefix, true, Action::Masquerade),
             ] {
-                if !rules.contains(&rule) {
-                    rules.push(rule);
+                if !rules.contains(&wanted) {
+                    rules.push(wanted);
                 }
             }
-            let jump = format!("-A POSTROUTING -s {}/{host} -m comment --comment {quoted} -j {chain}", address.ip);
-            if !saved.lines().any(|line| line == jump) && !jumps.contains(&jump) {
+            let jump =
+                rule("POSTROUTING", true, address.ip, host_prefix(address.ip), false, Action::Jump(chain.to_owned()));
+            if !jumps.contains(&jump) {
                 jumps.push(jump);
             }
         }
-        let mut batch = format!("*nat\n:{chain} - [0:0]\n");
-        for rule in rules.iter().chain(&jumps) {
-            batch.push_str(rule);
-            batch.push('\n');
+        let Some(saved) = saved else {
+            let rules: Vec<NatRule> = rules.into_iter().chain(jumps).collect();
+            if super::nftables::append(v6, chain, &rules)? {
+                return Ok(());
+            }
+            return restore(v6, &declaring_batch(chain, rules.iter().map(line)));
+        };
+        let chain_rule = format!("-A {chain} ");
+        let mut lines: Vec<String> =
+            saved.lines().filter(|line| line.starts_with(&chain_rule)).map(str::to_owned).collect();
+        for wanted in rules.iter().map(line) {
+            if !lines.contains(&wanted) {
+                lines.push(wanted);
+            }
         }
-        batch.push_str("COMMIT\n");
-        restore(v6, &batch)
+        lines.extend(jumps.iter().map(line).filter(|jump| !saved.lines().any(|line| line == jump)));
+        restore(v6, &declaring_batch(chain, lines.into_iter()))
     })
+}
+
+/// An `iptables-restore` batch of the nat table that declares `chain` (creating it, or emptying it) and
+/// appends `rules`.
+fn declaring_batch(chain: &str, rules: impl Iterator<Item = String>) -> String {
+    let mut batch = format!("*nat\n:{chain} - [0:0]\n");
+    for rule in rules {
+        batch.push_str(&rule);
+        batch.push('\n');
+    }
+    batch.push_str("COMMIT\n");
+    batch
+}
+
+/// `rule` as `iptables-save` prints it.
+fn line(rule: &NatRule) -> String {
+    let AddressMatch { source, network, prefix, inverted } = rule.address;
+    let target = match &rule.action {
+        Action::Accept => "ACCEPT",
+        Action::Masquerade => "MASQUERADE",
+        Action::Jump(chain) => chain,
+    };
+    format!(
+        "-A {} {}{} {network}/{prefix} -m comment --comment {} -j {target}",
+        rule.chain,
+        if inverted { "! " } else { "" },
+        if source { "-s" } else { "-d" },
+        save_quoted(&rule.comment)
+    )
 }
 
 /// Removes what [`set_up`] (or the binary) made for `addresses`; what is already gone is no error.
@@ -171,9 +219,10 @@ pub fn tear_down(addresses: &[Masqueraded], chain: &str, comment: &str) -> Resul
         let mut batch = String::from("*nat\n");
         for address in family {
             // The jump from the address, and the one older versions made from the subnet.
-            for source in
-                [format!("{}/{}", address.ip, host_prefix(address.ip)), network_of(address.ip, address.prefix)]
-            {
+            for source in [
+                format!("{}/{}", address.ip, host_prefix(address.ip)),
+                format!("{}/{}", network_of(address.ip, address.prefix), address.prefix),
+            ] {
                 let jump = format!("-A POSTROUTING -s {source} -m comment --comment {quoted} -j {chain}");
                 if saved.lines().any(|line| line == jump) && !batch.contains(&jump[3..]) {
                     batch.push_str(&format!("-D {}\n", &jump[3..]));
@@ -195,22 +244,22 @@ pub fn tear_down(addresses: &[Masqueraded], chain: &str, comment: &str) -> Resul
 /// iptables-save prints it, one family after the other and holding [`NAT_TABLE`].
 fn per_family(
     addresses: &[Masqueraded],
-    work: impl FnMut(bool, &[Masqueraded], &str) -> Result<(), String>,
+    mut work: impl FnMut(bool, &[Masqueraded], &str) -> Result<(), String>,
 ) -> Result<(), String> {
-    per_family_read_by(addresses, save, work)
+    per_family_read_by(addresses, save, |v6, family, saved: String| work(v6, family, &saved))
 }
 
 /// The same with the table read by `read_table` (which may know that what `work` looks for is absent).
-fn per_family_read_by(
+fn per_family_read_by<T>(
     addresses: &[Masqueraded],
-    read_table: impl Fn(bool) -> Result<String, String>,
-    mut work: impl FnMut(bool, &[Masqueraded], &str) -> Result<(), String>,
+    read_table: impl Fn(bool) -> Result<T, String>,
+    mut work: impl FnMut(bool, &[Masqueraded], T) -> Result<(), String>,
 ) -> Result<(), String> {
     exclusively(|| {
         for v6 in [false, true] {
             let family: Vec<Masqueraded> = addresses.iter().copied().filter(|a| a.ip.is_ipv6() == v6).collect();
             if !family.is_empty() {
-                work(v6, &family, &read_table(v6)?)?;
+                work(v6, &family, read_table(v6)?)?;
             }
         }
         Ok(())
@@ -294,16 +343,16 @@ fn host_prefix(ip: IpAddr) -> u8 {
     if ip.is_ipv4() { 32 } else { 128 }
 }
 
-/// `ip/prefix` with the host bits cleared, as iptables normalizes a `-d` or `-s` network.
-fn network_of(ip: IpAddr, prefix: u8) -> String {
+/// `ip` with the host bits of a `/prefix` network cleared, as iptables normalizes a `-d` or `-s` network.
+fn network_of(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => {
             let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
-            format!("{}/{prefix}", std::net::Ipv4Addr::from(u32::from(v4) & mask))
+            Ipv4Addr::from(u32::from(v4) & mask).into()
         }
         IpAddr::V6(v6) => {
             let mask = u128::MAX.checked_shl(128 - u32::from(prefix.min(128))).unwrap_or(0);
-            format!("{}/{prefix}", std::net::Ipv6Addr::from(u128::from(v6) & mask))
+            Ipv6Addr::from(u128::from(v6) & mask).into()
         }
     }
 }
@@ -325,8 +374,9 @@ mod tests {
 
     #[test]
     fn networks_are_normalized_as_iptables_prints_them() {
-        assert_eq!(network_of("10.88.0.5".parse().unwrap(), 16), "10.88.0.0/16");
-        assert_eq!(network_of("10.88.0.5".parse().unwrap(), 0), "0.0.0.0/0");
-        assert_eq!(network_of("fd00::1:5".parse().unwrap(), 64), "fd00::/64");
+        let network = |ip: &str, prefix| network_of(ip.parse().unwrap(), prefix).to_string();
+        assert_eq!(network("10.88.0.5", 16), "10.88.0.0");
+        assert_eq!(network("10.88.0.5", 0), "0.0.0.0");
+        assert_eq!(network("fd00::1:5", 64), "fd00::");
     }
 }

@@ -578,7 +578,8 @@ impl Channel {
         for (index, mut request) in requests.into_iter().enumerate() {
             self.sequence = self.sequence.wrapping_add(1);
             let markers = index == 0 || index == last;
-            request.header.flags = NLM_F_REQUEST | if markers { 0 } else { NLM_F_ACK };
+            // The caller's flags (an nf_tables rule's NLM_F_APPEND, ...) are kept.
+            request.header.flags |= NLM_F_REQUEST | if markers { 0 } else { NLM_F_ACK };
             request.header.sequence_number = self.sequence;
             request.finalize();
             let start = datagram.len();

@@ -9,6 +9,15 @@
 //! leaves none (2 ms in all). Here one socket per network namespace stays open for the life of the process:
 //! a deletion costs its commit (0.2 ms), and the kernel frees what it removed in its own worker.
 //!
+//! Adding the rules of a pod whose chain does not exist yet goes the same way ([`append`]), written in
+//! iptables-nft's own encoding so that `iptables-save`, `iptables -D` and the binaries read them as theirs:
+//! an address match is a `payload` load of the header field's bytes that the prefix covers whole (with a
+//! `bitwise` mask over the whole field when the prefix ends inside a byte) and a `cmp`, `-m comment` is the
+//! xtables `comment` match (`struct xt_comment_info`, 256 bytes), each rule carries a `counter`, `-j CHAIN`
+//! and `-j ACCEPT` are `immediate` verdicts and `-j MASQUERADE` is the xtables target with iptables' default
+//! range. Only what exists is written to: a table or a POSTROUTING chain that iptables has not made yet is
+//! left to `iptables-restore`, which makes them as iptables-nft does.
+//!
 //! What is deleted is what the restore batch deleted, read back from the kernel as iptables-nft wrote it: a
 //! rule's jump is an `immediate` expression with a jump verdict, its `-m comment` a `match` expression named
 //! `comment` whose info is the NUL-padded text. The rules a caller selects and the chains it names (each
@@ -16,10 +25,14 @@
 
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use netlink_packet_core::{DefaultNla, NLM_F_ACK, NLM_F_DUMP, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla};
+use std::net::IpAddr;
+
+use netlink_packet_core::{
+    DefaultNla, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla,
+};
 use netlink_packet_netfilter::nftables::{
-    ChainAttribute, ChainMessage, DataAttribute, ExpressionAttribute, Expressions, Immediate, ListAttribute,
-    NfTablesMessage, RuleAttribute, RuleMessage, Verdict, VerdictAttribute,
+    Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, ExpressionAttribute, Expressions, Immediate,
+    ListAttribute, NfTablesMessage, Operator, Payload, Register, RuleAttribute, RuleMessage, Verdict, VerdictAttribute,
 };
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
@@ -29,9 +42,20 @@ use super::netlink::{Channel, NetlinkError, errno_text};
 
 /// `NFNL_SUBSYS_NFTABLES`: the subsystem a batch's begin and end markers name.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
-/// The `match` expression's name and info attributes (`NFTA_MATCH_NAME`, `NFTA_MATCH_INFO`).
+/// The `match` expression's name, revision and info attributes (`NFTA_MATCH_NAME`, ...); a `target`'s are
+/// numbered the same.
 const NFTA_MATCH_NAME: u16 = 1;
+const NFTA_MATCH_REV: u16 = 2;
 const NFTA_MATCH_INFO: u16 = 3;
+/// The `counter` expression's attributes (`NFTA_COUNTER_BYTES`, `NFTA_COUNTER_PACKETS`).
+const NFTA_COUNTER_BYTES: u16 = 1;
+const NFTA_COUNTER_PACKETS: u16 = 2;
+/// `NFT_PAYLOAD_NETWORK_HEADER`: a payload offset counts from the IP header.
+const NETWORK_HEADER: u32 = 1;
+/// `NF_ACCEPT`, the verdict code of `-j ACCEPT`.
+const NF_ACCEPT: u32 = 1;
+/// `XT_MAX_COMMENT_LEN`: the size of `struct xt_comment_info`, the text and its NUL padding.
+const COMMENT_INFO_LEN: usize = 256;
 /// How often a teardown is tried again when a rule it read vanished before its commit (another writer).
 const ATTEMPTS: usize = 3;
 const TABLE: &str = "nat";
@@ -75,20 +99,20 @@ pub(super) fn tear_down(
     let table = if v6 { "ip6 nat" } else { "ip nat" };
     with_host_socket(|channel| {
         for attempt in 1..=ATTEMPTS {
-            let mut deletions: Vec<(String, NfTablesMessage)> = Vec::new();
+            let mut deletions: Vec<(String, NfTablesMessage, u16)> = Vec::new();
             for chain in from {
                 let rules =
                     rules(channel, family, chain).map_err(|err| format!("nf_tables: list {table} {chain}: {err}"))?;
                 for rule in rules.into_iter().filter(|rule| select(rule)) {
                     let what = format!("delete rule {} of {table} {}", rule.handle, rule.chain);
-                    deletions.push((what, delete_rules(&rule.chain, Some(rule.handle))));
+                    deletions.push((what, delete_rules(&rule.chain, Some(rule.handle)), 0));
                 }
             }
             for chain in chains {
                 if !exists(channel, family, chain).map_err(|err| format!("nf_tables: get {table} {chain}: {err}"))? {
                     continue;
                 }
-                deletions.push((format!("flush {table} {chain}"), delete_rules(chain, None)));
+                deletions.push((format!("flush {table} {chain}"), delete_rules(chain, None), 0));
                 deletions.push((
                     format!("delete chain {table} {chain}"),
                     NfTablesMessage::DeleteChain(ChainMessage {
@@ -97,28 +121,228 @@ pub(super) fn tear_down(
                             ChainAttribute::Name((*chain).to_owned()),
                         ],
                     }),
+                    0,
                 ));
             }
             if deletions.is_empty() {
                 return Ok(());
             }
-            let (described, deletions): (Vec<String>, Vec<NfTablesMessage>) = deletions.into_iter().unzip();
-            let mut requests =
-                vec![message(NetfilterProtoFamily::Unspec, NFNL_SUBSYS_NFTABLES, ControlMessage::BatchBegin)];
-            requests.extend(deletions.into_iter().map(|deletion| message(family, 0, deletion)));
-            requests.push(message(NetfilterProtoFamily::Unspec, NFNL_SUBSYS_NFTABLES, ControlMessage::BatchEnd));
-            match channel.batch("nf_tables batch", requests) {
+            match commit(channel, family, deletions) {
                 Ok(()) => return Ok(()),
                 // A rule read above was deleted by another writer before the commit: read again.
-                Err((_, err)) if err.errno() == Some(libc::ENOENT) && attempt < ATTEMPTS => continue,
-                Err((index, err)) => {
-                    let what = index.checked_sub(1).and_then(|i| described.get(i)).map_or("commit", String::as_str);
-                    let why = err.errno().map_or_else(|| err.to_string(), errno_text);
-                    return Err(format!("nf_tables: {what}: {why}"));
-                }
+                Err((Some(libc::ENOENT), _)) if attempt < ATTEMPTS => continue,
+                Err((_, err)) => return Err(err),
             }
         }
         unreachable!("the last attempt returns")
+    })
+}
+
+/// A rule of the nat table to append, as iptables would write `-A <chain> [!] -s|-d <network> -m comment
+/// --comment <comment> -j <action>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct NatRule {
+    pub chain: String,
+    pub address: AddressMatch,
+    pub comment: String,
+    pub action: Action,
+}
+
+/// `[!] -s|-d <network>/<prefix>`; the network's host bits are clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct AddressMatch {
+    pub source: bool,
+    pub network: IpAddr,
+    pub prefix: u8,
+    pub inverted: bool,
+}
+
+/// What a [`NatRule`] does with a packet it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Action {
+    Accept,
+    Masquerade,
+    Jump(String),
+}
+
+/// Creates `new_chain` in the nat table of one family (`v6`) and appends `rules`, in one transaction.
+///
+/// `Ok(false)` (nothing done) when the table or its POSTROUTING chain does not exist yet, or `new_chain`
+/// does: the caller then uses `iptables-restore`, which makes the table and base chains as iptables-nft
+/// does and refills an existing chain. Also `Ok(false)` for a rule iptables would write differently (a `/0`
+/// network, which iptables leaves out of the rule).
+pub(super) fn append(v6: bool, new_chain: &str, rules: &[NatRule]) -> Result<bool, String> {
+    let family = if v6 { NetfilterProtoFamily::IPv6 } else { NetfilterProtoFamily::IPv4 };
+    let table = if v6 { "ip6 nat" } else { "ip nat" };
+    if rules.iter().any(|rule| rule.address.prefix == 0 || rule.address.network.is_ipv6() != v6) {
+        return Ok(false);
+    }
+    with_host_socket(|channel| {
+        for (chain, wanted) in [("POSTROUTING", true), (new_chain, false)] {
+            let found =
+                exists(channel, family, chain).map_err(|err| format!("nf_tables: get {table} {chain}: {err}"))?;
+            if found != wanted {
+                return Ok(false);
+            }
+        }
+        let mut changes = vec![(
+            format!("add chain {table} {new_chain}"),
+            NfTablesMessage::NewChain(ChainMessage {
+                attributes: vec![ChainAttribute::Table(TABLE.to_owned()), ChainAttribute::Name(new_chain.to_owned())],
+            }),
+            NLM_F_CREATE,
+        )];
+        for rule in rules {
+            changes.push((
+                format!("append a rule to {table} {}", rule.chain),
+                NfTablesMessage::NewRule(RuleMessage {
+                    attributes: vec![
+                        RuleAttribute::Table(TABLE.to_owned()),
+                        RuleAttribute::Chain(rule.chain.clone()),
+                        RuleAttribute::Expressions(expressions(rule)),
+                    ],
+                }),
+                NLM_F_CREATE | NLM_F_APPEND,
+            ));
+        }
+        commit(channel, family, changes).map(|()| true).map_err(|(_, err)| err)
+    })
+}
+
+/// The expressions iptables-nft writes for `rule`.
+fn expressions(rule: &NatRule) -> Vec<ListAttribute<ExpressionAttribute>> {
+    let AddressMatch { source, network, prefix, inverted } = rule.address;
+    let (offset, bytes) = match network {
+        IpAddr::V4(ip) => (if source { 12 } else { 16 }, ip.octets().to_vec()),
+        IpAddr::V6(ip) => (if source { 8 } else { 24 }, ip.octets().to_vec()),
+    };
+    let mask = prefix_mask(bytes.len(), prefix);
+    // iptables (add_addr): compare only the whole bytes the prefix covers, or mask the whole field when it
+    // ends inside a byte.
+    let whole = mask.iter().take_while(|byte| **byte == 0xff).count();
+    let partial = mask[whole..].iter().any(|byte| *byte != 0);
+    let len = if partial { bytes.len() } else { whole };
+    let mut list: Vec<ListAttribute<ExpressionAttribute>> = vec![
+        Expressions::Payload(vec![
+            Payload::DestinationRegister(Register::Reg1),
+            Payload::Base(NETWORK_HEADER),
+            Payload::Offset(offset),
+            Payload::Len(len as u32),
+        ])
+        .into(),
+    ];
+    if partial {
+        list.push(
+            Expressions::Bitwise(vec![
+                Bitwise::SourceRegister(Register::Reg1),
+                Bitwise::DestinationRegister(Register::Reg1),
+                Bitwise::Length(len as u32),
+                Bitwise::Mask(DataAttribute::Value(mask.clone())),
+                Bitwise::Xor(DataAttribute::Value(vec![0; len])),
+            ])
+            .into(),
+        );
+    }
+    let compared: Vec<u8> = bytes.iter().zip(&mask).take(len).map(|(byte, mask)| byte & mask).collect();
+    list.push(
+        Expressions::Cmp(vec![
+            Cmp::SourceRegister(Register::Reg1),
+            Cmp::Op(if inverted { Operator::NotEqual } else { Operator::Equal }),
+            Cmp::Data(DataAttribute::Value(compared)),
+        ])
+        .into(),
+    );
+    let mut comment = rule.comment.as_bytes().to_vec();
+    comment.resize(COMMENT_INFO_LEN, 0);
+    list.push(xtables("match", "comment", comment));
+    list.push(
+        Expressions::Other {
+            expression_type: "counter".to_owned(),
+            attributes: vec![
+                DefaultNla::new(NFTA_COUNTER_BYTES, 0u64.to_be_bytes().to_vec()),
+                DefaultNla::new(NFTA_COUNTER_PACKETS, 0u64.to_be_bytes().to_vec()),
+            ],
+        }
+        .into(),
+    );
+    list.push(match &rule.action {
+        Action::Accept => verdict(vec![VerdictAttribute::Code(Verdict::Other(NF_ACCEPT))]),
+        Action::Jump(chain) => {
+            verdict(vec![VerdictAttribute::Code(Verdict::Jump), VerdictAttribute::Chain(chain.clone())])
+        }
+        Action::Masquerade => xtables("target", "MASQUERADE", masquerade_info(network.is_ipv6())),
+    });
+    list
+}
+
+/// `prefix` leading one bits over `len` bytes.
+fn prefix_mask(len: usize, prefix: u8) -> Vec<u8> {
+    (0..len)
+        .map(|index| {
+            let bits = usize::from(prefix).saturating_sub(index * 8).min(8);
+            (0xff_u16 << (8 - bits)) as u8
+        })
+        .collect()
+}
+
+/// An xtables `match` or `target` expression (`kind`) run through nft_compat, revision 0, with `info` as
+/// the extension's own structure.
+fn xtables(kind: &str, name: &str, info: Vec<u8>) -> ListAttribute<ExpressionAttribute> {
+    let mut name = name.as_bytes().to_vec();
+    name.push(0);
+    Expressions::Other {
+        expression_type: kind.to_owned(),
+        attributes: vec![
+            DefaultNla::new(NFTA_MATCH_NAME, name),
+            DefaultNla::new(NFTA_MATCH_REV, 0u32.to_be_bytes().to_vec()),
+            DefaultNla::new(NFTA_MATCH_INFO, info),
+        ],
+    }
+    .into()
+}
+
+/// The info of `-j MASQUERADE` without options, as iptables passes it: for IPv4 `struct
+/// nf_nat_ipv4_multi_range_compat` with one empty range (`rangesize` 1), padded to 8 bytes; for IPv6 an
+/// empty `struct nf_nat_range`.
+fn masquerade_info(v6: bool) -> Vec<u8> {
+    if v6 {
+        vec![0; 40]
+    } else {
+        let mut info = 1u32.to_ne_bytes().to_vec();
+        info.resize(24, 0);
+        info
+    }
+}
+
+/// An `immediate` expression setting the verdict register.
+fn verdict(verdict: Vec<VerdictAttribute>) -> ListAttribute<ExpressionAttribute> {
+    Expressions::Immediate(vec![
+        Immediate::DestinationRegister(Register::Verdict),
+        Immediate::Data(DataAttribute::Verdict(verdict)),
+    ])
+    .into()
+}
+
+/// Applies `changes` (what each is, for an error; the message; its flags) in one nf_tables transaction.
+/// On failure: the errno of the kernel's refusal, if it was one, and the error naming the change refused.
+fn commit(
+    channel: &mut Channel,
+    family: NetfilterProtoFamily,
+    changes: Vec<(String, NfTablesMessage, u16)>,
+) -> Result<(), (Option<i32>, String)> {
+    let mut described = Vec::with_capacity(changes.len());
+    let mut requests = vec![message(NetfilterProtoFamily::Unspec, NFNL_SUBSYS_NFTABLES, ControlMessage::BatchBegin)];
+    for (what, change, flags) in changes {
+        described.push(what);
+        let mut request = message(family, 0, change);
+        request.header.flags = flags;
+        requests.push(request);
+    }
+    requests.push(message(NetfilterProtoFamily::Unspec, NFNL_SUBSYS_NFTABLES, ControlMessage::BatchEnd));
+    channel.batch("nf_tables batch", requests).map_err(|(index, err)| {
+        let what = index.checked_sub(1).and_then(|i| described.get(i)).map_or("commit", String::as_str);
+        let why = err.errno().map_or_else(|| err.to_string(), errno_text);
+        (err.errno(), format!("nf_tables: {what}: {why}"))
     })
 }
 

@@ -33,10 +33,10 @@ pub fn require_prerequisites() {
             "{PLUGIN_DIR}/{plugin} is missing: run hack/install-deps.sh (package containernetworking-plugins)"
         );
     }
-    for tool in ["ip", "iptables-save"] {
+    for tool in ["ip", "iptables-save", "nft"] {
         assert!(
             Command::new(tool).arg("-V").output().is_ok() || Command::new(tool).arg("--version").output().is_ok(),
-            "{tool} is missing: run hack/install-deps.sh (packages iproute2, iptables)"
+            "{tool} is missing: run hack/install-deps.sh (packages iproute2, iptables, nftables)"
         );
     }
 }

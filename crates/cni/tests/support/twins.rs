@@ -2,8 +2,10 @@
 //! the plugin runs), a pod namespace and a lease directory; one is driven by `/usr/lib/cni/<plugin>`, the
 //! other by `berth_cni::native`. A step runs in both and requires the same answer (random veth names, MACs
 //! and sandbox paths masked) and the same state: links (kind, MTU, flags, state, master, hairpin), addresses,
-//! routes, the sysctls the plugins write, the nat rules (iptables-save, ip6tables-save) and the lease files.
+//! routes, the sysctls the plugins write, the nat rules (iptables-save, ip6tables-save, and as nf_tables holds
+//! them) and the lease files.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command as Process, Stdio};
@@ -217,8 +219,43 @@ fn namespace_state(netns: &Netns) -> Value {
             .map(|line| line.replace(" [0:0]", ""))
             .collect()
     };
+    // The same rules as nf_tables holds them, expression by expression (iptables-save reads them back the
+    // same from more than one encoding), per chain in the chain's order; the order of the chains in the
+    // table (their creation order, which means nothing) and rule handles (a count of every rule ever
+    // added) are left out. Each chain: its rules' expressions, then the chain as `nft` lists it.
+    let nf_tables = |family: &str| -> BTreeMap<String, Vec<String>> {
+        let args = ["netns", "exec", &netns.name, "nft", "--debug=netlink", "list", "table", family, "nat"];
+        let output = Process::new("ip").args(args).output().unwrap();
+        let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut current: Option<String> = None;
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            if let Some(rule) = line.strip_prefix(&format!("{family} nat ")) {
+                current = rule.split(' ').next().map(str::to_owned);
+            } else if let Some(chain) = line.strip_prefix("\tchain ") {
+                current = chain.strip_suffix(" {").map(str::to_owned);
+            } else if line.starts_with("table ") || line.trim() == "}" {
+                current = None;
+            } else if let Some(chain) = current.as_ref().filter(|_| !line.is_empty()) {
+                chains.entry(chain.clone()).or_default().push(without_counts(line.trim()));
+            }
+        }
+        chains
+    };
     json!({"links": links, "addresses": addresses, "routes": routes, "sysctls": sysctls,
-           "iptables": nat("iptables-save"), "ip6tables": nat("ip6tables-save")})
+           "iptables": nat("iptables-save"), "ip6tables": nat("ip6tables-save"),
+           "nf_tables": [nf_tables("ip"), nf_tables("ip6")]})
+}
+
+/// `line` with the figures of its counters (`pkts 1 bytes 40`, `packets 1 bytes 40`) as `N`: what traffic a
+/// test sent is no part of the rules.
+fn without_counts(line: &str) -> String {
+    let mut words: Vec<&str> = line.split(' ').collect();
+    for index in 1..words.len() {
+        if ["pkts", "packets", "bytes"].contains(&words[index - 1]) && words[index].parse::<u64>().is_ok() {
+            words[index] = "N";
+        }
+    }
+    words.join(" ")
 }
 
 /// Lease files: names, contents and modes.
