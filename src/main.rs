@@ -8,7 +8,6 @@ fn main() -> std::process::ExitCode {
         Some("__init") => berth_runtime::init::main(),
         Some("__pin") => berth_runtime::pin::main(),
         Some("__shim") => return berth::shim::main(),
-        Some("__pidns") => return berth::shim::pidns::main(),
         Some(berth::checkpoint::restore::GATE_COMMAND) => return berth::checkpoint::restore::gate_main(),
         Some(berth::checkpoint::restore::HOSTNAME_COMMAND) => return berth::checkpoint::restore::hostname_main(),
         _ => {}

@@ -210,6 +210,20 @@ pub fn detach_and_run(options: Options) -> ExitCode {
         report(&format!("cannot become child subreaper: {errno}"));
         return ExitCode::FAILURE;
     }
+    // Before the runtime and its threads: the holder is forked without an exec.
+    let holder = if options.pid_namespace {
+        // A pod with its own user namespace has it pinned before its shim starts (see pods::make).
+        let userns = options.pod_dir.join("ns").join(berth_runtime::pin::USER_NAMESPACE_FILE);
+        match super::pidns::start(userns.exists().then_some(userns.as_path())) {
+            Ok(pid) => pid,
+            Err(err) => {
+                report(&err);
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        0
+    };
     let _ = nix::sys::prctl::set_name(c"berth-shim");
     crate::logging::init_shim();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -219,7 +233,7 @@ pub fn detach_and_run(options: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(service::run(options)) {
+    match runtime.block_on(service::run(options, holder)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             // Before "ready" this reaches the daemon; after it, the shim's log.

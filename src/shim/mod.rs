@@ -84,12 +84,25 @@ impl ExitRecord {
 /// Writes `bytes` durably: a temporary file, fsync, rename, fsync of the directory. After it returns, a
 /// crash of the machine cannot lose or tear the file.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// Writes `bytes` whole: a temporary file renamed over `path`, so a reader sees the old file or the new one,
+/// never part of it; without the fsyncs of [`write_durably`], for a file that only describes something a
+/// crash of the machine ends anyway.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], durably: bool) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir)?;
     let temporary = path.with_extension("tmp");
     let written = std::fs::File::create(&temporary).and_then(|mut file| {
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durably {
+            file.sync_all()?;
+        }
         std::fs::rename(&temporary, path)
     });
     if let Err(err) = written {
@@ -97,7 +110,10 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&temporary);
         return Err(err);
     }
-    std::fs::File::open(dir)?.sync_all()
+    if durably {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The shim's cgroup: its own, so that whatever manages the daemon's cgroup (a service manager stopping

@@ -25,7 +25,7 @@ use super::fdio::{FdWriter, read_all};
 use super::launch::StartFailure;
 use super::logs::{LineWriter, LogFile, Stream as LogStream};
 use super::session::{self, Attachers};
-use super::{Bootstrap, ExitRecord, write_durably};
+use super::{Bootstrap, ExitRecord, write_atomically, write_durably};
 use crate::cri::shim as pb;
 use crate::cri::shim::shim_server::{Shim, ShimServer};
 use crate::records::now_nanos;
@@ -81,7 +81,8 @@ pub(super) struct ShimState {
 struct Service(Arc<ShimState>);
 
 /// Serves until Shutdown. Errors before "ready" reach the daemon through stdout.
-pub async fn run(options: Options) -> Result<(), StartFailure> {
+/// Serves the pod; `holder` is its PID-namespace holder's pid, 0 without one.
+pub async fn run(options: Options, holder: i32) -> Result<(), StartFailure> {
     // The shim inherits the daemon's environment, so a test arms its crash points as the daemon's.
     crate::failpoints::arm_from_env();
     let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
@@ -95,13 +96,6 @@ pub async fn run(options: Options) -> Result<(), StartFailure> {
     let _ = std::fs::remove_file(super::SOCKET_NAME);
     let listener = tokio::net::UnixListener::bind(super::SOCKET_NAME)
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
-    let holder = if options.pid_namespace {
-        // A pod with its own user namespace has it pinned before its shim starts (see pods::make).
-        let userns = options.pod_dir.join("ns").join(berth_runtime::pin::USER_NAMESPACE_FILE);
-        super::pidns::start(userns.exists().then_some(userns.as_path()))?
-    } else {
-        0
-    };
     let pid = std::process::id() as i32;
     let bootstrap = Bootstrap {
         version: super::API_VERSION.to_owned(),
@@ -111,7 +105,10 @@ pub async fn run(options: Options) -> Result<(), StartFailure> {
         pid_namespace_holder: holder,
     };
     let bootstrap_path = Bootstrap::path(&options.pod_dir);
-    write_durably(&bootstrap_path, &serde_json::to_vec(&bootstrap).expect("bootstrap serializes"))
+    // Not fsynced: the file describes this live process, which a crash of the machine ends too, and a
+    // missing or torn file reads as a shim that is gone (as its dead pid does). The fsyncs were 1-2 ms of
+    // every RunPodSandbox on a node whose /run is on disk.
+    write_atomically(&bootstrap_path, &serde_json::to_vec(&bootstrap).expect("bootstrap serializes"))
         .map_err(|e| StartFailure::io(format!("cannot write {}", bootstrap_path.display()), &e))?;
     let state = Arc::new(ShimState {
         runtime: Runtime { systemd_cgroup: options.systemd_cgroup, ..Runtime::new(&options.runtime_root) },
