@@ -216,7 +216,12 @@ fn namespace_state(netns: &Netns) -> Value {
         run("ip", &["netns", "exec", &netns.name, tool, "-t", "nat"])
             .lines()
             .filter(|line| !line.starts_with('#'))
-            .map(|line| line.replace(" [0:0]", ""))
+            // A chain's packet and byte counters (`:OUTPUT ACCEPT [1:40]`): traffic the namespace happened
+            // to send (an IPv6 router solicitation), not rules.
+            .map(|line| match line.rsplit_once(" [") {
+                Some((chain, counters)) if line.starts_with(':') && counters.ends_with(']') => chain.to_owned(),
+                _ => line.to_owned(),
+            })
             .collect()
     };
     // The same rules as nf_tables holds them, expression by expression (iptables-save reads them back the
