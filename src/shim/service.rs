@@ -80,8 +80,8 @@ pub(super) struct ShimState {
 #[derive(Clone)]
 struct Service(Arc<ShimState>);
 
-/// Serves until Shutdown. Errors before "ready" reach the daemon through stdout.
-/// Serves the pod; `holder` is its PID-namespace holder's pid, 0 without one.
+/// Serves until Shutdown; `holder` is the pod's PID-namespace holder's pid, 0 without one. Errors before
+/// "ready" reach the daemon through stdout.
 pub async fn run(options: Options, holder: i32) -> Result<(), StartFailure> {
     // The shim inherits the daemon's environment, so a test arms its crash points as the daemon's.
     crate::failpoints::arm_from_env();
@@ -106,8 +106,8 @@ pub async fn run(options: Options, holder: i32) -> Result<(), StartFailure> {
     };
     let bootstrap_path = Bootstrap::path(&options.pod_dir);
     // Not fsynced: the file describes this live process, which a crash of the machine ends too, and a
-    // missing or torn file reads as a shim that is gone (as its dead pid does). The fsyncs were 1-2 ms of
-    // every RunPodSandbox on a node whose /run is on disk.
+    // missing or torn file reads as a shim that is gone (as its dead pid does). The two fsyncs were on
+    // every RunPodSandbox's path on a node whose state directory is on disk.
     write_atomically(&bootstrap_path, &serde_json::to_vec(&bootstrap).expect("bootstrap serializes"))
         .map_err(|e| StartFailure::io(format!("cannot write {}", bootstrap_path.display()), &e))?;
     let state = Arc::new(ShimState {

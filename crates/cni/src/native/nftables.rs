@@ -23,9 +23,8 @@
 //! `comment` whose info is the NUL-padded text. The rules a caller selects and the chains it names (each
 //! flushed, then deleted) go in one nf_tables transaction, applied whole or not at all as the restore was.
 
-use std::sync::{Mutex, OnceLock, PoisonError};
-
 use std::net::IpAddr;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use netlink_packet_core::{
     DefaultNla, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla,
@@ -59,6 +58,11 @@ const COMMENT_INFO_LEN: usize = 256;
 /// How often a teardown is tried again when a rule it read vanished before its commit (another writer).
 const ATTEMPTS: usize = 3;
 const TABLE: &str = "nat";
+
+/// The nat table of one family (`v6`): its netlink family, and its name as `nft` writes it, for errors.
+fn nat_table(v6: bool) -> (NetfilterProtoFamily, &'static str) {
+    if v6 { (NetfilterProtoFamily::IPv6, "ip6 nat") } else { (NetfilterProtoFamily::IPv4, "ip nat") }
+}
 
 /// Whether the `iptables` on PATH writes through nf_tables; asked once per process, as the node's choice of
 /// backend does not change under a running daemon.
@@ -95,8 +99,7 @@ pub(super) fn tear_down(
     select: impl Fn(&Rule) -> bool,
     chains: &[&str],
 ) -> Result<(), String> {
-    let family = if v6 { NetfilterProtoFamily::IPv6 } else { NetfilterProtoFamily::IPv4 };
-    let table = if v6 { "ip6 nat" } else { "ip nat" };
+    let (family, table) = nat_table(v6);
     with_host_socket(|channel| {
         for attempt in 1..=ATTEMPTS {
             let mut deletions: Vec<(String, NfTablesMessage, u16)> = Vec::new();
@@ -165,25 +168,22 @@ pub(super) enum Action {
     Jump(String),
 }
 
-/// Creates `new_chain` in the nat table of one family (`v6`) and appends `rules`, in one transaction.
+/// Creates `new_chain` in the nat table of one family (`v6`) and appends `rules`, in one transaction. The
+/// caller has found `new_chain` absent ([`chain_exists`]) while holding [`super::iptables::exclusively`].
 ///
-/// `Ok(false)` (nothing done) when the table or its POSTROUTING chain does not exist yet, or `new_chain`
-/// does: the caller then uses `iptables-restore`, which makes the table and base chains as iptables-nft
-/// does and refills an existing chain. Also `Ok(false)` for a rule iptables would write differently (a `/0`
-/// network, which iptables leaves out of the rule).
+/// `Ok(false)` (nothing done) when the table or its POSTROUTING chain does not exist yet: the caller then
+/// uses `iptables-restore`, which makes them as iptables-nft does. Also `Ok(false)` for a rule iptables
+/// would write differently (a `/0` network, which iptables leaves out of the rule).
 pub(super) fn append(v6: bool, new_chain: &str, rules: &[NatRule]) -> Result<bool, String> {
-    let family = if v6 { NetfilterProtoFamily::IPv6 } else { NetfilterProtoFamily::IPv4 };
-    let table = if v6 { "ip6 nat" } else { "ip nat" };
+    let (family, table) = nat_table(v6);
     if rules.iter().any(|rule| rule.address.prefix == 0 || rule.address.network.is_ipv6() != v6) {
         return Ok(false);
     }
     with_host_socket(|channel| {
-        for (chain, wanted) in [("POSTROUTING", true), (new_chain, false)] {
-            let found =
-                exists(channel, family, chain).map_err(|err| format!("nf_tables: get {table} {chain}: {err}"))?;
-            if found != wanted {
-                return Ok(false);
-            }
+        let postrouting = exists(channel, family, "POSTROUTING")
+            .map_err(|err| format!("nf_tables: get {table} POSTROUTING: {err}"))?;
+        if !postrouting {
+            return Ok(false);
         }
         let mut changes = vec![(
             format!("add chain {table} {new_chain}"),
@@ -231,19 +231,19 @@ fn expressions(rule: &NatRule) -> Vec<ListAttribute<ExpressionAttribute>> {
         ])
         .into(),
     ];
+    let compared: Vec<u8> = bytes.iter().zip(&mask).take(len).map(|(byte, mask)| byte & mask).collect();
     if partial {
         list.push(
             Expressions::Bitwise(vec![
                 Bitwise::SourceRegister(Register::Reg1),
                 Bitwise::DestinationRegister(Register::Reg1),
                 Bitwise::Length(len as u32),
-                Bitwise::Mask(DataAttribute::Value(mask.clone())),
+                Bitwise::Mask(DataAttribute::Value(mask)),
                 Bitwise::Xor(DataAttribute::Value(vec![0; len])),
             ])
             .into(),
         );
     }
-    let compared: Vec<u8> = bytes.iter().zip(&mask).take(len).map(|(byte, mask)| byte & mask).collect();
     list.push(
         Expressions::Cmp(vec![
             Cmp::SourceRegister(Register::Reg1),
@@ -355,10 +355,9 @@ fn delete_rules(chain: &str, handle: Option<u64>) -> NfTablesMessage {
 
 /// Whether `chain` exists in the nat table of one family (`v6`).
 pub(super) fn chain_exists(v6: bool, chain: &str) -> Result<bool, String> {
-    let family = if v6 { NetfilterProtoFamily::IPv6 } else { NetfilterProtoFamily::IPv4 };
+    let (family, table) = nat_table(v6);
     with_host_socket(|channel| {
-        exists(channel, family, chain)
-            .map_err(|err| format!("nf_tables: get {} nat {chain}: {err}", if v6 { "ip6" } else { "ip" }))
+        exists(channel, family, chain).map_err(|err| format!("nf_tables: get {table} {chain}: {err}"))
     })
 }
 
