@@ -382,6 +382,32 @@ async fn a_crash_inside_create_container_is_undone_at_start_up_and_the_retry_suc
     }
 }
 
+/// CreateContainer's first record is provisional: a machine crash before its outcome is written loses it,
+/// and the node's /run with the pod's directory, but not the container's writable layer on disk.
+#[tokio::test]
+async fn a_writable_layer_no_container_record_names_is_removed_at_start_up() {
+    let mut node = Node::new("layers", "berthflt7", "10.99.67.0/24").await;
+    let config = node.pod_config("layers");
+    let mut client = node.client().await;
+    let pod = run_pod(&mut client, &config).await.expect("RunPodSandbox");
+    let container =
+        create_container(&mut client, &pod, &config, node.container_config()).await.expect("CreateContainer");
+    drop(client);
+    let layers = node.dirs.root().join("images/containers");
+    let orphan = layers.join("7b3c5d1e9f2a4b6c8d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e");
+    std::fs::create_dir_all(orphan.join("upper/etc")).unwrap();
+    std::fs::create_dir_all(orphan.join("work")).unwrap();
+    std::fs::write(orphan.join("upper/etc/written-by-the-container"), "x").unwrap();
+
+    node.restart(&[]).await;
+    assert!(!orphan.exists(), "the layer no record names is still there");
+    assert!(layers.join(&container).join("upper").is_dir(), "the layer of a recorded container was removed");
+    let mut client = node.client().await;
+    assert_pod_works(&mut client, &node, &pod, &config, "layers").await;
+    stop_and_remove_pod(&mut client, &pod).await;
+    node.assert_nothing_left("layers");
+}
+
 #[tokio::test]
 async fn a_crash_inside_stop_or_remove_pod_sandbox_is_finished_by_the_retry() {
     let mut node = Node::new("stop", "berthflt3", "10.99.63.0/24").await;

@@ -12,7 +12,7 @@ pub mod spec;
 
 pub use checkpoint::CheckpointRequest;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -256,7 +256,11 @@ impl ContainerManager {
     }
 
     fn container_dir(&self, record: &ContainerRecord) -> PathBuf {
-        self.layout.pod_dir(&record.pod_id).join("containers").join(&record.id)
+        self.container_dir_of(&record.pod_id, &record.id)
+    }
+
+    fn container_dir_of(&self, pod_id: &str, id: &str) -> PathBuf {
+        self.layout.pod_dir(pod_id).join("containers").join(id)
     }
 
     fn bundle(&self, record: &ContainerRecord) -> PathBuf {
@@ -445,8 +449,10 @@ impl ContainerManager {
             reason: String::new(),
             message: String::new(),
         };
-        // Intent first: a crash from here on leaves a record that start-up or Remove finishes.
-        self.store.put(&record)?;
+        // Intent first, provisionally: CreateContainer writes one record durably, the outcome below. A crash
+        // from here on leaves this record (when a durable write of any record followed it) or the pod's
+        // container directory, made before anything else; start-up undoes the container from either.
+        self.store.put_provisionally(&record)?;
         crate::failpoints::crash_point!("create-container-after-intent");
         match self.make(&pod, &request, &image_record, restore.as_ref(), &mut record).await {
             Ok(()) => {
@@ -638,8 +644,13 @@ impl ContainerManager {
     /// Removes what CreateContainer made: the shim's container, the rootfs mount and writable layer, the
     /// bundle. Idempotent.
     async fn dismantle(&self, record: &ContainerRecord, clock: &mut StepClock) -> Result<(), ContainerError> {
-        match self.shim(&record.pod_id).await {
-            Ok(shim) => match shim.api.clone().delete(pb::ContainerRequest { id: record.id.clone() }).await {
+        self.dismantle_by_id(&record.pod_id, &record.id, clock).await
+    }
+
+    /// [`dismantle`](Self::dismantle) of a container known only by its ids (one whose record a crash lost).
+    async fn dismantle_by_id(&self, pod_id: &str, id: &str, clock: &mut StepClock) -> Result<(), ContainerError> {
+        match self.shim(pod_id).await {
+            Ok(shim) => match shim.api.clone().delete(pb::ContainerRequest { id: id.to_owned() }).await {
                 Ok(_) => {}
                 Err(status) if status.code() == tonic::Code::NotFound => {}
                 Err(status) => return Err(shim.failed("Delete")(status).into()),
@@ -647,26 +658,25 @@ impl ContainerManager {
             // No shim: its containers died with it; the runtime state is removed directly.
             Err(err) if err.is_gone() => {
                 let runtime = berth_runtime::Runtime::new(self.layout.runtime_state());
-                let id = record.id.clone();
-                tokio::task::spawn_blocking(move || runtime.delete(&id, true))
+                let owned = id.to_owned();
+                tokio::task::spawn_blocking(move || runtime.delete(&owned, true))
                     .await
-                    .map_err(step(&record.id, "run the delete task"))?
-                    .map_err(step(&record.id, "delete the container's runtime state"))?;
+                    .map_err(step(id, "run the delete task"))?
+                    .map_err(step(id, "delete the container's runtime state"))?;
             }
             Err(err) => return Err(err.into()),
         }
         clock.lap("shim_delete");
-        let bundle = self.bundle(record);
+        let dir = self.container_dir_of(pod_id, id);
         self.images
-            .remove_rootfs(&record.id, &bundle.join("rootfs"))
+            .remove_rootfs(id, &dir.join("bundle").join("rootfs"))
             .await
-            .map_err(step(&record.id, "remove the container's root filesystem"))?;
+            .map_err(step(id, "remove the container's root filesystem"))?;
         clock.lap("rootfs");
-        let dir = self.container_dir(record);
         let removed = match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(step(&record.id, "remove the container directory")(err)),
+            Err(err) => Err(step(id, "remove the container directory")(err)),
         };
         clock.lap("directory");
         removed
@@ -1161,6 +1171,44 @@ impl ContainerManager {
                 tracing::warn!(container_id = %record.id, error = %berth_error_kind::chain(&err), "cannot remove a container of a removed pod");
             }
         }
+        // Writable layers no record names: a container whose provisional record a crash lost, once the pod's
+        // own directory is gone too (the machine restarted, and /run with it).
+        let layered = self.images.layered_containers().map_err(step("", "list the containers' writable layers"))?;
+        for id in layered.iter().filter(|id| !records.iter().any(|r| &r.id == *id)) {
+            tracing::info!(container_id = %id, "removing the writable layer of a container that has no record");
+            if let Err(err) = self.images.remove_layer(id).await {
+                tracing::warn!(container_id = %id, error = %berth_error_kind::chain(&err), "cannot remove a writable layer no container uses");
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the containers a crash left half made before their provisional record reached the disk (see
+    /// `create_locked`): the pod's container directories and the shim's containers that no record names.
+    async fn remove_unrecorded(
+        &self,
+        pod_id: &str,
+        records: &[ContainerRecord],
+        in_shim: &[String],
+    ) -> Result<(), ContainerError> {
+        let containers_dir = self.layout.pod_dir(pod_id).join("containers");
+        let mut ids: BTreeSet<String> = in_shim.iter().cloned().collect();
+        match std::fs::read_dir(&containers_dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry.map_err(step(pod_id, "list the pod's container directories"))?;
+                    if let Some(name) = entry.file_name().to_str() {
+                        ids.insert(name.to_owned());
+                    }
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(step(pod_id, "list the pod's container directories")(err)),
+        }
+        for id in ids.iter().filter(|id| !records.iter().any(|r| &r.id == *id)) {
+            tracing::info!(container_id = %id, pod_sandbox_id = %pod_id, "undoing a container a crash left half made, before its record was on disk");
+            self.dismantle_by_id(pod_id, id, &mut StepClock::start()).await?;
+        }
         Ok(())
     }
 
@@ -1172,11 +1220,14 @@ impl ContainerManager {
                 for record in records.iter().filter(|r| r.state == ContainerRecordState::Creating) {
                     self.remove(&record.id).await?;
                 }
+                self.remove_unrecorded(pod_id, &records, &[]).await?;
                 return self.shim_gone(pod_id).await;
             }
             Err(err) => return Err(err.into()),
         };
         let known = shim.api.clone().list(pb::Empty {}).await.map_err(shim.failed("List"))?.into_inner().containers;
+        let known_ids: Vec<String> = known.iter().map(|s| s.id.clone()).collect();
+        self.remove_unrecorded(pod_id, &records, &known_ids).await?;
         let pod_dir = self.layout.pod_dir(pod_id);
         for mut record in records {
             if record.state == ContainerRecordState::Creating {

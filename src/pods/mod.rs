@@ -326,8 +326,10 @@ impl PodManager {
             user_mappings: spec.user_mappings.clone(),
         };
         clock.lap("lookup");
-        // Intent first: a crash from here on leaves a record that Remove (or start-up) can finish.
-        self.store.put(&record)?;
+        // Intent first, provisionally: RunPodSandbox writes one record durably, the outcome below. A crash
+        // from here on leaves this record (when a durable write of any record followed it) or the pod's
+        // directory and cached CNI attachment, which start-up undoes by the pod's id alone (`recover`).
+        self.store.put_provisionally(&record)?;
         clock.lap("intent");
         crate::failpoints::crash_point!("run-pod-sandbox-after-intent");
         match self.make(&spec, &mut record, &dir, &mut clock) {

@@ -150,29 +150,66 @@ impl ImageStore {
                     });
                 }
             }
-            // A crash while an idmapped overlay was being mounted may have left its lowers attached, and
-            // image volumes are mounted below the directory: they must go before the directory does, or
-            // removing it would delete the image's snapshots.
-            detach_lowers(&lower_mounts_dir(&dir)).map_err(|(path, source)| RootfsError::Io {
-                id: id.clone(),
-                step: "cannot detach the idmapped lower directory",
-                path,
-                source,
-            })?;
-            detach_lowers(&crate::image_volume::volumes_dir(&dir)).map_err(|(path, source)| RootfsError::Io {
-                id: id.clone(),
-                step: "cannot unmount the image volume",
-                path,
-                source,
-            })?;
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => Ok(()),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(source) => Err(RootfsError::Io { id, step: "cannot remove", path: dir, source }),
-            }
+            remove_layer(&id, &dir)
         })
         .await
         .map_err(|e| RootfsError::Image(ImageError::Worker(e)))?
+    }
+
+    /// The containers that have a writable layer (`containers/<id>/`), mounted or not.
+    pub fn layered_containers(&self) -> Result<Vec<String>, RootfsError> {
+        let dir = self.root().join("containers");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(RootfsError::Io { id: String::new(), step: "cannot list", path: dir, source }),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| RootfsError::Io {
+                id: String::new(),
+                step: "cannot list",
+                path: dir.clone(),
+                source,
+            })?;
+            ids.extend(entry.file_name().to_str().map(str::to_owned));
+        }
+        Ok(ids)
+    }
+
+    /// Deletes the writable layer of a container whose rootfs is no longer mounted anywhere (a node that
+    /// restarted, or a layer no container record names).
+    pub async fn remove_layer(&self, container_id: &str) -> Result<(), RootfsError> {
+        check_id(container_id)?;
+        let dir = self.container_dir(container_id);
+        let id = container_id.to_owned();
+        tokio::task::spawn_blocking(move || remove_layer(&id, &dir))
+            .await
+            .map_err(|e| RootfsError::Image(ImageError::Worker(e)))?
+    }
+}
+
+/// Detaches what is mounted below a container's layer directory, then deletes it.
+fn remove_layer(id: &str, dir: &Path) -> Result<(), RootfsError> {
+    // A crash while an idmapped overlay was being mounted may have left its lowers attached, and image
+    // volumes are mounted below the directory: they must go before the directory does, or removing it
+    // would delete the image's snapshots.
+    detach_lowers(&lower_mounts_dir(dir)).map_err(|(path, source)| RootfsError::Io {
+        id: id.to_owned(),
+        step: "cannot detach the idmapped lower directory",
+        path,
+        source,
+    })?;
+    detach_lowers(&crate::image_volume::volumes_dir(dir)).map_err(|(path, source)| RootfsError::Io {
+        id: id.to_owned(),
+        step: "cannot unmount the image volume",
+        path,
+        source,
+    })?;
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(RootfsError::Io { id: id.to_owned(), step: "cannot remove", path: dir.to_owned(), source }),
     }
 }
 
