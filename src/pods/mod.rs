@@ -356,9 +356,9 @@ impl PodManager {
         }
     }
 
-    /// Every side effect of RunPodSandbox. The shim is started while a thread pins the namespaces (neither
-    /// needs the other) and comes up while CNI runs; it is waited for last. Returns the time spent inside
-    /// the CNI plugins.
+    /// Every side effect of RunPodSandbox. A thread starts the shim (its exec, and its cgroup, see
+    /// `shim::launch`) while this one pins the namespaces and wires the network (none needs the other);
+    /// the shim is waited for last. Returns the time spent inside the CNI plugins.
     fn make(
         &self,
         spec: &PodSpec,
@@ -368,39 +368,36 @@ impl PodManager {
     ) -> Result<Duration, PodError> {
         let id = record.id.clone();
         std::fs::create_dir_all(dir).map_err(step(&id, "create the pod directory"))?;
-        let shim = if record.user_mappings.is_some() {
+        if record.user_mappings.is_some() {
             // The shim's PID-namespace holder joins the pod's user namespace, so it must exist first.
             self.pin_namespaces(spec, record, dir)?;
             clock.lap("pin");
             let shim = self.start_shim(spec, &id, dir)?;
             clock.lap("shim_spawn");
-            shim
-        } else {
-            let pod: &PodRecord = record;
-            let (pinned, shim) = std::thread::scope(|scope| {
-                let pinning = scope.spawn(|| self.pin_namespaces(spec, pod, dir));
-                let shim = self.start_shim(spec, &id, dir);
-                let pinned = pinning.join().unwrap_or_else(|_| {
-                    Err(step(&id, "pin the pod's namespaces")(std::io::Error::other("the pinning thread panicked")))
-                });
-                (pinned, shim)
+            let result = self.make_files_and_network(spec, record, dir, clock);
+            return Self::finish_with_shim(&id, result, Ok(shim), clock);
+        }
+        std::thread::scope(|scope| {
+            let starting = scope.spawn(|| self.start_shim(spec, &id, dir));
+            let pinned = self.pin_namespaces(spec, record, dir);
+            clock.lap("pin");
+            let result = pinned.and_then(|()| self.make_files_and_network(spec, record, dir, clock));
+            let shim = starting.join().unwrap_or_else(|_| {
+                Err(step(&id, "start the pod's shim")(std::io::Error::other("the thread starting it panicked")))
             });
-            clock.lap("pin_and_shim_spawn");
-            match (pinned, shim) {
-                (Ok(()), Ok(shim)) => shim,
-                (Err(pin), shim) => {
-                    // Waited for, so teardown finds it in its cgroup (and kills it).
-                    if let Ok(shim) = shim {
-                        let _ = shim.wait_ready();
-                    }
-                    return Err(pin);
-                }
-                (Ok(()), Err(shim)) => return Err(shim),
-            }
-        };
-        let result = self.make_files_and_network(spec, record, dir, clock);
-        // Waited for even after a failure, so teardown finds it in its cgroup (and kills it).
-        let ready = shim.wait_ready().map_err(step(&id, "start the pod's shim"));
+            Self::finish_with_shim(&id, result, shim, clock)
+        })
+    }
+
+    /// Waits for the shim even after a failure (so teardown finds it in its cgroup, and kills it), then
+    /// returns the first error, or the time spent inside the CNI plugins.
+    fn finish_with_shim(
+        id: &str,
+        result: Result<Duration, PodError>,
+        shim: Result<crate::shim::launch::Launching, PodError>,
+        clock: &mut StepClock,
+    ) -> Result<Duration, PodError> {
+        let ready = shim.and_then(|shim| shim.wait_ready().map_err(step(id, "start the pod's shim")));
         clock.lap("shim_wait");
         let plugins = result?;
         ready?;

@@ -1,8 +1,15 @@
 //! Starting a shim: the daemon's side ([`start`], plain `std::process::Command`, nothing between fork and
 //! exec) and the shim's first steps ([`detach_and_run`], in the freshly exec'd, still single-threaded
 //! process).
+//!
+//! The shim's cgroup (cgroupfs: `/berth/shim-<pod>` in every hierarchy) is made by the daemon while the shim
+//! execs, and the shim's first process is moved into it before it may fork: on cgroup v1 that is a mkdir and
+//! a `cgroup.procs` write in each of about ten hierarchies, 2-3 ms, which used to be the longest stretch of
+//! the shim's start, after its exec instead of beside it. The first process waits for one line on its stdin:
+//! `placed` (the daemon moved it), or `enter` (it enters the cgroup itself: a systemd scope, which systemd
+//! starts with the process that asks). End of file before the line means the daemon gave up on it.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -116,13 +123,63 @@ pub fn start(
     if systemd_cgroup {
         command.arg("--systemd-cgroup");
     }
-    let child = command
-        .stdin(Stdio::null())
+    let mut child = command
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
         .map_err(io("start the shim"))?;
+    let mut placement = child.stdin.take().expect("stdin is piped");
+    let placed = if systemd_cgroup { Ok(ENTER) } else { place(pod_id, child.id() as i32).map(|()| PLACED) };
+    let told = placed.and_then(|line| placement.write_all(line).map_err(io("tell the shim where it runs")));
+    drop(placement);
+    if let Err(err) = told {
+        // It exits at the end of file; reaped here so no zombie stays behind.
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(err);
+    }
     Ok(Launching { pod_id: pod_id.to_owned(), pod_dir: pod_dir.to_owned(), child })
+}
+
+/// The first process's stdin line: the daemon moved it into the shim's cgroup.
+const PLACED: &[u8] = b"placed\n";
+/// The first process's stdin line: it enters the shim's cgroup itself.
+const ENTER: &[u8] = b"enter\n";
+
+/// Makes the shim's cgroup (cgroupfs) and moves the shim's first process into it.
+fn place(pod_id: &str, pid: i32) -> Result<(), LaunchError> {
+    let failed = |err: berth_runtime::RuntimeError| LaunchError::Failed {
+        pod: pod_id.to_owned(),
+        message: format!("cannot put the shim in its cgroup: {}", berth_error_kind::chain(&err)),
+        errno: None,
+    };
+    let cgroup = super::cgroup(pod_id, false).map_err(failed)?;
+    cgroup.create(None, None).and_then(|()| cgroup.add_process(pid)).map_err(failed)
+}
+
+/// The shim's side of [`place`]: whether the daemon put this process in its cgroup (else it enters it
+/// itself). Reads the one line byte by byte, so nothing after it is consumed, then points stdin at
+/// /dev/null.
+fn read_placement() -> Result<bool, String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(std::io::stdin(), &mut byte) {
+            Ok(0) => return Err("the daemon closed the shim's stdin before saying where it runs".into()),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() < 16 => line.push(byte[0]),
+            Ok(_) => return Err("the daemon's placement line is too long".into()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(format!("read the daemon's placement line: {errno}")),
+        }
+    }
+    super::detach_stdio(&[0]);
+    match line.as_slice() {
+        b"placed" => Ok(true),
+        b"enter" => Ok(false),
+        other => Err(format!("unknown placement line {:?}", String::from_utf8_lossy(other))),
+    }
 }
 
 impl Launching {
@@ -180,6 +237,13 @@ pub fn detach_and_run(options: Options) -> ExitCode {
         report(&format!("the shim must start single-threaded: {err}"));
         return ExitCode::FAILURE;
     }
+    let placed = match read_placement() {
+        Ok(placed) => placed,
+        Err(message) => {
+            report(&message);
+            return ExitCode::FAILURE;
+        }
+    };
     if let Err(errno) = nix::unistd::setsid() {
         report(&format!("setsid: {errno}"));
         return ExitCode::FAILURE;
@@ -194,17 +258,19 @@ pub fn detach_and_run(options: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let cgroup = match super::cgroup(&options.pod_id, options.systemd_cgroup) {
-        Ok(cgroup) => cgroup,
-        Err(err) => {
-            report(&format!("cannot find the cgroup hierarchies: {err}"));
+    if !placed {
+        let cgroup = match super::cgroup(&options.pod_id, options.systemd_cgroup) {
+            Ok(cgroup) => cgroup,
+            Err(err) => {
+                report(&format!("cannot find the cgroup hierarchies: {err}"));
+                return ExitCode::FAILURE;
+            }
+        };
+        let pid = std::process::id() as i32;
+        if let Err(err) = cgroup.create(Some(pid), None).and_then(|()| cgroup.add_process(pid)) {
+            report(&format!("cannot enter the shim's cgroup: {}", berth_error_kind::chain(&err)));
             return ExitCode::FAILURE;
         }
-    };
-    let pid = std::process::id() as i32;
-    if let Err(err) = cgroup.create(Some(pid), None).and_then(|()| cgroup.add_process(pid)) {
-        report(&format!("cannot enter the shim's cgroup: {}", berth_error_kind::chain(&err)));
-        return ExitCode::FAILURE;
     }
     if let Err(errno) = nix::sys::prctl::set_child_subreaper(true) {
         report(&format!("cannot become child subreaper: {errno}"));
