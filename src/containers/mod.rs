@@ -1172,15 +1172,26 @@ impl ContainerManager {
             }
         }
         // Writable layers no record names: a container whose provisional record a crash lost, once the pod's
-        // own directory is gone too (the machine restarted, and /run with it).
+        // own directory is gone too (the machine restarted, and /run with it). One whose directory is still in
+        // a pod's is that pod's to undo (its rootfs may be mounted there): a pod whose recovery failed above
+        // retries it at the next start-up.
         let layered = self.images.layered_containers().map_err(step("", "list the containers' writable layers"))?;
-        for id in layered.iter().filter(|id| !records.iter().any(|r| &r.id == *id)) {
+        let in_pods = self.container_directories_in_pods();
+        for id in layered.iter().filter(|id| !records.iter().any(|r| &r.id == *id) && !in_pods.contains(*id)) {
             tracing::info!(container_id = %id, "removing the writable layer of a container that has no record");
             if let Err(err) = self.images.remove_layer(id).await {
                 tracing::warn!(container_id = %id, error = %berth_error_kind::chain(&err), "cannot remove a writable layer no container uses");
             }
         }
         Ok(())
+    }
+
+    /// The names of the container directories in every pod's directory.
+    fn container_directories_in_pods(&self) -> BTreeSet<String> {
+        let pods = std::fs::read_dir(self.layout.state.join("pods")).into_iter().flatten().flatten();
+        pods.flat_map(|pod| std::fs::read_dir(pod.path().join("containers")).into_iter().flatten().flatten())
+            .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+            .collect()
     }
 
     /// Removes the containers a crash left half made before their provisional record reached the disk (see
