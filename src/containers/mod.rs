@@ -1186,12 +1186,27 @@ impl ContainerManager {
         Ok(())
     }
 
-    /// The names of the container directories in every pod's directory.
+    /// The names of the container directories in every pod's directory; a pod whose directory cannot be
+    /// read counts as having none.
     fn container_directories_in_pods(&self) -> BTreeSet<String> {
         let pods = std::fs::read_dir(self.layout.state.join("pods")).into_iter().flatten().flatten();
-        pods.flat_map(|pod| std::fs::read_dir(pod.path().join("containers")).into_iter().flatten().flatten())
-            .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+        pods.filter_map(|pod| pod.file_name().to_str().and_then(|id| self.container_directories(id).ok()))
+            .flatten()
             .collect()
+    }
+
+    /// The names of the container directories in a pod's directory (none when it has no `containers/`).
+    fn container_directories(&self, pod_id: &str) -> std::io::Result<Vec<String>> {
+        let entries = match std::fs::read_dir(self.layout.pod_dir(pod_id).join("containers")) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            names.extend(entry?.file_name().to_str().map(str::to_owned));
+        }
+        Ok(names)
     }
 
     /// Removes the containers a crash left half made before their provisional record reached the disk (see
@@ -1202,20 +1217,8 @@ impl ContainerManager {
         records: &[ContainerRecord],
         in_shim: &[String],
     ) -> Result<(), ContainerError> {
-        let containers_dir = self.layout.pod_dir(pod_id).join("containers");
         let mut ids: BTreeSet<String> = in_shim.iter().cloned().collect();
-        match std::fs::read_dir(&containers_dir) {
-            Ok(entries) => {
-                for entry in entries {
-                    let entry = entry.map_err(step(pod_id, "list the pod's container directories"))?;
-                    if let Some(name) = entry.file_name().to_str() {
-                        ids.insert(name.to_owned());
-                    }
-                }
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(step(pod_id, "list the pod's container directories")(err)),
-        }
+        ids.extend(self.container_directories(pod_id).map_err(step(pod_id, "list the pod's container directories"))?);
         for id in ids.iter().filter(|id| !records.iter().any(|r| &r.id == *id)) {
             tracing::info!(container_id = %id, pod_sandbox_id = %pod_id, "undoing a container a crash left half made, before its record was on disk");
             self.dismantle_by_id(pod_id, id, &mut StepClock::start()).await?;

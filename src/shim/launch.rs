@@ -149,13 +149,11 @@ const ENTER: &[u8] = b"enter\n";
 
 /// Makes the shim's cgroup (cgroupfs) and moves the shim's first process into it.
 fn place(pod_id: &str, pid: i32) -> Result<(), LaunchError> {
-    let failed = |err: berth_runtime::RuntimeError| LaunchError::Failed {
+    super::enter_cgroup(pod_id, false, pid).map_err(|err| LaunchError::Failed {
         pod: pod_id.to_owned(),
         message: format!("cannot put the shim in its cgroup: {}", berth_error_kind::chain(&err)),
         errno: None,
-    };
-    let cgroup = super::cgroup(pod_id, false).map_err(failed)?;
-    cgroup.create(None, None).and_then(|()| cgroup.add_process(pid)).map_err(failed)
+    })
 }
 
 /// The shim's side of [`place`]: whether the daemon put this process in its cgroup (else it enters it
@@ -258,19 +256,10 @@ pub fn detach_and_run(options: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if !placed {
-        let cgroup = match super::cgroup(&options.pod_id, options.systemd_cgroup) {
-            Ok(cgroup) => cgroup,
-            Err(err) => {
-                report(&format!("cannot find the cgroup hierarchies: {err}"));
-                return ExitCode::FAILURE;
-            }
-        };
-        let pid = std::process::id() as i32;
-        if let Err(err) = cgroup.create(Some(pid), None).and_then(|()| cgroup.add_process(pid)) {
-            report(&format!("cannot enter the shim's cgroup: {}", berth_error_kind::chain(&err)));
-            return ExitCode::FAILURE;
-        }
+    if !placed && let Err(err) = super::enter_cgroup(&options.pod_id, options.systemd_cgroup, std::process::id() as i32)
+    {
+        report(&format!("cannot enter the shim's cgroup: {}", berth_error_kind::chain(&err)));
+        return ExitCode::FAILURE;
     }
     if let Err(errno) = nix::sys::prctl::set_child_subreaper(true) {
         report(&format!("cannot become child subreaper: {errno}"));

@@ -129,6 +129,14 @@ pub fn cgroup(pod_id: &str, systemd: bool) -> Result<Cgroup, berth_runtime::Runt
     }
 }
 
+/// Makes the shim's cgroup (or starts its scope with `pid`) and moves `pid` into it: done by the daemon for
+/// the shim's first process, or by the shim itself under the systemd driver (see `launch`).
+pub fn enter_cgroup(pod_id: &str, systemd: bool, pid: i32) -> Result<(), berth_runtime::RuntimeError> {
+    let cgroup = cgroup(pod_id, systemd)?;
+    cgroup.create(Some(pid), None)?;
+    cgroup.add_process(pid)
+}
+
 /// Points the given standard descriptors of this process at /dev/null: a detached process must not keep
 /// its starter's pipes open (the starter reads them to EOF).
 pub(crate) fn detach_stdio(fds: &[std::os::fd::RawFd]) {
